@@ -1,0 +1,1 @@
+"""Small pieces shared across packages (atomic files, ...)."""

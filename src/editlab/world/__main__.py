@@ -1,0 +1,41 @@
+"""``python -m editlab.world data=<preset>``: build or reuse a world; print its directory and stats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from editlab.errors import EditlabError
+from editlab.world.build import build_world
+from editlab.world.config import world_config
+
+CONF = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Validate the ``data`` node, build or reuse the world, print where it is and its statistics."""
+    raw = OmegaConf.to_container(cfg.data, resolve=True)
+    wcfg = world_config(raw)
+    report = build_world(wcfg, Path(to_absolute_path(raw["cache_dir"])), progress=bool(cfg.progress))
+    stats = json.loads((report.directory / "stats.json").read_text())
+    print(json.dumps({"world": str(report.directory), "built": report.built, "timings": report.timings,
+                      "stats": stats}, indent=1))
+    return report.directory
+
+
+@hydra.main(config_path=CONF, config_name="world", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except EditlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
