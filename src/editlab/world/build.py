@@ -22,7 +22,7 @@ from tqdm import tqdm
 from editlab.utils.atomic import atomic_directory, is_complete
 from editlab.world import corpus as C
 from editlab.world.agent import fit_agent
-from editlab.world.cases import build_cases
+from editlab.world.cases import build_cases, split_slots
 from editlab.world.config import SCHEMA_VERSION, WorldConfig, canonical_json, config_dict, world_hash
 from editlab.world.evidence import evidence_counts, evidence_items
 from editlab.world.generative import build_generative
@@ -90,6 +90,7 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         kg = source_module(cfg.kg_source).load(cfg.kg, cfg.seed)
         stage("kg")
         kg = select_facts(kg, cfg.max_facts, rng("select"))
+        split_slots(kg, cfg.cases, rng("cases"))  # fail fast on an impossible n_cases
         gen = build_generative(kg, cfg.generative, rng("generative"))
         stage("generative")
         samples = C.draw_samples(gen, cfg.corpus.n_samples, cfg.corpus.min_modal, rng("samples"))
@@ -120,7 +121,7 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         agent = fit_agent(kg.s, kg.r, gen.support, U, D, kg.upstream, cfg.agent.upstream_weighting)
         agent.save(str(out / "agent.npz"))
         stage("agent")
-        total = min(cfg.cases.n_cases, 10**9) + cfg.cases.n_meta_cases
+        total = cfg.cases.n_cases + cfg.cases.n_meta_cases
         with tqdm(total=total, desc="cases", unit="case", disable=not progress, file=sys.stderr) as bar:
             eval_cases, meta_cases = build_cases(kg, gen, agent, cfg.cases, cfg.agent, rng("cases"), bar.update)
         _dump_jsonl(out / "cases.jsonl", eval_cases)

@@ -43,6 +43,29 @@ def split_subjects(n_subjects: int, meta_fraction: float, rng: np.random.Generat
     return order[n_meta:], order[:n_meta]
 
 
+def split_slots(kg: KG, cfg: CasesConfig, rng: np.random.Generator) -> dict[str, list[tuple[int, int]]]:
+    """The (s1, r1) slots of each split, in case order, after checking each split holds enough.
+
+    Called first by :func:`build_cases` and, with an identical generator, early in the build so that
+    an impossible ``n_cases`` fails in a second instead of after the corpus is tokenized.
+    """
+    rels_of: list[list[int]] = [[] for _ in kg.subjects]
+    for s, r in zip(kg.s.tolist(), kg.r.tolist()):
+        rels_of[s].append(r)
+    eval_subj, meta_subj = split_subjects(len(kg.subjects), cfg.meta_fraction, rng)
+    out = {}
+    for split, subjects, n, key in (("eval", eval_subj, cfg.n_cases, "n_cases"),
+                                    ("meta", meta_subj, cfg.n_meta_cases, "n_meta_cases")):
+        slots = [(int(s), r) for s in subjects for r in rels_of[int(s)]]
+        if n > len(slots):
+            raise EditlabError(
+                f"data.cases.{key}={n} but the {split} split holds only {len(slots)} facts "
+                f"({len(subjects)} subjects); lower it, change data.cases.meta_fraction, or grow the KG"
+            )
+        out[split] = slots[:n]
+    return out
+
+
 def build_cases(
     kg: KG,
     gen: Generative,
@@ -53,22 +76,16 @@ def build_cases(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """(evaluation cases, meta-training cases)."""
+    slots = split_slots(kg, cfg, rng)
     rels_of: list[list[int]] = [[] for _ in kg.subjects]
     for s, r in zip(kg.s.tolist(), kg.r.tolist()):
         rels_of[s].append(r)
     subj_with = [np.unique(kg.s[kg.r == r]) for r in range(len(kg.relations))]
     world = _World(kg, gen, agent, rels_of, subj_with)
-    eval_subj, meta_subj = split_subjects(len(kg.subjects), cfg.meta_fraction, rng)
     out = []
-    for split, subjects, n in (("eval", eval_subj, cfg.n_cases), ("meta", meta_subj, cfg.n_meta_cases)):
-        slots = [(int(s), r) for s in subjects for r in rels_of[int(s)]]
-        if n > len(slots):
-            raise EditlabError(
-                f"data.cases.{'n_cases' if split == 'eval' else 'n_meta_cases'}={n} but the {split} split holds "
-                f"only {len(slots)} facts; lower it, change data.cases.meta_fraction, or grow the KG"
-            )
+    for split in ("eval", "meta"):
         cases = []
-        for k, (s1, r1) in enumerate(slots[:n]):
+        for k, (s1, r1) in enumerate(slots[split]):
             cases.append(_case(world, split, len(cases), s1, r1, cfg, acfg, rng))
             if progress and k % 50 == 49:
                 progress(50)
