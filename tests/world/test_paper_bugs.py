@@ -71,7 +71,7 @@ def test_bug5_weight_1000_is_really_1000(tmp_path):
 
 def test_bug7_ties_break_by_sorted_order():
     # two objects tie at the mode: the lower id (sorted name order) wins, whatever the input order
-    objs, p, mode = lift_mode(np.array([3, 5, 8]), np.array([2.0, 2.0, 1.0]), 0.6)
+    _objs, p, mode = lift_mode(np.array([3, 5, 8]), np.array([2.0, 2.0, 1.0]), 0.6)
     assert mode == 3
     np.testing.assert_allclose(p, [0.6, 0.4 * 2 / 3, 0.4 / 3])
     # no lift needed when the mode already reaches mgtp
@@ -89,7 +89,7 @@ def test_bug8_distractors_and_false_objects_are_type_consistent(tiny_world):
     for c in tiny_world.cases + tiny_world.meta_cases:
         assert c["requested_object"] in support[c["relation"]]
         for p in c["probes"]:
-            for s, r, o in p.get("facts", []):
+            for _s, r, o in p.get("facts", []):
                 assert o in support[r]
     # every object mentioned by any sentence is in its fact's relation support
     z = np.load(tiny_world.dir / "sentences.npz")
