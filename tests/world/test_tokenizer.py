@@ -43,3 +43,21 @@ def test_memmap_matches_corpus(tiny_world):
         assert ids == tok(docs[d], add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == docs[d]
     assert 0 not in set(tokens[:100000].tolist())  # no padding, no specials inside documents
+
+
+def test_sentence_assembly_equals_direct_encoding_with_unsafe_joins(tmp_path):
+    """Names from real data may end in punctuation ("Inc.", ")"): those joins must not be assembled."""
+    from editlab.world.tokenizer import tokenize_documents, train_tokenizer
+
+    texts = ["Ada Lovelace occupation Acme Inc.", "Bob Stone country Land (Q1)", '"Cy Ray sport Go" is true',
+             "Dee Fox member of sports team FC 99", '"not Ada Lovelace sport Go" is false', "x y z"]
+    docs = [[0, 1, 2], [2, 3], [1, 0], [4, 5, 3, 2], [5], [3, 4, 0]]
+    tok = train_tokenizer(iter(texts * 20), len(texts) * 20, 300)
+    ptr = np.r_[0, np.cumsum([len(d) for d in docs])]
+    ids = np.concatenate([np.asarray(d) for d in docs])
+    meta = tokenize_documents(tok, texts, ptr, ids, tmp_path, chunk_docs=4)
+    tokens, offsets, _ = load_tokens(tmp_path)
+    for d, doc in enumerate(docs):
+        want = tok.encode(". ".join(texts[i] for i in doc), add_special_tokens=False).ids
+        assert tokens[offsets[d] : offsets[d + 1]].tolist() == want
+    assert meta["n_tokens"] == len(tokens)

@@ -29,10 +29,11 @@ from editlab.world.generative import build_generative
 from editlab.world.kg import KG
 from editlab.world.sources import source_module
 from editlab.world.stats import world_stats
-from editlab.world.tokenizer import save_tokenizer, tokenize_documents, train_tokenizer
+from editlab.world.tokenizer import save_tokenizer, tokenize_documents, train_tokenizer, verify_sample
 
 # One random stream per stage: np.random.default_rng([seed, STREAM]).
-STREAM = {"select": 1, "generative": 2, "samples": 3, "sentences": 4, "documents": 5, "tokenizer": 6, "cases": 7}
+STREAM = {"select": 1, "generative": 2, "samples": 3, "sentences": 4, "documents": 5, "tokenizer": 6, "cases": 7,
+          "verify": 8}
 
 
 @dataclass
@@ -114,7 +115,8 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         save_tokenizer(tok, out)
         stage("tokenizer")
         with tqdm(total=n_docs, desc="tokenize", unit="doc", disable=not progress, file=sys.stderr) as bar:
-            tok_meta = tokenize_documents(tok, docs, n_docs, out, progress=bar.update)
+            tok_meta = tokenize_documents(tok, texts, doc_ptr, sent_ids, out, progress=bar.update)
+        verify_sample(tok, docs, out, 200, rng("verify"))
         stage("tokenize")
         rows, objs, pos, spr = evidence_items(sents)
         U, D = evidence_counts(rows, objs, pos, spr, kg.r, gen.support, cfg.corpus.resamples)
