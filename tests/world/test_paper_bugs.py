@@ -2,7 +2,7 @@
 
 Bugs 3 and 4 (logical metrics at editing time) are covered on the gold side in test_cases.py
 (``test_logical_gold_uses_each_cases_own_operands``); their LM-side counterparts belong to the
-metrics. Bug 6 (weight decay on every parameter) is tested with the optimizer's parameter groups.
+metrics. Bug 6 (weight decay on every parameter) is tested in tests/lm/test_optim.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Language models: presets, tokenizer loading, datamodule, pretraining LightningModule."""
