@@ -1,5 +1,5 @@
 # editlab: the README's commands. Every target is idempotent and installs what it needs first.
-#   make demo    build the tiny world (later: pretrain -> edit -> evaluate -> report)
+#   make demo    build the tiny world, pretrain mistral_tiny on it, print the checkpoint and its accuracy
 #   make test    run the test suite (fast; slow tests: make test-slow)
 #   make bench   benchmarks, one JSON object each
 
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m editlab.world data=wikidata_synth_tiny
+	$(PY) -m editlab.world data=wikidata_synth_tiny progress=false > /dev/null
+	$(PY) train.py
 
 test: setup
 	$(PY) -m pytest -q
@@ -31,6 +32,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/world.py
+	$(PY) bench/pretrain.py
 
 lint: setup
 	$(PY) -m ruff check .

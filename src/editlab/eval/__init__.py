@@ -1,0 +1,1 @@
+"""Scoring LMs on prompts (batched), report tables and plots."""

@@ -1,0 +1,153 @@
+"""``pretrain(...)``: the library function behind ``python train.py`` (task=pretrain).
+
+Plain typed arguments only (no DictConfig): the entry script composes and validates the config.
+Layout of a run directory (predictable, so ``ckpt_path=last`` finds it again)::
+
+    <run_dir>/checkpoints/last.ckpt   Lightning state for resuming (not for loading models)
+    <run_dir>/csv/ or wandb/          logs (train/loss, train/lr, probe/gen_acc, probe/prob_coherence)
+    <run_dir>/model/                  the exported, self-describing checkpoint (safetensors)
+    <run_dir>/metrics.json            final metrics and the probe curve (Figure 3)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from editlab.errors import EditlabError
+from editlab.lm.checkpoint import export_checkpoint
+from editlab.lm.datamodule import PackedDataModule
+from editlab.lm.fact_probe import FactProbe
+from editlab.lm.module import PretrainModule
+from editlab.lm.presets import Arch, Recipe, build_model
+from editlab.world.loading import World
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Derived sizes of a run: rows of ``seq_len`` per step, tokens per step, optimizer steps."""
+
+    rows_per_step: int
+    tokens_per_step: int
+    n_steps: int
+
+
+def plan(recipe: Recipe, mean_framed_doc: float, world_size: int = 1, max_steps: int | None = None) -> Plan:
+    """``batch_docs`` documents' worth of tokens per step (packed), rounded to whole rows per rank."""
+    rows = max(world_size, round(recipe.batch_docs * mean_framed_doc / recipe.seq_len))
+    rows = math.ceil(rows / world_size) * world_size
+    tokens = rows * recipe.seq_len
+    steps = math.ceil(recipe.token_budget / tokens)
+    return Plan(rows, tokens, min(steps, max_steps) if max_steps else steps)
+
+
+def resolve_resume(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last`` -> the run's last.ckpt; a path must exist and be a readable checkpoint archive."""
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise EditlabError(f"no checkpoint to resume at {path}; run without ckpt_path to start a new run")
+    if not zipfile.is_zipfile(path):
+        raise EditlabError(f"checkpoint {path} is corrupt or truncated; delete it and resume from an older one "
+                           "or start again without ckpt_path")
+    return str(path)
+
+
+IGNORED_KEYS = ("ckpt_path", "overwrite", "progress")
+
+
+def finished_run(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:
+    """Metrics of a finished run in ``run_dir`` made with the same config (ignoring resume/display keys).
+
+    A finished run with a *different* config is an error unless ``overwrite``: a researcher who changed
+    a hyper-parameter must not silently get the old model back, nor lose it by accident.
+    """
+    metrics_path, config_path = run_dir / "metrics.json", run_dir / "model" / "run_config.yaml"
+    if overwrite or not (metrics_path.is_file() and config_path.is_file()):
+        return None
+    import yaml
+
+    old = {k: v for k, v in yaml.safe_load(config_path.read_text()).items() if k not in IGNORED_KEYS}
+    new = {k: v for k, v in run_config.items() if k not in IGNORED_KEYS}
+    if old != new:
+        raise EditlabError(f"{run_dir} holds a finished run with a different config; choose another run_dir=... "
+                           "or pass overwrite=true to replace it")
+    metrics = json.loads(metrics_path.read_text())
+    metrics.pop("curve", None)
+    return {**metrics, "reused": True}
+
+
+def pretrain(
+    world: World,
+    arch: Arch | None,
+    recipe: Recipe,
+    run_dir: Path,
+    seed: int,
+    trainer_kwargs: dict,
+    loggers: list,
+    run_config: dict,
+    hf_path: str | None = None,
+    probe_facts: int = 500,
+    probe_every: int = 200,
+    ckpt_every: int = 100,
+    ckpt_path: str | None = None,
+    compile: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Pretrain (or resume), export the final model, return final metrics. A finished run with the same
+    config is reused (see :func:`finished_run`)."""
+    run_dir = Path(run_dir)
+    if ckpt_path is None and (done := finished_run(run_dir, run_config, overwrite)) is not None:
+        return done
+    resume = resolve_resume(ckpt_path, run_dir)
+    L.seed_everything(seed, workers=True, verbose=False)
+    meta = world.tokens_meta
+    if hf_path is not None:
+        from editlab.lm.checkpoint import load_hf
+
+        model = load_hf(hf_path, meta["vocab_size"])
+    else:
+        model = build_model(arch, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
+    probe = FactProbe(world.dir, n_facts=probe_facts, every_n_steps=probe_every, seed=seed)
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=ckpt_every,
+                           save_top_k=1, enable_version_counter=False)
+    callbacks = [ckpt, probe] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
+    try:
+        trainer = L.Trainer(max_epochs=-1, logger=loggers, callbacks=callbacks,
+                            default_root_dir=str(run_dir), num_sanity_val_steps=0, limit_val_batches=0,
+                            enable_progress_bar=progress, log_every_n_steps=10, enable_model_summary=False,
+                            use_distributed_sampler=False,  # StreamBatches shards rows per rank itself
+                            **trainer_kwargs)
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        raise EditlabError(f"bad trainer settings ({str(exc).splitlines()[0]}); see conf/trainer/*.yaml") from None
+    # the plan needs the resolved number of ranks (devices=-1 means all GPUs)
+    p = plan(recipe, meta["n_tokens"] / meta["n_docs"] + 2, trainer.world_size, max_steps)
+    trainer.fit_loop.epoch_loop.max_steps = p.n_steps
+    dm = PackedDataModule(world.dir, recipe.seq_len, p.rows_per_step, p.n_steps, seed)
+    module = PretrainModule(model, recipe, p.n_steps, p.tokens_per_step, compile=compile)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    wall = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return {}
+    final = probe.history[-1] if probe.history else probe.score(model)
+    metrics = {"gen_acc": final["gen_acc"], "prob_coherence": final["prob_coherence"], "steps": trainer.global_step,
+               "tokens": trainer.global_step * p.tokens_per_step, "rows_per_step": p.rows_per_step,
+               "tokens_per_step": p.tokens_per_step, "wall_s": round(wall, 1),
+               "train_loss": float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))}
+    out = export_checkpoint(model, world.dir, run_dir / "model", run_config, world.hash, metrics)
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "checkpoint": str(out),
+                                                      "curve": probe.history}, indent=1))
+    return {**metrics, "checkpoint": str(out)}

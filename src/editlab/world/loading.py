@@ -1,0 +1,68 @@
+"""Open a built world: names, facts, cases and the agent, with clear errors when it is missing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from editlab.errors import EditlabError
+from editlab.utils.atomic import MARKER
+from editlab.world.agent import Agent
+
+
+@dataclass(frozen=True)
+class World:
+    """A built world directory with lazy access to its artifacts."""
+
+    dir: Path
+
+    @staticmethod
+    def open(directory: Path | str, preset: str | None = None) -> World:
+        """Open ``directory``; if it is not a complete world, say how to build it."""
+        d = Path(directory)
+        if not (d / MARKER).is_file():
+            cmd = f"python -m editlab.world data={preset}" if preset else "python -m editlab.world data=<preset>"
+            raise EditlabError(f"no built world at {d}; build it first with: {cmd}")
+        return World(d)
+
+    @cached_property
+    def info(self) -> dict:
+        return json.loads((self.dir / "world.json").read_text())
+
+    @property
+    def hash(self) -> str:
+        return self.info["hash"]
+
+    @cached_property
+    def subject_id(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.info["subjects"])}
+
+    @cached_property
+    def relation_id(self) -> dict[str, int]:
+        return {r["name"]: r["id"] for r in self.info["relations"]}
+
+    @cached_property
+    def object_id(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.info["objects"])}
+
+    @cached_property
+    def facts(self) -> list[dict]:
+        return [json.loads(x) for x in (self.dir / "facts.jsonl").read_text().splitlines()]
+
+    def cases(self, split: str = "eval") -> list[dict]:
+        name = "cases.jsonl" if split == "eval" else "meta_cases.jsonl"
+        return [json.loads(x) for x in (self.dir / name).read_text().splitlines()]
+
+    @cached_property
+    def agent(self) -> Agent:
+        return Agent.load(str(self.dir / "agent.npz"))
+
+    @cached_property
+    def tokens_meta(self) -> dict:
+        return json.loads((self.dir / "tokens.json").read_text())
+
+    def gold(self, subject: str, relation: str, obj: str) -> float:
+        """The agent's answer for (subject, relation) at ``obj`` (no edit)."""
+        return self.agent.prob(self.subject_id[subject], self.relation_id[relation], self.object_id[obj])
