@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -62,8 +63,36 @@ def test_export_loads_with_transformers_and_matches_training_weights(tiny_world,
     ids = torch.tensor([tok("<s>" + tiny_world.cases[0]["probes"][0]["prompt"], add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref(ids).logits)
+    # the probe's final score is logged once, at the last step (not re-emitted at later log steps)
+    rows = list(csv.DictReader((tmp_path / "run/csv/metrics.csv").read_text().splitlines()))
+    probe_rows = [r for r in rows if r.get("probe/gen_acc")]
+    assert len(probe_rows) == 1 and int(probe_rows[0]["step"]) == m["steps"]
+    assert float(probe_rows[0]["probe/gen_acc"]) == m["gen_acc"]
     exported = load_file(ckpt / "model.safetensors")
     assert all(torch.equal(exported[k], v) for k, v in ref.state_dict().items() if k in exported)
+
+
+def test_recipe_reaches_the_trainer(tiny_world, tmp_path, monkeypatch):
+    """clip, lr schedule and weight-decay groups of the recipe are what Lightning actually uses."""
+    import lightning as L
+
+    seen = {}
+    fit = L.Trainer.fit
+
+    def spy(trainer, module, *a, **kw):
+        seen["clip"] = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        out = fit(trainer, module, *a, **kw)
+        opt = trainer.optimizers[0]
+        seen["wd"] = [g["weight_decay"] for g in opt.param_groups]
+        seen["lr_end"] = opt.param_groups[0]["lr"]
+        return out
+
+    monkeypatch.setattr(L.Trainer, "fit", spy)
+    _train(tiny_world, tmp_path / "r", ["model.recipe.clip=0.5", "model.recipe.warmup_steps=0"])
+    assert seen["clip"] == (0.5, "norm")
+    assert seen["wd"] == [1e-4, 0.0]
+    # linear decay to 10%: after the last of n steps the factor is 1 - 0.9 * n / n = 0.1
+    assert seen["lr_end"] == pytest.approx(3e-3 * 0.1)
 
 
 def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(tiny_world, tmp_path):
@@ -132,3 +161,15 @@ def test_corrupt_checkpoint_on_resume(tiny_world, tmp_path):
     (run / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
     res = _cli(tiny_world, run, ["ckpt_path=last"])
     assert res.returncode == 2 and "corrupt or truncated" in res.stderr
+
+
+@pytest.mark.slow
+def test_wandb_logger_runs_offline_without_an_account(tiny_world, tmp_path):
+    env_home = tmp_path / "home"
+    env_home.mkdir()
+    cmd = [sys.executable, "train.py", *_overrides(tiny_world, tmp_path / "wb", ["logger=wandb", "max_steps=2"])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(env_home)}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert runs, "expected an offline W&B run directory"

@@ -54,15 +54,16 @@ class FactProbe(L.Callback):
         scores = self.score(pl_module.model)
         tokens = trainer.global_step * pl_module.tokens_per_step
         self.history.append({"step": trainer.global_step, "tokens": tokens, **scores})
-        for k, v in scores.items():
-            pl_module.log(f"probe/{k}", v, rank_zero_only=True)
+        # straight to the loggers at this step: self.log from a callback would re-emit the value at every
+        # later log step of the (single, step-bounded) epoch
+        for logger in trainer.loggers:
+            logger.log_metrics({f"probe/{k}": v for k, v in scores.items()} | {"probe/tokens": tokens},
+                               step=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every and trainer.global_step % self.every == 0:
             self._log(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if (not self.history or self.history[-1]["step"] != trainer.global_step) and trainer.is_global_zero:
-            scores = self.score(pl_module.model)
-            self.history.append({"step": trainer.global_step,
-                                 "tokens": trainer.global_step * pl_module.tokens_per_step, **scores})
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
+            self._log(trainer, pl_module)

@@ -129,6 +129,7 @@ def pretrain(
                             default_root_dir=str(run_dir), num_sanity_val_steps=0, limit_val_batches=0,
                             enable_progress_bar=progress, log_every_n_steps=10, enable_model_summary=False,
                             use_distributed_sampler=False,  # StreamBatches shards rows per rank itself
+                            gradient_clip_val=recipe.clip, gradient_clip_algorithm="norm",
                             **trainer_kwargs)
     except (MisconfigurationException, ValueError, TypeError) as exc:
         raise EditlabError(f"bad trainer settings ({str(exc).splitlines()[0]}); see conf/trainer/*.yaml") from None
