@@ -72,6 +72,16 @@ def test_export_loads_with_transformers_and_matches_training_weights(tiny_world,
     assert all(torch.equal(exported[k], v) for k, v in ref.state_dict().items() if k in exported)
 
 
+def test_hf_model_continues_from_an_export(tiny_world, tmp_path):
+    first = _train(tiny_world, tmp_path / "a", ["max_steps=2"])
+    again = _train(tiny_world, tmp_path / "b", ["model=hf", f"model.path={first['checkpoint']}", "max_steps=2",
+                                                "model.recipe.seq_len=64", "model.recipe.batch_docs=4"])
+    assert again["steps"] == 2
+    a = load_file(Path(first["checkpoint"]) / "model.safetensors")
+    b = load_file(Path(again["checkpoint"]) / "model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # started there, then trained
+
+
 def test_recipe_reaches_the_trainer(tiny_world, tmp_path, monkeypatch):
     """clip, lr schedule and weight-decay groups of the recipe are what Lightning actually uses."""
     import lightning as L

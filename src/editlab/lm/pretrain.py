@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,9 @@ def pretrain(
     trainer.fit_loop.epoch_loop.max_steps = p.n_steps
     dm = PackedDataModule(world.dir, recipe.seq_len, p.rows_per_step, p.n_steps, seed)
     module = PretrainModule(model, recipe, p.n_steps, p.tokens_per_step, compile=compile)
+    # Lightning cannot see that StreamBatches resumes at the optimizer step (tested bit-exact), and would
+    # warn that a mid-epoch resume is unreliable
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     wall = time.perf_counter() - t0
