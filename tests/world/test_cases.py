@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from editlab.world.logic import p_and, p_not, p_or
@@ -37,8 +39,6 @@ def test_meta_split_holds_at_least_300_subjects(tiny_world):
 
 def test_request_rules(tiny_world):
     facts = {}
-    import json
-
     for line in (tiny_world.dir / "facts.jsonl").read_text().splitlines():
         f = json.loads(line)
         facts[(f["subject"], f["relation"])] = f

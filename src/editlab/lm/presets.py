@@ -8,11 +8,12 @@ mismatch (the paper's 83M model assumes a 32000-entry vocabulary).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from transformers import MistralConfig, MistralForCausalLM
 
 from editlab.errors import EditlabError
+from editlab.utils.typed import from_dict
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,12 @@ class Recipe:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
 
-def _typed(cls: type, raw: dict, where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise EditlabError(f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(names))}")
-    try:
-        return cls(**raw)
-    except TypeError as exc:
-        raise EditlabError(f"bad value in {where}: {exc}") from None
-
-
 def arch_from(raw: dict) -> Arch:
-    return _typed(Arch, raw, "model.arch")
+    return from_dict(Arch, raw, "model.arch")
 
 
 def recipe_from(raw: dict) -> Recipe:
-    return _typed(Recipe, raw, "model.recipe")
+    return from_dict(Recipe, raw, "model.recipe")
 
 
 def build_model(arch: Arch, vocab_size: int, bos_id: int = 1, eos_id: int = 2, pad_id: int = 0,

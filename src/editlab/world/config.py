@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editlab.errors import EditlabError
+from editlab.utils.typed import from_dict
 from editlab.world.sources import source_config
 
 SCHEMA_VERSION = 1
@@ -134,18 +135,6 @@ class WorldConfig:
             raise EditlabError(f"data.max_facts={self.max_facts} must be >= 1 or null")
 
 
-def _section(cls: type, raw: Any, where: str) -> Any:
-    raw = dict(raw or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise EditlabError(f"unknown key(s) {unknown} in data.{where}; valid keys: {', '.join(sorted(names))}")
-    try:
-        return cls(**raw)
-    except TypeError as exc:  # wrong type reaching a comparison
-        raise EditlabError(f"bad value in data.{where}: {exc}") from None
-
-
 def world_config(raw: dict) -> WorldConfig:
     """Validate a plain dict (the resolved ``data`` node) into a :class:`WorldConfig`.
 
@@ -165,11 +154,11 @@ def world_config(raw: dict) -> WorldConfig:
         kg_source=str(source),
         kg=source_config(str(source), kg),
         max_facts=raw.get("max_facts"),
-        generative=_section(GenerativeConfig, raw.get("generative"), "generative"),
-        corpus=_section(CorpusConfig, raw.get("corpus"), "corpus"),
-        tokenizer=_section(TokenizerConfig, raw.get("tokenizer"), "tokenizer"),
-        agent=_section(AgentConfig, raw.get("agent"), "agent"),
-        cases=_section(CasesConfig, raw.get("cases"), "cases"),
+        generative=from_dict(GenerativeConfig, raw.get("generative"), "data.generative"),
+        corpus=from_dict(CorpusConfig, raw.get("corpus"), "data.corpus"),
+        tokenizer=from_dict(TokenizerConfig, raw.get("tokenizer"), "data.tokenizer"),
+        agent=from_dict(AgentConfig, raw.get("agent"), "data.agent"),
+        cases=from_dict(CasesConfig, raw.get("cases"), "data.cases"),
     )
 
 

@@ -7,12 +7,12 @@ picks one by name; the remaining keys of the ``kg`` node are that source's ``Con
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 from types import ModuleType
 
 from editlab.errors import EditlabError
+from editlab.utils.typed import from_dict
 
 SOURCES = ("synthetic", "wikidata5m", "triples")
 
@@ -28,11 +28,4 @@ def source_module(name: str) -> ModuleType:
 
 def source_config(name: str, params: dict):
     """Validate ``params`` against source ``name``'s Config (unknown keys are an error)."""
-    cls = source_module(name).Config
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise EditlabError(
-            f"unknown key(s) {unknown} for KG source '{name}'; valid keys: {', '.join(sorted(fields))}"
-        )
-    return cls(**params)
+    return from_dict(source_module(name).Config, params, f"data.kg (source '{name}')")
