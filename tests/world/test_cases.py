@@ -32,9 +32,15 @@ def test_counts_fields_and_disjoint_splits(tiny_world):
 
 
 def test_meta_split_holds_at_least_300_subjects(tiny_world):
-    n_subj = len(tiny_world.world["subjects"])
-    n_meta = round(tiny_world.cfg.cases.meta_fraction * n_subj)
-    assert n_meta >= 300
+    from editlab.world.build import STREAM
+    from editlab.world.cases import split_subjects
+
+    names = tiny_world.world["subjects"]
+    rng = np.random.default_rng([tiny_world.cfg.seed, STREAM["cases"]])
+    eval_ids, meta_ids = split_subjects(len(names), tiny_world.cfg.cases.meta_fraction, rng)
+    assert len(meta_ids) >= 300 and not set(eval_ids.tolist()) & set(meta_ids.tolist())
+    assert {c["subject"] for c in tiny_world.meta_cases} <= {names[i] for i in meta_ids.tolist()}
+    assert {c["subject"] for c in tiny_world.cases} <= {names[i] for i in eval_ids.tolist()}
 
 
 def test_request_rules(tiny_world):
