@@ -39,6 +39,8 @@ def test_meta_split_holds_at_least_300_subjects(tiny_world):
     rng = np.random.default_rng([tiny_world.cfg.seed, STREAM["cases"]])
     eval_ids, meta_ids = split_subjects(len(names), tiny_world.cfg.cases.meta_fraction, rng)
     assert len(meta_ids) >= 300 and not set(eval_ids.tolist()) & set(meta_ids.tolist())
+    assert tiny_world.stats["meta_split_subjects"] == len(meta_ids)
+    assert tiny_world.stats["meta_case_subjects"] == len({c["subject"] for c in tiny_world.meta_cases})
     assert {c["subject"] for c in tiny_world.meta_cases} <= {names[i] for i in meta_ids.tolist()}
     assert {c["subject"] for c in tiny_world.cases} <= {names[i] for i in eval_ids.tolist()}
 

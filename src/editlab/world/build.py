@@ -91,7 +91,8 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         kg = source_module(cfg.kg_source).load(cfg.kg, cfg.seed)
         stage("kg")
         kg = select_facts(kg, cfg.max_facts, rng("select"))
-        split_slots(kg, cfg.cases, rng("cases"))  # fail fast on an impossible n_cases
+        case_rng = rng("cases")
+        splits = split_slots(kg, cfg.cases, case_rng)  # fail fast on an impossible n_cases
         gen = build_generative(kg, cfg.generative, rng("generative"))
         stage("generative")
         samples = C.draw_samples(gen, cfg.corpus.n_samples, cfg.corpus.min_modal, rng("samples"))
@@ -125,7 +126,8 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         stage("agent")
         total = cfg.cases.n_cases + cfg.cases.n_meta_cases
         with tqdm(total=total, desc="cases", unit="case", disable=not progress, file=sys.stderr) as bar:
-            eval_cases, meta_cases = build_cases(kg, gen, agent, cfg.cases, cfg.agent, rng("cases"), bar.update)
+            eval_cases, meta_cases = build_cases(kg, gen, agent, cfg.cases, cfg.agent, splits, case_rng,
+                                                 bar.update)
         _dump_jsonl(out / "cases.jsonl", eval_cases)
         _dump_jsonl(out / "meta_cases.jsonl", meta_cases)
         stage("cases")
@@ -133,7 +135,8 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         _dump_jsonl(out / "facts.jsonl", _fact_records(kg, gen))
         np.savez(out / "sentences.npz", kind=sents.kind, fact_a=sents.fact_a, obj_a=sents.obj_a,
                  fact_b=sents.fact_b, obj_b=sents.obj_b, label=sents.label, owner=sents.owner)
-        stats = world_stats(kg, gen, samples, sents, cfg, n_docs, tok_meta["n_tokens"], eval_cases, meta_cases)
+        stats = world_stats(kg, gen, samples, sents, cfg, n_docs, tok_meta["n_tokens"], eval_cases, meta_cases,
+                            {k: len(v) for k, v in splits.subjects.items()})
         (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
         stage("write")
     timings["total"] = round(time.perf_counter() - t_all, 3)

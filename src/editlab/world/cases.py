@@ -43,15 +43,30 @@ def split_subjects(n_subjects: int, meta_fraction: float, rng: np.random.Generat
     return order[n_meta:], order[:n_meta]
 
 
-def split_slots(kg: KG, cfg: CasesConfig, rng: np.random.Generator) -> dict[str, list[tuple[int, int]]]:
-    """The (s1, r1) slots of each split, in case order, after checking each split holds enough.
-
-    Called first by :func:`build_cases` and, with an identical generator, early in the build so that
-    an impossible ``n_cases`` fails in a second instead of after the corpus is tokenized.
-    """
-    rels_of: list[list[int]] = [[] for _ in kg.subjects]
+def relations_of(kg: KG) -> list[list[int]]:
+    """subject -> its relation ids, sorted (facts are sorted by (s, r))."""
+    out: list[list[int]] = [[] for _ in kg.subjects]
     for s, r in zip(kg.s.tolist(), kg.r.tolist()):
-        rels_of[s].append(r)
+        out[s].append(r)
+    return out
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Subjects of each split and the (s1, r1) slots that become cases, in case order."""
+
+    subjects: dict[str, np.ndarray]
+    slots: dict[str, list[tuple[int, int]]]
+
+
+def split_slots(kg: KG, cfg: CasesConfig, rng: np.random.Generator) -> Splits:
+    """Draw the subject split and check each split holds enough facts for its cases.
+
+    The build calls this right after the KG is fixed, so an impossible ``n_cases`` fails in a second
+    instead of after the corpus is tokenized, and hands the result (and the same generator, which
+    :func:`build_cases` keeps drawing from) to :func:`build_cases`.
+    """
+    rels_of = relations_of(kg)
     eval_subj, meta_subj = split_subjects(len(kg.subjects), cfg.meta_fraction, rng)
     out = {}
     for split, subjects, n, key in (("eval", eval_subj, cfg.n_cases, "n_cases"),
@@ -63,7 +78,7 @@ def split_slots(kg: KG, cfg: CasesConfig, rng: np.random.Generator) -> dict[str,
                 f"({len(subjects)} subjects); lower it, change data.cases.meta_fraction, or grow the KG"
             )
         out[split] = slots[:n]
-    return out
+    return Splits({"eval": eval_subj, "meta": meta_subj}, out)
 
 
 def build_cases(
@@ -72,23 +87,24 @@ def build_cases(
     agent: Agent,
     cfg: CasesConfig,
     acfg: AgentConfig,
+    splits: Splits,
     rng: np.random.Generator,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """(evaluation cases, meta-training cases)."""
-    slots = split_slots(kg, cfg, rng)
-    rels_of: list[list[int]] = [[] for _ in kg.subjects]
-    for s, r in zip(kg.s.tolist(), kg.r.tolist()):
-        rels_of[s].append(r)
+    """(evaluation cases, meta-training cases) for the slots of ``splits``; ``rng`` is the generator
+    :func:`split_slots` drew the split from."""
+    rels_of = relations_of(kg)
     subj_with = [np.unique(kg.s[kg.r == r]) for r in range(len(kg.relations))]
     world = _World(kg, gen, agent, rels_of, subj_with)
     out = []
     for split in ("eval", "meta"):
         cases = []
-        for k, (s1, r1) in enumerate(slots[split]):
+        for s1, r1 in splits.slots[split]:
             cases.append(_case(world, split, len(cases), s1, r1, cfg, acfg, rng))
-            if progress and k % 50 == 49:
+            if progress and len(cases) % 50 == 0:
                 progress(50)
+        if progress:
+            progress(len(cases) % 50)
         out.append(cases)
     return out[0], out[1]
 

@@ -18,7 +18,7 @@ from editlab.errors import EditlabError
 from editlab.utils.typed import from_dict
 from editlab.world.sources import source_config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stats.json reports split sizes and case subjects separately
 
 
 @dataclass(frozen=True)

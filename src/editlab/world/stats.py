@@ -13,7 +13,8 @@ from editlab.world.kg import KG
 
 
 def world_stats(kg: KG, gen: Generative, samples: np.ndarray, sents: C.Sentences, cfg: WorldConfig,
-                n_docs: int, n_tokens: int, eval_cases: list[dict], meta_cases: list[dict]) -> dict:
+                n_docs: int, n_tokens: int, eval_cases: list[dict], meta_cases: list[dict],
+                split_subjects: dict[str, int]) -> dict:
     """Table 6 statistics (sentence counts are distinct sentences; each occurs ``resamples`` times
     in the documents) and world diagnostics."""
     by_kind = np.bincount(sents.kind, minlength=len(C.TYPE_NAMES))
@@ -39,8 +40,10 @@ def world_stats(kg: KG, gen: Generative, samples: np.ndarray, sents: C.Sentences
         "mean_p_modal": float(gen.p_modal.mean()),
         "cases": len(eval_cases),
         "meta_cases": len(meta_cases),
-        "eval_subjects": len({c["subject"] for c in eval_cases}),
-        "meta_subjects": len({c["subject"] for c in meta_cases}),
+        "eval_split_subjects": split_subjects["eval"],
+        "meta_split_subjects": split_subjects["meta"],
+        "eval_case_subjects": len({c["subject"] for c in eval_cases}),
+        "meta_case_subjects": len({c["subject"] for c in meta_cases}),
         "request_types": dict(sorted(Counter(c["request_type"] for c in eval_cases).items())),
         "downstream_changes": int(sum(c["downstream_changes"] for c in eval_cases)),
     }
