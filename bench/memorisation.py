@@ -31,7 +31,6 @@ from editlab.lm.pretrain import plan
 from editlab.lm.schedule import lr_factor
 from editlab.world.build import build_world
 from editlab.world.config import world_config
-from editlab.world.tokenizer import load_tokens
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -69,8 +68,8 @@ def main(argv: list[str]) -> dict:
         cfg = compose(config_name="train")
     data = OmegaConf.to_container(cfg.data, resolve=True)
     wdir = build_world(world_config(data), Path(data["cache_dir"]), progress=False).directory
-    tokens, offsets, meta = load_tokens(wdir)
-    corpus = Corpus(tokens, offsets, meta["bos_id"], meta["eos_id"])
+    corpus = Corpus.open(wdir)
+    meta = json.loads((wdir / "tokens.json").read_text())
     arch, recipe = arch_from(cfg.model.arch), recipe_from(OmegaConf.to_container(cfg.model.recipe))
     probe = FactProbe(wdir, n_facts=500, every_n_steps=0)
     results = [run(v, budget, corpus, meta, arch, recipe, probe) for v in ("packed_bf16", "packed_fp32",

@@ -30,7 +30,6 @@ from editlab.lm.presets import arch_from, build_model, recipe_from
 from editlab.lm.pretrain import plan
 from editlab.world.build import build_world
 from editlab.world.config import world_config
-from editlab.world.tokenizer import load_tokens
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e12, "L40S": 362e12}
@@ -74,8 +73,8 @@ def main(argv: list[str]) -> dict:
         cfg = compose(config_name="train", overrides=argv)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     wdir = build_world(world_config(data), Path(data["cache_dir"]), progress=False).directory
-    tokens, offsets, meta = load_tokens(wdir)
-    corpus = Corpus(tokens, offsets, meta["bos_id"], meta["eos_id"])
+    corpus = Corpus.open(wdir)
+    meta = json.loads((wdir / "tokens.json").read_text())
     arch, recipe = arch_from(cfg.model.arch), recipe_from(OmegaConf.to_container(cfg.model.recipe))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = cfg.trainer.precision if device == "cpu" else "bf16-mixed"

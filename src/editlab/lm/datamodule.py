@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 
 from editlab.lm.packing import Corpus, PackedStream, StreamBatches
-from editlab.world.tokenizer import load_tokens
 
 
 class PackedDataModule(L.LightningDataModule):
@@ -18,11 +15,10 @@ class PackedDataModule(L.LightningDataModule):
     and resumable (the sampler starts at the trainer's restored global step).
     """
 
-    def __init__(self, world_dir: Path, seq_len: int, rows_per_step: int, n_steps: int, seed: int,
+    def __init__(self, corpus: Corpus, seq_len: int, rows_per_step: int, n_steps: int, seed: int,
                  num_workers: int = 0) -> None:
         super().__init__()
-        tokens, offsets, meta = load_tokens(Path(world_dir))
-        self.corpus = Corpus(tokens, offsets, meta["bos_id"], meta["eos_id"])
+        self.corpus = corpus
         self.seq_len, self.rows_per_step, self.n_steps = seq_len, rows_per_step, n_steps
         self.seed, self.num_workers = seed, num_workers
 

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from editlab.world.tokenizer import load_tokens
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class Corpus:
     offsets: np.ndarray
     bos_id: int
     eos_id: int
+
+    @staticmethod
+    def open(world_dir: Path) -> Corpus:
+        """Memory-map a world's tokenized corpus (``tokens.bin`` / ``doc_offsets.npy``)."""
+        tokens, offsets, meta = load_tokens(Path(world_dir))
+        return Corpus(tokens, offsets, meta["bos_id"], meta["eos_id"])
 
     @property
     def n_docs(self) -> int:

@@ -29,6 +29,7 @@ from editlab.lm.checkpoint import export_checkpoint
 from editlab.lm.datamodule import PackedDataModule
 from editlab.lm.fact_probe import FactProbe
 from editlab.lm.module import PretrainModule
+from editlab.lm.packing import Corpus
 from editlab.lm.presets import Arch, Recipe, build_model
 from editlab.world.loading import World
 
@@ -135,9 +136,10 @@ def pretrain(
     except (MisconfigurationException, ValueError, TypeError) as exc:
         raise EditlabError(f"bad trainer settings ({str(exc).splitlines()[0]}); see conf/trainer/*.yaml") from None
     # the plan needs the resolved number of ranks (devices=-1 means all GPUs)
-    p = plan(recipe, meta["n_tokens"] / meta["n_docs"] + 2, trainer.world_size, max_steps)
+    corpus = Corpus.open(world.dir)
+    p = plan(recipe, corpus.mean_framed_doc(), trainer.world_size, max_steps)
     trainer.fit_loop.epoch_loop.max_steps = p.n_steps
-    dm = PackedDataModule(world.dir, recipe.seq_len, p.rows_per_step, p.n_steps, seed)
+    dm = PackedDataModule(corpus, recipe.seq_len, p.rows_per_step, p.n_steps, seed)
     module = PretrainModule(model, recipe, p.n_steps, p.tokens_per_step, compile=compile)
     # Lightning cannot see that StreamBatches resumes at the optimizer step (tested bit-exact), and would
     # warn that a mid-epoch resume is unreliable
@@ -151,6 +153,7 @@ def pretrain(
     metrics = {"gen_acc": final["gen_acc"], "prob_coherence": final["prob_coherence"], "steps": trainer.global_step,
                "tokens": trainer.global_step * p.tokens_per_step, "rows_per_step": p.rows_per_step,
                "tokens_per_step": p.tokens_per_step, "wall_s": round(wall, 1),
+               # loss of the last optimizer step (what the resume test compares bit for bit)
                "train_loss": float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))}
     out = export_checkpoint(model, world.dir, run_dir / "model", run_config, world.hash, metrics)
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "checkpoint": str(out),
