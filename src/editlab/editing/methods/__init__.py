@@ -1,0 +1,1 @@
+"""Built-in editing methods, one file each; importing this package registers them."""

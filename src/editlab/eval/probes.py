@@ -1,0 +1,128 @@
+"""Score every probe of many edit cases at once: the shared scoring core of edit.py and evaluate.py.
+
+For a list of case records (world.md section 6) and one model state this runs
+
+- one teacher-forced pass (:func:`~editlab.eval.scoring.object_scores`) over every distinct
+  (prefix, prompt, object) pair of all cases: object probabilities of the atomic probes, p(" true") and
+  p(" false") of the logical sentences, and EasyEdit's token accuracy of the requested object;
+- one greedy decoding pass over the distinct atomic prompts (s1 r1, s1 r2, s2 r1, s2 r2) for generative
+  accuracy and edit success.
+
+Nothing loops over prompts in Python beyond building token lists. In-context methods pass a text
+``prefix`` per case (the edit sentence), which goes between BOS and the prompt, as a preceding
+sentence of a corpus document would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from editlab.eval.scoring import greedy_continuations, object_scores
+
+ATOMIC = ("s1r1", "s1r2", "s2r1", "s2r2")
+LOGICAL = ("tf_A", "not_A", "and_AB", "and_BA", "or_BA", "tf_B")
+
+
+@dataclass
+class CaseScores:
+    """One case's probes scored under one model state.
+
+    Attributes:
+        p: per probe, in the case's probe order: p_LM(object | prompt) for atomic probes (incl.
+            ``atomic_A``), p_LM(" true" | sentence) for logical ones.
+        p_false: per probe: p_LM(" false" | sentence) for logical probes, ``None`` for atomic ones.
+        gen: greedy continuation per atomic kind (``s1r1`` ... ``s2r2``).
+        token_acc: teacher-forced token accuracy of the requested object at the s1 r1 prompt.
+        req_tf: (p(" true"), p(" false")) of the request as a TF sentence, ``"s1 r1 o*" is`` (portability:
+            a logical consequence of the edit, scored for every case whatever the case's A fact is).
+    """
+
+    p: list[float]
+    p_false: list[float | None]
+    gen: dict[str, str] = field(default_factory=dict)
+    token_acc: float = float("nan")
+    req_tf: tuple[float, float] = (float("nan"), float("nan"))
+
+    def to_json(self) -> dict:
+        return {"p": self.p, "p_false": self.p_false, "gen": self.gen, "token_acc": self.token_acc,
+                "req_tf": list(self.req_tf)}
+
+    @staticmethod
+    def from_json(d: dict) -> CaseScores:
+        return CaseScores(d["p"], d["p_false"], d["gen"], d["token_acc"], tuple(d["req_tf"]))
+
+
+class PromptEncoder:
+    """Token ids of (prefix, prompt) and (" " + object), cached by string (prompts repeat a lot)."""
+
+    def __init__(self, tok: PreTrainedTokenizerBase) -> None:
+        self.tok = tok
+        self._prompt: dict[tuple[str, str], list[int]] = {}
+        self._object: dict[str, list[int]] = {}
+
+    def prompts(self, items: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """BOS + tokens(prefix + " " + prompt) (or BOS + tokens(prompt) with no prefix)."""
+        new = sorted({x for x in items if x not in self._prompt})
+        if new:
+            texts = [f"{pre} {p}" if pre else p for pre, p in new]
+            for key, ids in zip(new, self.tok(texts, add_special_tokens=False)["input_ids"], strict=True):
+                self._prompt[key] = [self.tok.bos_token_id, *ids]
+        return [self._prompt[x] for x in items]
+
+    def objects(self, items: Sequence[str]) -> list[list[int]]:
+        """tokens(" " + object): the object with its leading space, tokenised apart from the prompt."""
+        new = sorted({x for x in items if x not in self._object})
+        if new:
+            for key, ids in zip(new, self.tok([" " + x for x in new], add_special_tokens=False)["input_ids"],
+                                strict=True):
+                self._object[key] = ids
+        return [self._object[x] for x in items]
+
+
+def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict], max_new_tokens: int,
+                prefixes: Sequence[str] | None = None, batch_size: int = 256) -> list[CaseScores]:
+    """Score all probes of ``cases`` (optionally each with a text prefix) under ``model``."""
+    prefixes = list(prefixes) if prefixes is not None else [""] * len(cases)
+    pairs: dict[tuple[str, str, str], int] = {}  # (prefix, prompt, object) -> row of the teacher-forced pass
+
+    def row(pre: str, prompt: str, obj: str) -> int:
+        return pairs.setdefault((pre, prompt, obj), len(pairs))
+
+    plan: list[tuple[list[int], list[int | None], int, int, int]] = []
+    gen_keys: dict[tuple[str, str], int] = {}
+    for case, pre in zip(cases, prefixes, strict=True):
+        true_rows, false_rows = [], []
+        for pr in case["probes"]:
+            if "object" in pr:
+                true_rows.append(row(pre, pr["prompt"], pr["object"]))
+                false_rows.append(None)
+                if pr["kind"] in ATOMIC:
+                    gen_keys.setdefault((pre, pr["prompt"]), len(gen_keys))
+            else:
+                true_rows.append(row(pre, pr["prompt"], "true"))
+                false_rows.append(row(pre, pr["prompt"], "false"))
+        req = row(pre, case["subject"] + " " + case["relation"], case["requested_object"])
+        tf = f'"{case["subject"]} {case["relation"]} {case["requested_object"]}" is'
+        plan.append((true_rows, false_rows, req, row(pre, tf, "true"), row(pre, tf, "false")))
+    keys = list(pairs)
+    prompts = enc.prompts([(pre, p) for pre, p, _ in keys])
+    objects = enc.objects([o for _, _, o in keys])
+    logp, tok_acc = object_scores(model, prompts, objects, enc.tok.pad_token_id, batch_size)
+    prob = logp.exp().tolist()
+    gkeys = list(gen_keys)
+    conts = greedy_continuations(model, enc.tok, enc.prompts(gkeys), max_new_tokens, batch_size)
+    out = []
+    for case, pre, (t_rows, f_rows, req, tf_t, tf_f) in zip(cases, prefixes, plan, strict=True):
+        gen = {pr["kind"]: conts[gen_keys[(pre, pr["prompt"])]] for pr in case["probes"] if pr["kind"] in ATOMIC}
+        out.append(CaseScores(p=[prob[i] for i in t_rows], p_false=[None if i is None else prob[i] for i in f_rows],
+                              gen=gen, token_acc=float(tok_acc[req]), req_tf=(prob[tf_t], prob[tf_f])))
+    return out
+
+
+def max_object_tokens(tok: PreTrainedTokenizerBase, objects: Sequence[str]) -> int:
+    """Length in tokens of the world's longest object (with its leading space): the decoding budget."""
+    return max(len(x) for x in tok([" " + o for o in objects], add_special_tokens=False)["input_ids"])

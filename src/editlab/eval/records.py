@@ -1,0 +1,43 @@
+"""Per-case result records: what edit.py writes (``results.jsonl``) and evaluate.py reads.
+
+One JSON object per edited case::
+
+    case_id       the case (cases.jsonl)
+    index         position of the case in the run's stream (0-based)
+    method, mode  registry name; "single" | "batch" | "sequential"
+    batch         index of the batch the case was edited in (single: == index)
+    pre, post     CaseScores.to_json() of the case's probes before / right after its edit
+                  (sequential: "post" is the immediate score right after the edit)
+    final         sequential only: CaseScores of the case on the final model (else absent)
+    gold_post     sequential only: per probe gold from the agent that accumulated the edits up to and
+                  including this one (replaces the case's single-edit p_post); else absent
+    locality      {"agree", "acc", "kl"} on the run's fixed locality facts, after the edit
+    fluency       {"pre", "post", "consistency_pre", "consistency_post"} (absent if n_samples == 0)
+    trace         optional (edits.trace=true): {"step": [...], "p": [[per probe p] per step],
+                  "p_false": [[...] per step]}, step 0 = before the first optimizer step
+    time_s        wall time of applying the edit (not scoring), seconds; batch: the batch's time / size
+    peak_mem_mb   peak memory while applying (CUDA max allocated, or process peak RSS on CPU)
+    info          method diagnostics (final loss, steps, update norms)
+
+Run-level values (pre-edit locality accuracy, protocol names, config) go in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from editlab.errors import EditlabError
+
+PROTOCOL = "editlab-1"  # bump when the meaning of any stored number changes (evaluation.md)
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a results file; a malformed line is an error naming the file and line."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise EditlabError(f"malformed results line {path}:{n} ({exc.msg}); re-run edit.py") from None
+    return out
