@@ -1,0 +1,76 @@
+"""Typed, validated settings of an edit run (the ``edits`` and ``metrics`` nodes of conf/edit.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from editlab.errors import EditlabError
+
+MODES = ("single", "batch", "sequential")
+
+
+@dataclass(frozen=True)
+class EditsConfig:
+    """Which cases, in which protocol.
+
+    Attributes:
+        n: number of edit cases (the first ``n`` of the split, in the world's seeded order).
+        mode: ``single`` (apply, score, restore), ``batch`` (``batch_size`` at once, restore) or
+            ``sequential`` (commit one batch after another).
+        batch_size: requests per application (``single`` needs 1).
+        eval_every: sequential: re-score every earlier edit every this many edits (retention curve).
+        ckpt_every: sequential: Lightning checkpoint every this many edits (resume).
+        weight: the agent's evidence weight per edit: ``n_prime`` (computed on the agent as it is when
+            the edit arrives), ``case`` (the case record's n', computed on the fitted agent), or a number.
+        trace: score the case's probes after every optimizer step of the method (Figure 4 panels).
+        split: ``eval`` cases (``meta`` cases are for training editors).
+    """
+
+    n: int = 200
+    mode: str = "single"
+    batch_size: int = 1
+    eval_every: int = 100
+    ckpt_every: int = 50
+    weight: str | float = "n_prime"
+    trace: bool = False
+    split: str = "eval"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EditlabError(f"edits.mode={self.mode} is not one of {', '.join(MODES)}")
+        for key in ("n", "batch_size", "eval_every", "ckpt_every"):
+            if int(getattr(self, key)) < 1:
+                raise EditlabError(f"edits.{key}={getattr(self, key)} must be >= 1")
+        if self.mode == "single" and self.batch_size != 1:
+            raise EditlabError("edits.mode=single edits one case at a time; use edits.mode=batch with "
+                               f"edits.batch_size={self.batch_size}")
+        if self.split not in ("eval", "meta"):
+            raise EditlabError(f"edits.split={self.split} must be eval or meta")
+        if isinstance(self.weight, str) and self.weight not in ("n_prime", "case"):
+            raise EditlabError(f"edits.weight={self.weight} must be n_prime, case or a number")
+        if not isinstance(self.weight, str) and float(self.weight) < 0:
+            raise EditlabError(f"edits.weight={self.weight} must be >= 0")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """How edits are scored (evaluation.md).
+
+    Attributes:
+        protocol: generative-accuracy hit rule of the paper tables: ``paper`` (substring) or ``exact``.
+            Edit success always uses ``exact``.
+        n_locality: size of the fixed, seeded locality fact set.
+        n_samples: documents sampled per case for fluency/consistency (0 turns them off).
+        sample_tokens: length of each sampled document in tokens.
+    """
+
+    protocol: str = "paper"
+    n_locality: int = 100
+    n_samples: int = 5
+    sample_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("paper", "exact"):
+            raise EditlabError(f"metrics.protocol={self.protocol} must be paper or exact")
+        if self.n_locality < 1 or self.n_samples < 0 or self.sample_tokens < 1:
+            raise EditlabError("metrics.n_locality and metrics.sample_tokens must be >= 1, metrics.n_samples >= 0")

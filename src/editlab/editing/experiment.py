@@ -1,0 +1,182 @@
+"""``edit_run(...)``: the library function behind ``python edit.py`` (plain typed arguments, no DictConfig).
+
+Layout of a run directory (predictable from the config, so a killed run finds itself again)::
+
+    <run_dir>/run_config.yaml          the resolved config (a finished run with the same config is reused)
+    <run_dir>/results.jsonl            per-case records (eval/records.py); ``.partial`` while running
+    <run_dir>/metrics.json             summary per subset and stage (eval/summary.py) + run-level values
+    <run_dir>/curve.jsonl              sequential: one evaluation point every ``eval_every`` edits
+    <run_dir>/checkpoints/last.ckpt    sequential: Lightning state for resuming (not for loading models)
+    <run_dir>/model/                   sequential: the final edited model (self-describing checkpoint)
+    <run_dir>/csv/ or wandb/           logs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from editlab.editing.base import EditContext, EditMethod
+from editlab.editing.config import EditsConfig, MetricsConfig
+from editlab.editing.results import FINAL, PARTIAL, ResultsWriter
+from editlab.editing.runner import run_restoring
+from editlab.editing.sequential import AgentStream, SequentialEditing
+from editlab.editing.session import Session
+from editlab.errors import EditlabError
+from editlab.eval.locality import LocalityState, locality_facts
+from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
+from editlab.world.loading import World
+
+IGNORED_KEYS = ("progress", "overwrite", "device", "logger")
+
+
+def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> str:
+    """"fresh", "resume" or "done" for ``run_dir``; a different config there is an error unless ``overwrite``."""
+    cfg_path = run_dir / "run_config.yaml"
+    key = {k: v for k, v in run_config.items() if k not in IGNORED_KEYS}
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if cfg_path.is_file():
+        old = {k: v for k, v in (yaml.safe_load(cfg_path.read_text()) or {}).items() if k not in IGNORED_KEYS}
+        if old != key:
+            raise EditlabError(f"{run_dir} holds a run with a different config; choose another run_dir=... or pass "
+                               "overwrite=true to replace it")
+        if (run_dir / "metrics.json").is_file() and (run_dir / FINAL).is_file():
+            return "done"
+        return "resume"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cfg_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(run_config, sort_keys=True))
+    os.replace(tmp, cfg_path)
+    return "fresh"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EditlabError(f"device={name} but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
+def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsConfig, metrics: MetricsConfig,
+             run_dir: Path, seed: int, run_config: dict, loggers: list | None = None, device: str = "auto",
+             progress: bool = True, overwrite: bool = False, editor_path: Path | None = None) -> dict:
+    """Apply ``edits.n`` edit cases with ``method`` to the model at ``checkpoint``; score, write, summarise."""
+    cases = world.cases(edits.split)
+    if edits.n > len(cases):
+        raise EditlabError(f"edits.n={edits.n} but the world has {len(cases)} {edits.split} cases; use edits.n<="
+                           f"{len(cases)} or build a world with more cases (data.cases.n_cases)")
+    if edits.mode != "single" and edits.batch_size > 1 and not method.supports_batch:
+        raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
+    run_dir = Path(run_dir)
+    state = _prepare_run_dir(run_dir, run_config, overwrite)
+    if state == "done":
+        return {**json.loads((run_dir / "metrics.json").read_text()), "reused": True}
+    dev = _device(device)
+    model = load_checkpoint(checkpoint, world.hash).to(dev).eval()
+    torch.manual_seed(seed)
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
+    enc = PromptEncoder(tok)
+    mx = max_object_tokens(tok, world.info["objects"])
+    chosen = cases[: edits.n]
+    loc = locality_facts(world.facts, cases, metrics.n_locality, seed)
+    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=run_dir.parent / ".cache",
+                      editor_path=editor_path, seed=seed)
+    method.prepare(model, ctx)
+    base_loc = LocalityState.score(model, enc, loc, mx)
+    session = Session(model, method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,
+                      sample_tokens=metrics.sample_tokens, trace=edits.trace)
+    t0 = time.perf_counter()
+    pre = score_cases(model, enc, chosen, mx)
+    pre_fluency = session.fluency(model, chosen, salt=-1)
+    writer = ResultsWriter(run_dir, resume=state == "resume" and (run_dir / PARTIAL).exists())
+    if edits.mode == "sequential":
+        _run_sequential(session, chosen, pre, pre_fluency, edits, world, writer, run_dir, loggers or [], dev,
+                        progress, resume=state == "resume", run_config=run_config)
+    else:
+        run_restoring(session, chosen, pre, pre_fluency, edits.batch_size, edits.mode, writer, progress)
+    wall = time.perf_counter() - t0
+    records = writer.records
+    writer.finish()
+    return _finish(world, chosen, records, metrics, edits, method, run_dir, run_config, loggers or [], wall,
+                   base_loc.compare(base_loc, loc)["acc"], session)
+
+
+def _run_sequential(session: Session, cases: list[dict], pre: list, pre_fluency: list[dict], edits: EditsConfig,
+                    world: World, writer: ResultsWriter, run_dir: Path, loggers: list, dev: torch.device,
+                    progress: bool, resume: bool, run_config: dict) -> None:
+    """Fit the :class:`SequentialEditing` module (one epoch per batch of edits), resuming from last.ckpt."""
+    stream = AgentStream(world.agent, (world.subject_id, world.relation_id, world.object_id), edits.weight)
+    curve = run_dir / "curve.jsonl"
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if not resume:
+        curve.unlink(missing_ok=True)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    module = SequentialEditing(session, cases, pre, pre_fluency, edits.batch_size, edits.eval_every, stream,
+                               writer, curve)
+    every = max(1, edits.eval_every // edits.batch_size)
+    ckpt_epochs = max(1, edits.ckpt_every // edits.batch_size)
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=ckpt_epochs, save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    trainer = L.Trainer(max_epochs=module.n_steps, accelerator=dev.type, devices=1, logger=loggers,
+                        callbacks=[ckpt] + ([TQDMProgressBar(refresh_rate=1)] if progress else []),
+                        enable_progress_bar=progress, check_val_every_n_epoch=every, num_sanity_val_steps=0,
+                        limit_val_batches=1, log_every_n_steps=1, enable_model_summary=False,
+                        default_root_dir=str(run_dir), precision="32-true")
+    if resume and last.is_file():
+        ckpt_path: str | None = str(last)
+    else:
+        ckpt_path = None
+        writer.keep(0)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    trainer.fit(module, ckpt_path=ckpt_path)
+    if not curve.exists() or json.loads(curve.read_text().splitlines()[-1])["edits"] != module.n_done:
+        with curve.open("a") as f:  # the final point when n is not a multiple of eval_every
+            f.write(json.dumps(module.evaluate()) + "\n")
+    # every edit scored on the final model, against the agent holding all edits
+    final = session.score(module.model, cases, module.prefix)
+    for rec, case, sc in zip(writer.records, cases, final, strict=True):
+        rec["final"] = sc.to_json()
+        rec["gold_final"] = stream.gold(case)
+    writer.keep(len(writer.records))
+    session.model = module.model
+    export_checkpoint(module.model, world.dir, run_dir / "model", run_config, world.hash, {"edits": len(cases)})
+
+
+def _finish(world: World, cases: list[dict], records: list[dict], metrics: MetricsConfig, edits: EditsConfig,
+            method: EditMethod, run_dir: Path, run_config: dict, loggers: list, wall: float, loc_acc_pre: float,
+            session: Session) -> dict:
+    from editlab.eval.summary import summarize
+
+    summary = summarize({c["case_id"]: c for c in cases}, records, metrics.protocol)
+    times = sorted(r["time_s"] for r in records)
+    out = {"method": method.name, "mode": edits.mode, "n": len(records), "protocol": metrics.protocol,
+           "summary": summary, "locality_acc_pre": loc_acc_pre, "wall_s": round(wall, 2),
+           "median_edit_s": times[len(times) // 2], "peak_mem_mb": max(r["peak_mem_mb"] for r in records),
+           "world_hash": world.hash, "results": str(run_dir / FINAL)}
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, run_dir / "metrics.json")
+    flat = {}
+    for subset, vals in summary["subsets"].items():
+        for k, v in vals.items():
+            if isinstance(v, int | float):
+                flat[k if subset == "all" else f"{subset}/{k}"] = float(v)
+    for lg in loggers:
+        lg.log_metrics(flat, step=len(records))
+        lg.save()
+    return out
