@@ -22,7 +22,8 @@ class EditsConfig:
         ckpt_every: sequential: Lightning checkpoint every this many edits (resume).
         weight: the agent's evidence weight per edit: ``n_prime`` (computed on the agent as it is when
             the edit arrives), ``case`` (the case record's n', computed on the fitted agent), or a number.
-        trace: score the case's probes after every optimizer step of the method (Figure 4 panels).
+        trace: score the probes of the first ``trace`` cases after every optimizer step of the method
+            (Figure 4 panels; each traced case costs one scoring pass per step).
         split: ``eval`` cases (``meta`` cases are for training editors).
     """
 
@@ -32,12 +33,14 @@ class EditsConfig:
     eval_every: int = 100
     ckpt_every: int = 50
     weight: str | float = "n_prime"
-    trace: bool = False
+    trace: int = 0
     split: str = "eval"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EditlabError(f"edits.mode={self.mode} is not one of {', '.join(MODES)}")
+        if int(self.trace) < 0:
+            raise EditlabError(f"edits.trace={self.trace} must be >= 0 (number of cases to trace)")
         for key in ("n", "batch_size", "eval_every", "ckpt_every"):
             if int(getattr(self, key)) < 1:
                 raise EditlabError(f"edits.{key}={getattr(self, key)} must be >= 1")

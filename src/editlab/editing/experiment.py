@@ -79,12 +79,12 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
                            f"{len(cases)} or build a world with more cases (data.cases.n_cases)")
     if edits.mode != "single" and edits.batch_size > 1 and not method.supports_batch:
         raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
+    dev = _device(device)
+    model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     run_dir = Path(run_dir)
     state = _prepare_run_dir(run_dir, run_config, overwrite)
     if state == "done":
         return {**json.loads((run_dir / "metrics.json").read_text()), "reused": True}
-    dev = _device(device)
-    model = load_checkpoint(checkpoint, world.hash).to(dev).eval()
     torch.manual_seed(seed)
     from transformers import PreTrainedTokenizerFast
 

@@ -53,8 +53,9 @@ class Session:
     seed: int = 0
     n_samples: int = 5
     sample_tokens: int = 64
-    trace: bool = False
+    trace: int = 0  # trace the first ``trace`` cases of the stream (Figure 4 panels)
     _trace_rows: list = field(default_factory=list, repr=False)
+    _tracing: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -64,7 +65,8 @@ class Session:
         """Apply the requests of ``cases`` at once; seeded by ``index`` so any edit can be replayed exactly."""
         requests = [EditRequest.from_case(c) for c in cases]
         self._trace_rows = []
-        if self.trace:
+        self._tracing = index < self.trace
+        if self._tracing:
             self.ctx.on_step = lambda step, model: self._trace_rows.append(
                 (step, score_cases(model, self.enc, cases, self.max_new_tokens)))
             self._trace_rows.append((0, score_cases(self.model, self.enc, cases, self.max_new_tokens)))
@@ -100,7 +102,7 @@ class Session:
 
     def trace_json(self, j: int) -> dict | None:
         """The trace of the ``j``-th case of the last apply (records.py ``trace``), if tracing."""
-        if not self.trace:
+        if not self._tracing:
             return None
         return {"step": [s for s, _ in self._trace_rows], "p": [rows[j].p for _, rows in self._trace_rows],
                 "p_false": [rows[j].p_false for _, rows in self._trace_rows]}

@@ -13,7 +13,7 @@ One JSON object per edited case::
                   including this one (replaces the case's single-edit p_post); else absent
     locality      {"agree", "acc", "kl"} on the run's fixed locality facts, after the edit
     fluency       {"pre", "post", "consistency_pre", "consistency_post"} (absent if n_samples == 0)
-    trace         optional (edits.trace=true): {"step": [...], "p": [[per probe p] per step],
+    trace         for the first edits.trace cases: {"step": [...], "p": [[per probe p] per step],
                   "p_false": [[...] per step]}, step 0 = before the first optimizer step
     time_s        wall time of applying the edit (not scoring), seconds; batch: the batch's time / size
     peak_mem_mb   peak memory while applying (CUDA max allocated, or process peak RSS on CPU)

@@ -52,8 +52,19 @@ class World:
         return [json.loads(x) for x in (self.dir / "facts.jsonl").read_text().splitlines()]
 
     def cases(self, split: str = "eval") -> list[dict]:
-        name = "cases.jsonl" if split == "eval" else "meta_cases.jsonl"
-        return [json.loads(x) for x in (self.dir / name).read_text().splitlines()]
+        """Case records of ``split``; a malformed file is an error naming the file, line and the fix."""
+        path = self.dir / ("cases.jsonl" if split == "eval" else "meta_cases.jsonl")
+        out = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                case = json.loads(line)
+                if not {"case_id", "subject", "relation", "requested_object", "probes", "ids"} <= set(case):
+                    raise ValueError("missing fields")
+            except (json.JSONDecodeError, ValueError, TypeError) as exc:
+                raise EditlabError(f"malformed case record {path}:{n} ({exc}); rebuild the world: delete {self.dir} "
+                                   "and run python -m editlab.world") from None
+            out.append(case)
+        return out
 
     @cached_property
     def agent(self) -> Agent:
