@@ -1,0 +1,148 @@
+"""Figures: per-edit probability panels (Hase et al. Fig. 4), sequential-editing curves, the training curve
+(Fig. 3). Matplotlib with the Agg backend (files only, no display); each function returns the Figure so
+tests can inspect axes and lines, and :func:`save` writes and closes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from editlab.errors import EditlabError
+
+# Fig. 4 panels: the atomic probe types, each on the object the edit should move (o* for s1 r1, else the
+# agent's new argmax), then the four logical sentences
+PANELS: tuple[tuple[str, str | None, str], ...] = (
+    ("s1r1", "requested", "same s, same r (o*)"),
+    ("s1r2", "new_argmax", "same s, diff r"),
+    ("s2r1", "new_argmax", "diff s, same r"),
+    ("s2r2", "new_argmax", "diff s, diff r"),
+    ("tf_A", None, '"A" is true'),
+    ("not_A", None, '"not A" is true'),
+    ("and_AB", None, '"A and B" is true'),
+    ("or_BA", None, '"B or A" is true'),
+)
+
+
+def _probe_index(case: dict, kind: str, target: str | None) -> int | None:
+    for i, pr in enumerate(case["probes"]):
+        if pr["kind"] == kind and (target is None or pr.get("target") == target):
+            return i
+    return None
+
+
+def edit_panels(record: dict, case: dict) -> Figure:
+    """Fig. 4: the LM's probability of each probe over the optimizer steps of one edit.
+
+    Each panel draws the traced p_LM (step 0 = before the first step) with two horizontal lines: the
+    agent's prior ``p_pre`` and its posterior after the edit (``gold_post`` of the record for sequential
+    runs, where the gold accumulates earlier edits; else the case's ``p_post``). A coherent editor ends on
+    the posterior line; the paper's ROME runs overshoot it for s1 r1 and leave the others at the prior.
+
+    Args:
+        record: a results record with ``trace`` ({"step", "p"}; records.py).
+        case: the case record (cases.jsonl) the record is about.
+    """
+    trace = record.get("trace")
+    if not trace or not trace.get("p"):
+        raise EditlabError(f"record {record.get('case_id')} has no trace; re-run edit.py with edits.trace=true")
+    steps = trace.get("step") or list(range(len(trace["p"])))
+    gold_post = record.get("gold_post")
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharex=True, squeeze=False)
+    for ax, (kind, target, title) in zip(axes.flat, PANELS, strict=True):
+        i = _probe_index(case, kind, target)
+        if i is None:
+            ax.set_title(f"{title}\n(no probe)", fontsize=9)
+            ax.set_axis_off()
+            continue
+        probe = case["probes"][i]
+        post = gold_post[i] if gold_post is not None else probe["p_post"]
+        ax.plot(steps, [p[i] for p in trace["p"]], color="C0", marker=".", label="LM")
+        ax.axhline(probe["p_pre"], color="C2", ls="--", label="agent prior")
+        ax.axhline(post, color="C3", ls=":", label="agent posterior")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+    for ax in axes[1]:
+        ax.set_xlabel("edit step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[:, 0]:
+        ax.set_ylabel("probability")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{case['case_id']}: {case['subject']} {case['relation']} -> {case['requested_object']} "
+                 f"({case['request_type']})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _numeric_keys(points: Sequence[dict], x: str) -> list[str]:
+    keys: list[str] = []
+    for p in points:
+        for k, v in p.items():
+            if k != x and k not in keys and isinstance(v, int | float) and not isinstance(v, bool):
+                keys.append(k)
+    return keys
+
+
+def _grid(n: int, ncols: int = 3) -> tuple[Figure, list]:
+    rows = max(1, math.ceil(n / ncols))
+    cols = min(ncols, max(1, n))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_axis_off()
+    return fig, flat[:n]
+
+
+def sequential_curves(points: Sequence[dict], x: str = "edits") -> Figure:
+    """Every numeric metric of ``curve.jsonl`` against the number of edits applied so far, one panel each."""
+    if not points:
+        raise EditlabError("curve.jsonl is empty; the sequential run wrote no evaluation points")
+    keys = _numeric_keys(points, x)
+    fig, axes = _grid(len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        pts = [(p[x], p[key]) for p in points if isinstance(p.get(key), int | float)]
+        ax.plot([a for a, _ in pts], [b for _, b in pts], marker=".")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("number of edits")
+    fig.tight_layout()
+    return fig
+
+
+def training_curve(curve: Sequence[dict], loss: Sequence[tuple[float, float]] = ()) -> Figure:
+    """Fig. 3: generative accuracy and probabilistic coherence of the fact probe over training tokens.
+
+    Args:
+        curve: ``metrics.json["curve"]`` of a pretraining run ({"step", "tokens", "gen_acc", "prob_coherence"}).
+        loss: optional (tokens, train loss) pairs (the CSV log) for a third panel.
+    """
+    if not curve:
+        raise EditlabError("the pretraining metrics.json has an empty curve; train with probe.every_n_steps > 0")
+    x = "tokens" if all("tokens" in p for p in curve) else "step"
+    xs = [p[x] / 1e6 if x == "tokens" else p[x] for p in curve]
+    panels = [("gen_acc", "generative accuracy"), ("prob_coherence", "probabilistic coherence |p_LM - p_gold|")]
+    fig, axes = _grid(len(panels) + (1 if loss else 0))
+    for ax, (key, title) in zip(axes, panels, strict=False):
+        ax.plot(xs, [p[key] for p in curve], marker=".")
+        ax.set_title(title, fontsize=9)
+    if loss:
+        axes[-1].plot([t / 1e6 for t, _ in loss], [v for _, v in loss])
+        axes[-1].set_title("train loss", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("tokens (M)" if x == "tokens" else "step")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as PNG and free it (figures are not garbage-collected while pyplot tracks them)."""
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
