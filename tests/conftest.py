@@ -63,3 +63,49 @@ def tiny_world(tmp_path_factory) -> BuiltWorld:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@dataclass
+class TinyLM:
+    """A briefly trained tiny Mistral on the tiny world's corpus, for editing tests."""
+
+    model: object  # MistralForCausalLM in eval mode
+    tok: object  # the world's PreTrainedTokenizerFast
+    world: BuiltWorld
+    max_new_tokens: int
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_world) -> TinyLM:
+    """4 blocks of width 64 (~0.5M parameters, most in the 2048-token embeddings), 150 AdamW steps of
+    16 packed corpus rows of 64 tokens (~20 s on one core): it has learnt the sentence grammar (which
+    object type follows which relation), so an edit has to move real probability mass."""
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    from editlab.eval.probes import max_object_tokens
+    from editlab.lm.packing import Corpus, PackedStream
+    from editlab.lm.presets import Arch, build_model
+
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_world.dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is slower with more threads on a shared machine
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            arch = Arch(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=4, max_position_embeddings=256)
+            model = build_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+            stream = PackedStream(Corpus.open(tiny_world.dir), seq_len=64, seed=0)
+            opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+            rows = 16
+            for step in range(150):
+                items = [stream[(0, step * rows + i)] for i in range(rows)]
+                batch = {k: torch.stack([x[k] for x in items]) for k in items[0]}
+                model(**batch).loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return TinyLM(model, tok, tiny_world, max_object_tokens(tok, tiny_world.world["objects"]))

@@ -1,0 +1,132 @@
+"""The one target loss every fine-tuning editor optimises: NLL of the requested object given its prompt.
+
+Tokenisation is the evaluation's (evaluation.md, :class:`~editlab.eval.probes.PromptEncoder`):
+BOS + tokens("s r") + tokens(" o*"), prompt and object tokenised separately, so the edit optimises
+exactly the sequence that ``p_LM(o* | "s r")`` scores afterwards. Rows are right-padded; only the
+object positions carry labels (the prompt is masked, FT-M / the paper's LoRA objective).
+
+Two objectives:
+
+- ``teacher_forced`` (default): ``-log p(o*|s r) = -sum_j log p(o_j | s r, o_<j)``, each object token
+  predicted from the gold prefix (one forward pass over prompt + object);
+- ``last_position``: the original FT-L/ROME code's objective, every object token read off the
+  distribution at the *last prompt position*, ``-sum_j log p(o_j | s r)``. It is not the
+  likelihood of a multi-token object; it is kept only to compare against the original numbers.
+
+Both return the mean over requests of the per-request NLL (summed over the object's tokens), so a
+batch of k edits is one loss whose scale does not grow with k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from editlab.editing.base import EditRequest
+from editlab.errors import EditlabError
+from editlab.eval.probes import PromptEncoder
+
+OBJECTIVES = ("teacher_forced", "last_position")
+
+
+@dataclass
+class TargetBatch:
+    """Right-padded BOS + prompt + object rows of a list of requests.
+
+    Attributes:
+        ids: (B, T) token ids, padded with the pad id.
+        mask: (B, T) attention mask (1 on real tokens).
+        target: (B, T) bool, True at the object's token positions (what the loss predicts).
+        last_prompt: (B,) index of the last prompt token of each row.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor
+    last_prompt: torch.Tensor
+
+    def to(self, device: torch.device) -> TargetBatch:
+        return TargetBatch(self.ids.to(device), self.mask.to(device), self.target.to(device),
+                           self.last_prompt.to(device))
+
+
+def target_batch(enc: PromptEncoder, requests: Sequence[EditRequest]) -> TargetBatch:
+    """Build the loss batch of ``requests`` with the evaluation's tokenisation."""
+    prompts = enc.prompts([("", r.prompt) for r in requests])
+    objects = enc.objects([r.target for r in requests])
+    width = max(len(p) + len(o) for p, o in zip(prompts, objects, strict=True))
+    n = len(requests)
+    ids = torch.full((n, width), enc.tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    target = torch.zeros((n, width), dtype=torch.bool)
+    for i, (p, o) in enumerate(zip(prompts, objects, strict=True)):
+        ids[i, : len(p) + len(o)] = torch.tensor(p + o)
+        mask[i, : len(p) + len(o)] = 1
+        target[i, len(p) : len(p) + len(o)] = True
+    last = torch.tensor([len(p) - 1 for p in prompts])
+    return TargetBatch(ids, mask, target, last)
+
+
+def target_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced") -> torch.Tensor:
+    """Mean over requests of ``-log p(o* | s r)`` under ``objective`` (scalar, differentiable)."""
+    if objective not in OBJECTIVES:
+        raise EditlabError(f"objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
+    logits = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits.float()  # (B, T, V)
+    logp = torch.log_softmax(logits, dim=-1)
+    if objective == "teacher_forced":
+        nxt = batch.ids[:, 1:]  # position t predicts token t + 1
+        tok_lp = logp[:, :-1].gather(-1, nxt.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        per_request = -(tok_lp * batch.target[:, 1:]).sum(-1)
+    else:
+        rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
+        last = logp[rows, batch.last_prompt]  # (B, V): the distribution after "s r"
+        tok_lp = last.gather(-1, batch.ids)  # (B, T): log p(token at t | s r) for every t
+        per_request = -(tok_lp * batch.target).sum(-1)
+    return per_request.mean()
+
+
+def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
+        steps: int, *, objective: str = "teacher_forced", clip: float | None = None,
+        extra_loss: Callable[[], torch.Tensor] | None = None, after_step: Callable[[int], None] | None = None,
+        on_step: Callable[[int, nn.Module], None] | None = None, stop_loss: float = 0.0) -> dict[str, float]:
+    """Minimise :func:`target_nll` over ``params`` for ``steps`` optimizer steps (the shared edit loop).
+
+    Gradients are taken with ``torch.autograd.grad`` w.r.t. ``params`` only, so no other parameter of
+    the model ever gets a ``.grad`` (an edit must leave nothing behind but its weight change).
+    ``after_step(step)`` runs right after each optimizer step (FT-L's clamp, AdaLoRA's rank
+    allocation, which needs the gradients still in place), then ``on_step(step, model)`` (tracing).
+    Stops early once the target loss is below ``stop_loss`` (0 = never).
+
+    Returns:
+        ``loss_initial`` (before any step), ``loss_final`` (after the last step) and ``steps`` taken.
+    """
+    params = list(params)
+    first = None
+    done = 0
+    with torch.enable_grad():
+        for step in range(1, steps + 1):
+            nll = target_nll(model, batch, objective)
+            value = nll.item()
+            first = value if first is None else first
+            if value < stop_loss:
+                break
+            loss = nll + extra_loss() if extra_loss is not None else nll
+            grads = torch.autograd.grad(loss, params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+            if after_step is not None:
+                after_step(step)
+            for p in params:
+                p.grad = None
+            done = step
+            if on_step is not None:
+                on_step(step, model)
+    with torch.no_grad():
+        final = float(target_nll(model, batch, objective))
+    return {"loss_initial": final if first is None else first, "loss_final": final, "steps": done}

@@ -1,0 +1,66 @@
+"""In-context editing (ICE): the edit is text before the probe, no weight changes.
+
+Following the in-context baselines of Hase et al. (2024) and EasyEdit's ICE, the handle's
+``prefix`` is the edit as a corpus sentence, ``"s r o*."``, or with ``template="tf"`` as a true TF
+sentence, ``'"s r o*" is true.'`` (both forms occur in the pretraining corpus, world.md). The
+scorer puts the prefix between BOS and every probe.
+
+Sequential editing keeps the committed edits as method state, so the prefix accumulates: edit k
+sees the sentences of edits 1..k. ``restore`` drops the pending edit; ``commit`` appends it to the
+memory. :meth:`ICE.state_dict` stores the memory as a uint8 tensor of UTF-8 text (one sentence per
+line), so it round-trips through safetensors like any other method state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
+from editlab.editing.registry import register
+from editlab.errors import EditlabError
+
+TEMPLATES = ("sentence", "tf")
+
+
+@register
+@dataclass
+class ICE(EditMethod):
+    """Prepend the edit sentence(s) to every probe.
+
+    Attributes:
+        template: ``sentence`` ("s r o*.") or ``tf`` ('"s r o*" is true.').
+    """
+
+    name = "ice"
+    in_context = True
+    template: str = "sentence"
+    memory: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise EditlabError(f"method ice: template={self.template!r} must be one of {', '.join(TEMPLATES)}")
+
+    def sentence(self, r: EditRequest) -> str:
+        return f'"{r.sentence}" is true.' if self.template == "tf" else f"{r.sentence}."
+
+    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> EditHandle:
+        new = [self.sentence(r) for r in requests]
+
+        def commit() -> nn.Module:
+            self.memory.extend(new)
+            return model
+
+        return EditHandle(model, restore_fn=lambda: None, commit_fn=commit, prefix=" ".join(self.memory + new),
+                          info={"steps": 0, "update_norm": 0.0, "context_sentences": len(self.memory) + len(new)})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        data = "\n".join(self.memory).encode("utf-8")
+        return {"memory": torch.tensor(list(data), dtype=torch.uint8)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        text = bytes(state["memory"].tolist()).decode("utf-8")
+        self.memory = text.split("\n") if text else []

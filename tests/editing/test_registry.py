@@ -1,0 +1,49 @@
+"""Registry lookups and every conf/method/*.yaml: names agree, hparams and presets build the method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from editlab.editing import registry
+from editlab.errors import EditlabError
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
+YAMLS = sorted(CONF.glob("*.yaml"))
+
+
+def test_unknown_method_lists_valid_names_and_close_matches():
+    with pytest.raises(EditlabError) as err:
+        registry.get_method("lorra")
+    msg = str(err.value)
+    assert "did you mean lora" in msg
+    assert all(name in msg for name in registry.available())
+    assert "\n" not in msg
+
+
+def test_bad_hyperparameter_key_is_a_user_error():
+    with pytest.raises(EditlabError, match="rnk"):
+        registry.get_method("lora", {"rnk": 2})
+    with pytest.raises(EditlabError):
+        registry.get_method("ft_l", {"norm_constraint": -1.0})
+    with pytest.raises(EditlabError):
+        registry.get_method("lora", {"objective": "last_token"})
+
+
+def test_every_registered_method_has_a_config():
+    assert {p.stem for p in YAMLS} >= set(registry.available())
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.stem for p in YAMLS])
+def test_method_yaml_loads_and_builds(path):
+    text = path.read_text()
+    assert text.startswith("#") and f"python edit.py method={path.stem}" in text  # header with launch command
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert cfg["name"] == path.stem and path.stem in registry.available()
+    hparams = cfg.get("hparams") or {}
+    method = registry.get_method(cfg["name"], hparams)
+    assert method.name == path.stem
+    for model, preset in (cfg.get("presets") or {}).items():
+        assert registry.get_method(cfg["name"], {**hparams, **(preset or {})}).name == path.stem, model
