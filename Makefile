@@ -1,5 +1,5 @@
 # editlab: the README's commands. Every target is idempotent and installs what it needs first.
-#   make demo    build the tiny world, pretrain mistral_tiny on it, print the checkpoint and its accuracy
+#   make demo    the whole pipeline on the tiny CPU default: world -> pretrain -> 200 LoRA edits -> Table 4 + plots
 #   make test    run the test suite (fast; slow tests: make test-slow)
 #   make bench   benchmarks, one JSON object each
 
@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+DEMO_RUN := outputs/edit/wikidata_synth_tiny/mistral_tiny/lora-single-n200-s0
+
 demo: setup
 	$(PY) -m editlab.world data=wikidata_synth_tiny progress=false > /dev/null
 	$(PY) train.py
+	$(PY) edit.py method=lora edits.n=200 edits.trace=4
+	$(PY) evaluate.py run=$(DEMO_RUN)
 
 test: setup
 	$(PY) -m pytest -q
@@ -33,6 +37,7 @@ test-slow: setup
 bench: setup
 	$(PY) bench/world.py
 	$(PY) bench/pretrain.py
+	$(PY) bench/edit.py
 
 lint: setup
 	$(PY) -m ruff check .

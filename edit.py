@@ -61,6 +61,19 @@ def edit(cfg: DictConfig) -> dict:
     )
 
 
+def check_method_args(argv: list[str]) -> None:
+    """Unknown ``method=`` values fail here with the registry's "did you mean" line, not Hydra's page."""
+    from editlab.editing.registry import method_class
+
+    conf = Path(__file__).resolve().parent / "conf" / "method"
+    for arg in argv:
+        if arg.startswith("method="):
+            for name in arg.split("=", 1)[1].split(","):  # a multirun sweep lists several
+                if not (conf / f"{name}.yaml").is_file():
+                    method_class(name)  # raises for an unregistered name
+                    raise EditlabError(f"method {name} is registered but has no conf/method/{name}.yaml")
+
+
 @hydra.main(config_path="conf", config_name="edit", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -79,4 +92,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:
+        check_method_args(sys.argv[1:])
+    except EditlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     main()

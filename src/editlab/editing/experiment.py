@@ -23,18 +23,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from editlab.editing.base import EditContext, EditMethod
 from editlab.editing.config import EditsConfig, MetricsConfig
 from editlab.editing.results import FINAL, PARTIAL, ResultsWriter
 from editlab.editing.runner import run_restoring
-from editlab.editing.sequential import AgentStream, SequentialEditing
+from editlab.editing.sequential import AgentStream, EditCheckpoint, SequentialEditing
 from editlab.editing.session import Session
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
+from editlab.lm.pretrain import resolve_resume
 from editlab.world.loading import World
 
 IGNORED_KEYS = ("progress", "overwrite", "device", "logger")
@@ -129,16 +130,14 @@ def _run_sequential(session: Session, cases: list[dict], pre: list, pre_fluency:
     module = SequentialEditing(session, cases, pre, pre_fluency, edits.batch_size, edits.eval_every, stream,
                                writer, curve)
     every = max(1, edits.eval_every // edits.batch_size)
-    ckpt_epochs = max(1, edits.ckpt_every // edits.batch_size)
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=ckpt_epochs, save_top_k=1,
-                           enable_version_counter=False, save_on_train_epoch_end=True)
+    ckpt = EditCheckpoint(last, max(1, edits.ckpt_every // edits.batch_size))
     trainer = L.Trainer(max_epochs=module.n_steps, accelerator=dev.type, devices=1, logger=loggers,
                         callbacks=[ckpt] + ([TQDMProgressBar(refresh_rate=1)] if progress else []),
                         enable_progress_bar=progress, check_val_every_n_epoch=every, num_sanity_val_steps=0,
                         limit_val_batches=1, log_every_n_steps=1, enable_model_summary=False,
-                        default_root_dir=str(run_dir), precision="32-true")
+                        default_root_dir=str(run_dir), precision="32-true", enable_checkpointing=False)
     if resume and last.is_file():
-        ckpt_path: str | None = str(last)
+        ckpt_path: str | None = resolve_resume(str(last), run_dir)  # a truncated checkpoint is a clear error
     else:
         ckpt_path = None
         writer.keep(0)

@@ -17,12 +17,14 @@ each method runs its own update inside :meth:`training_step`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from editlab.editing.results import ResultsWriter
@@ -173,6 +175,24 @@ class SequentialEditing(L.LightningModule):
         if self.curve_path.exists():
             rows = [json.loads(x) for x in self.curve_path.read_text().splitlines() if x.strip()]
             self.curve_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["edits"] <= self.n_done))
+
+
+class EditCheckpoint(Callback):
+    """``last.ckpt`` every ``every`` steps of the stream, written atomically (temp file + rename).
+
+    Lightning's ModelCheckpoint keys its cadence on optimizer steps, and this module takes none (each
+    method runs its own update), so it would never save mid-stream.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = Path(path), every
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, self.path)
 
 
 def _hit_target(case: dict, sc: CaseScores, kind: str) -> bool:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from editlab.errors import EditlabError
@@ -60,7 +61,7 @@ def load_checkpoint(directory: Path, world_hash: str | None = None) -> PreTraine
         )
     try:
         return AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise EditlabError(f"cannot load weights from {directory}: {str(exc).splitlines()[0]}") from None
 
 

@@ -1,0 +1,179 @@
+"""edit.py end to end on a small random model: records, resume of a killed sequential stream, agent stream, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from editlab.editing.sequential import AgentStream
+from editlab.lm.checkpoint import export_checkpoint
+from editlab.lm.presets import Arch, build_model
+from editlab.world.gold import case_gold
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["method.hparams.steps=3", "method.hparams.lr=0.01", "metrics.n_locality=10", "metrics.n_samples=1",
+        "metrics.sample_tokens=8", "progress=false", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_world, tmp_path_factory) -> Path:
+    """A small random Mistral exported as a checkpoint of the tiny world (pipeline tests need no training)."""
+    meta = json.loads((tiny_world.dir / "tokens.json").read_text())
+    torch.manual_seed(0)
+    model = build_model(Arch(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2), meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
+    out = tmp_path_factory.mktemp("ckpt") / "model"
+    return export_checkpoint(model, tiny_world.dir, out, {}, tiny_world.world["hash"], {})
+
+
+def _cli(world, ckpt: Path, run_dir: Path, extra: list[str], popen: bool = False):
+    cmd = [sys.executable, "edit.py", f"data.cache_dir={world.dir.parent}", f"checkpoint={ckpt}",
+           f"run_dir={run_dir}", *FAST, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+
+
+def test_single_mode_writes_complete_records_and_metrics(tiny_world, ckpt, tmp_path):
+    run = tmp_path / "single"
+    res = _cli(tiny_world, ckpt, run, ["edits.n=3"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = _records(run)
+    assert [r["case_id"] for r in recs] == [c["case_id"] for c in tiny_world.cases[:3]]
+    for r, c in zip(recs, tiny_world.cases, strict=False):
+        assert len(r["pre"]["p"]) == len(r["post"]["p"]) == len(c["probes"])
+        assert set(r["post"]["gen"]) == {"s1r1", "s1r2", "s2r1", "s2r2"}
+        assert r["time_s"] > 0 and r["peak_mem_mb"] > 0 and {"agree", "acc", "kl"} <= set(r["locality"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["summary"]["subsets"]["all"]["n"] == 3
+    assert not (run / "results.jsonl.partial").exists()
+    # a finished run with the same config is reused, not redone
+    again = _cli(tiny_world, ckpt, run, ["edits.n=3"])
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, path: Path, timeout: float = 300) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+def test_killed_sequential_stream_resumes_with_the_same_final_metrics(tiny_world, ckpt, tmp_path):
+    args = ["edits.mode=sequential", "edits.n=24", "edits.eval_every=8", "edits.ckpt_every=2"]
+    full = tmp_path / "full"
+    assert _cli(tiny_world, ckpt, full, args).returncode == 0
+    killed = tmp_path / "killed"
+    proc = _cli(tiny_world, ckpt, killed, args, popen=True)
+    _wait_for_checkpoint(proc, killed / "checkpoints" / "last.ckpt")
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.jsonl").exists(), "the run must be killed before it completes"
+    assert 0 < len((killed / "results.jsonl.partial").read_text().splitlines()) < 24
+    res = _cli(tiny_world, ckpt, killed, args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _records(full), _records(killed)
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("time_s", "peak_mem_mb")}  # noqa: E731
+    assert [strip(r) for r in a] == [strip(r) for r in b]
+    ma, mb = (json.loads((d / "metrics.json").read_text())["summary"] for d in (full, killed))
+    assert ma == mb
+    curve_a = (full / "curve.jsonl").read_text()
+    assert curve_a == (killed / "curve.jsonl").read_text() and len(curve_a.splitlines()) == 3
+    assert torch.equal(_weights(full / "model"), _weights(killed / "model"))  # the final edited model, bit for bit
+
+
+def _weights(d: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    w = load_file(str(d / "model.safetensors"))
+    return torch.cat([w[k].flatten() for k in sorted(w)])
+
+
+def test_agent_stream_equals_edits_applied_one_by_one(tiny_world):
+    """The accumulated agent of sequential mode (and its replay after a resume) is the one-by-one chain."""
+    ids = tiny_world.ids()
+    cases = tiny_world.cases[:12]
+    stream = AgentStream(tiny_world.agent, ids, "n_prime")
+    agent, edited = tiny_world.agent, set()
+    for case in cases:
+        stream.add(case)
+        i = case["ids"]
+        w, _ = agent.n_prime(i["subject"], i["relation"], i["requested_object"])
+        agent = agent.edit(i["subject"], i["relation"], i["requested_object"], w)
+        edited.add((i["subject"], i["relation"]))
+        for c in cases:
+            np.testing.assert_allclose(stream.gold(c), case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)
+    replayed = AgentStream(tiny_world.agent, ids, "n_prime")
+    replayed.replay(stream.applied)
+    for c in cases:
+        assert replayed.gold(c) == stream.gold(c)
+    # the first edit's gold is the case's own single-edit p_post
+    first = AgentStream(tiny_world.agent, ids, "case")
+    first.add(cases[0])
+    np.testing.assert_allclose(first.gold(cases[0]), [p["p_post"] for p in cases[0]["probes"]], atol=1e-12)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["method=lorra"], "did you mean lora"),
+    (["edits.n=100000"], "edits.n=100000"),
+    (["edits.mode=stream"], "edits.mode=stream"),
+    (["edits.n=0"], "edits.n=0"),
+    (["edits.batch_size=4"], "edits.mode=batch"),
+    (["metrics.protocol=fuzzy"], "metrics.protocol"),
+])
+def test_bad_input_one_line(tiny_world, ckpt, tmp_path, extra, needle):
+    run = tmp_path / "bad"
+    res = _cli(tiny_world, ckpt, run, extra)
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], \
+        res.stderr[-3000:]
+    assert not (run / "results.jsonl").exists()
+
+
+def test_bad_checkpoints(tiny_world, ckpt, tmp_path):
+    import shutil
+
+    missing = _cli(tiny_world, tmp_path / "nope", tmp_path / "r1", [])
+    assert missing.returncode == 2 and "python train.py" in missing.stderr
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    info = json.loads((other / "editlab.json").read_text())
+    (other / "editlab.json").write_text(json.dumps({**info, "world_hash": "0123456789ab"}))
+    res = _cli(tiny_world, other, tmp_path / "r2", [])
+    assert res.returncode == 2 and "0123456789ab" in res.stderr and not (tmp_path / "r2").exists()
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(ckpt, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    res = _cli(tiny_world, corrupt, tmp_path / "r3", [])
+    assert res.returncode == 2 and res.stderr.startswith("error: cannot load weights"), res.stderr[-2000:]
+
+
+def test_malformed_case_file(tiny_world, ckpt, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_world.dir, cache / tiny_world.dir.name)
+    path = cache / tiny_world.dir.name / "cases.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1][:50], *lines[2:]]) + "\n")
+    cmd_ckpt = tmp_path / "ck"
+    shutil.copytree(ckpt, cmd_ckpt)
+    res = subprocess.run([sys.executable, "edit.py", f"data.cache_dir={cache}", f"checkpoint={cmd_ckpt}",
+                          f"run_dir={tmp_path / 'r'}", *FAST], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "cases.jsonl:2" in res.stderr, res.stderr[-2000:]
