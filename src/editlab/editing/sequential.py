@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
@@ -93,6 +94,8 @@ class SequentialEditing(L.LightningModule):
         self.stream, self.writer, self.curve_path = stream, writer, Path(curve_path)
         self.model = session.model
         self.prefix = ""
+        # the base snapshot for drift (not a registered buffer: a resumed run rebuilds it from the base checkpoint)
+        self.base_weights = {n: p.detach().clone() for n, p in session.model.named_parameters()}
 
     @property
     def n_steps(self) -> int:
@@ -157,10 +160,21 @@ class SequentialEditing(L.LightningModule):
         loc = self.session.locality(self.model, self.prefix)
         acc = {k: float(np.mean([_hit_target(c, sc, k) for sc, c in zip(now, done, strict=True)])) for k in ATOMIC}
         return {"edits": self.n_done, "retention": float(hold.mean()), "retention_by_block": blocks,
+                "weight_drift": self.weight_drift(),
                 "immediate_exact": float(np.mean(immediate)), "locality_agree": loc["agree"],
                 "locality_acc": loc["acc"], "locality_kl": loc["kl"],
                 **{f"{k}_acc_now": v for k, v in acc.items()},
                 **_coherence(done, now, [self.stream.gold(c) for c in done])}
+
+    @torch.no_grad()
+    def weight_drift(self) -> float:
+        """||W - W0|| / ||W0|| over all parameters (Frobenius): how far the stream moved the model."""
+        diff = base = 0.0
+        for n, p in self.model.named_parameters():
+            w0 = self.base_weights[n]
+            diff += float((p.detach().double() - w0.double()).pow(2).sum())
+            base += float(w0.double().pow(2).sum())
+        return (diff / base) ** 0.5
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["editlab"] = {"applied": self.stream.applied, "prefix": self.prefix,
