@@ -141,7 +141,9 @@ def _run_sequential(session: Session, cases: list[dict], pre: list, pre_fluency:
     else:
         ckpt_path = None
         writer.keep(0)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    for msg in (".*does not have many workers.*", ".*returned `None`, this fit will run with no optimizer.*",
+                ".*module\\(s\\) in eval mode.*"):  # by design: methods optimise inside the step; scoring is eval
+        warnings.filterwarnings("ignore", message=msg)
     trainer.fit(module, ckpt_path=ckpt_path)
     if not curve.exists() or json.loads(curve.read_text().splitlines()[-1])["edits"] != module.n_done:
         with curve.open("a") as f:  # the final point when n is not a multiple of eval_every
