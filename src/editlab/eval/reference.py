@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editlab.eval.probes import ATOMIC, CaseScores
-from editlab.eval.scoring import _left_padded, encode_pairs
+from editlab.eval.scoring import encode_pairs, left_padded
 
 BATCH = 64  # the paper's evaluation batch size
 
@@ -53,7 +53,7 @@ def reference_object_scores(model: torch.nn.Module, prompts: list[list[int]], ob
     acc = torch.empty(len(seqs), dtype=torch.float64)
     for a in range(0, len(seqs), batch_size):
         idx = list(range(a, min(a + batch_size, len(seqs))))
-        ids, mask = _left_padded(seqs, idx, pad_id)
+        ids, mask = left_padded(seqs, idx, pad_id)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False).logits
         logits = logits[:, :-1].float()  # (B, T-1, V): column t predicts token t+1
@@ -80,7 +80,7 @@ def reference_greedy(model: torch.nn.Module, tok: PreTrainedTokenizerBase, promp
     out: list[str] = []
     for a in range(0, len(prompts), batch_size):
         idx = list(range(a, min(a + batch_size, len(prompts))))
-        ids, mask = _left_padded(prompts, idx, tok.pad_token_id)
+        ids, mask = left_padded(prompts, idx, tok.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         width = ids.shape[1]
         done = torch.zeros(len(idx), dtype=torch.bool, device=device)
