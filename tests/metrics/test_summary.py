@@ -150,3 +150,12 @@ def test_errors():
     bad = [dict(RECORDS[0], pre=dict(RECORDS[0]["pre"], p=[0.5]))]
     with pytest.raises(EditlabError, match="probe scores"):
         summarize(CASES, bad)
+
+
+def test_final_stage_uses_the_fully_accumulated_agent():
+    """A sequential record's final scores are compared with ``gold_final`` (agent holding every edit), not gold_post."""
+    recs = [dict(r) for r in RECORDS]
+    recs[2] = {**recs[2], "gold_final": [0.7] * N_PROBES}
+    a = summarize(CASES, recs, "paper")["subsets"]["all"]
+    assert a["final/s1r1_prob_coh"] == approx(0.4)  # |0.3 - 0.7| (with gold_post it was 0)
+    assert a["post/s1r1_prob_coh"] == approx(0.1 / 3)  # post still against gold_post
