@@ -25,16 +25,14 @@ def edit(cfg: DictConfig) -> dict:
     """Validate the config and run the edits; returns the run's metrics."""
     from editlab.editing.config import EditsConfig, MetricsConfig
     from editlab.editing.experiment import edit_run
-    from editlab.editing.registry import get_method
+    from editlab.editing.registry import get_method, method_hparams
     from editlab.utils.typed import from_dict
     from editlab.world.build import world_dir
     from editlab.world.config import world_config
     from editlab.world.loading import World
 
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    presets = method_cfg.get("presets") or {}
-    hparams = {**(method_cfg.get("hparams") or {}), **(presets.get(cfg.model.name) or {})}
-    method = get_method(method_cfg["name"], hparams)
+    method = get_method(method_cfg["name"], method_hparams(method_cfg, cfg.model.name))
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")
     metrics = from_dict(MetricsConfig, OmegaConf.to_container(cfg.metrics, resolve=True), "metrics")
     data = OmegaConf.to_container(cfg.data, resolve=True)

@@ -41,6 +41,7 @@ from transformers import PreTrainedTokenizerFast
 
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.registry import available, get_method
+from editlab.editing.registry import method_hparams as resolve_hparams
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
@@ -80,11 +81,7 @@ def method_hparams(name: str, preset: str | None) -> dict:
     path = ROOT / "conf/method" / f"{name}.yaml"
     if not path.is_file():
         return {}
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    over = (cfg.get("presets") or {}).get(preset) or {} if preset else {}
-    if not isinstance(over, dict):
-        raise EditlabError(f"{path}: presets.{preset} is {over!r}, not a mapping; fix the method YAML")
-    return {**(cfg.get("hparams") or {}), **over}
+    return resolve_hparams(OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}, preset)
 
 
 def log(msg: str) -> None:
