@@ -27,8 +27,6 @@ def edit(cfg: DictConfig) -> dict:
     from editlab.editing.experiment import edit_run
     from editlab.editing.registry import get_method, method_hparams
     from editlab.utils.typed import from_dict
-    from editlab.world.build import world_dir
-    from editlab.world.config import world_config
     from editlab.world.loading import World
 
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
@@ -36,7 +34,7 @@ def edit(cfg: DictConfig) -> dict:
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")
     metrics = from_dict(MetricsConfig, OmegaConf.to_container(cfg.metrics, resolve=True), "metrics")
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    world = World.open(world_dir(world_config(data), Path(to_absolute_path(data["cache_dir"]))), data["name"])
+    world = World.from_config(data, to_absolute_path(data["cache_dir"]))
     checkpoint = Path(to_absolute_path(cfg.checkpoint))
     if not checkpoint.is_dir():
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "

@@ -41,11 +41,9 @@ def _publish(out: Path, write: Callable[[Path], None]) -> None:
 
 
 def _open_world(data: dict):
-    from editlab.world.build import world_dir
-    from editlab.world.config import world_config
     from editlab.world.loading import World
 
-    return World.open(world_dir(world_config(data), Path(to_absolute_path(data["cache_dir"]))), data.get("name"))
+    return World.from_config(data, to_absolute_path(data["cache_dir"]))
 
 
 def _read_jsonl(path: Path) -> list[dict]:

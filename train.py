@@ -26,14 +26,12 @@ def train(cfg: DictConfig) -> dict:
     """Validate the config and run the task; returns its final metrics."""
     from editlab.lm.presets import arch_from, recipe_from
     from editlab.lm.pretrain import pretrain
-    from editlab.world.build import world_dir
-    from editlab.world.config import world_config
     from editlab.world.loading import World
 
     if cfg.task not in TASKS:
         raise EditlabError(f"task={cfg.task} is not available; valid tasks: {', '.join(TASKS)}")
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    world = World.open(world_dir(world_config(data), Path(to_absolute_path(data["cache_dir"]))), data["name"])
+    world = World.from_config(data, to_absolute_path(data["cache_dir"]))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in ("devices", "num_nodes"):

@@ -177,3 +177,20 @@ def test_malformed_case_file(tiny_world, ckpt, tmp_path):
     res = subprocess.run([sys.executable, "edit.py", f"data.cache_dir={cache}", f"checkpoint={cmd_ckpt}",
                           f"run_dir={tmp_path / 'r'}", *FAST], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and "cases.jsonl:2" in res.stderr, res.stderr[-2000:]
+
+
+def test_batched_sequential_gold_holds_the_whole_batch(tiny_world, ckpt, tmp_path):
+    """A batch is applied to the model at once, so every case's gold comes from the agent holding the whole batch."""
+    run = tmp_path / "seqbatch"
+    res = _cli(tiny_world, ckpt, run, ["edits.mode=sequential", "edits.n=4", "edits.batch_size=2", "edits.eval_every=2",
+                                       "edits.weight=case"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    ids, cases = tiny_world.ids(), tiny_world.cases[:4]
+    agent, edited = tiny_world.agent, set()
+    for rec_pair, pair in ((_records(run)[:2], cases[:2]), (_records(run)[2:], cases[2:])):
+        for c in pair:
+            i = c["ids"]
+            agent = agent.edit(i["subject"], i["relation"], i["requested_object"], c["edit_weight"])
+            edited.add((i["subject"], i["relation"]))
+        for rec, c in zip(rec_pair, pair, strict=True):
+            np.testing.assert_allclose(rec["gold_post"], case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)

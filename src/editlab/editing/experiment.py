@@ -112,8 +112,8 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     wall = time.perf_counter() - t0
     records = writer.records
     writer.finish()
-    return _finish(world, chosen, records, metrics, edits, method, run_dir, run_config, loggers or [], wall,
-                   base_loc.compare(base_loc, loc)["acc"], session)
+    return _finish(world, chosen, records, metrics, edits, method, run_dir, loggers or [], wall,
+                   base_loc.accuracy(loc))
 
 
 def _run_sequential(session: Session, cases: list[dict], pre: list, pre_fluency: list[dict], edits: EditsConfig,
@@ -154,13 +154,11 @@ def _run_sequential(session: Session, cases: list[dict], pre: list, pre_fluency:
         rec["final"] = sc.to_json()
         rec["gold_final"] = stream.gold(case)
     writer.keep(len(writer.records))
-    session.model = module.model
     export_checkpoint(module.model, world.dir, run_dir / "model", run_config, world.hash, {"edits": len(cases)})
 
 
 def _finish(world: World, cases: list[dict], records: list[dict], metrics: MetricsConfig, edits: EditsConfig,
-            method: EditMethod, run_dir: Path, run_config: dict, loggers: list, wall: float, loc_acc_pre: float,
-            session: Session) -> dict:
+            method: EditMethod, run_dir: Path, loggers: list, wall: float, loc_acc_pre: float) -> dict:
     from editlab.eval.summary import summarize
 
     summary = summarize({c["case_id"]: c for c in cases}, records, metrics.protocol)

@@ -26,22 +26,8 @@ def run_restoring(session: Session, cases: Sequence[dict], pre: list[CaseScores]
     bar = tqdm(total=len(cases), initial=start, disable=not progress, desc=f"edit ({mode})", unit="edit")
     for b in range(start, len(cases), batch_size):
         batch = list(cases[b : b + batch_size])
-        handle, cost = session.apply(batch, index=b)
-        post = session.score(handle.model, batch, handle.prefix)
-        loc = session.locality(handle.model, handle.prefix)
-        flu = session.fluency(handle.model, batch, handle.prefix, salt=b)
-        records = []
-        for j, case in enumerate(batch):
-            rec = {"case_id": case["case_id"], "index": b + j, "method": session.method.name, "mode": mode,
-                   "batch": b // batch_size, "pre": pre[b + j].to_json(), "post": post[j].to_json(),
-                   "locality": loc, **cost}
-            if flu[j]:
-                rec["fluency"] = {"pre": pre_fluency[b + j]["fluency"], "post": flu[j]["fluency"],
-                                  "consistency_pre": pre_fluency[b + j]["consistency"],
-                                  "consistency_post": flu[j]["consistency"]}
-            if (tr := session.trace_json(j)) is not None:
-                rec["trace"] = tr
-            records.append(rec)
+        handle, _, records = session.step(batch, b, pre[b : b + batch_size], pre_fluency[b : b + batch_size], mode,
+                                          b // batch_size)
         session.model = handle.restore()
         writer.append(records)
         bar.update(len(batch))

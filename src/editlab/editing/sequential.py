@@ -119,28 +119,20 @@ class SequentialEditing(L.LightningModule):
         cases = self.cases[b : b + self.batch_size]
         s = self.session
         s.model = self.model
-        handle, cost = s.apply(cases, index=b)
-        post = s.score(handle.model, cases, handle.prefix)
-        flu = s.fluency(handle.model, cases, handle.prefix, salt=b)
+        # no per-edit locality here: locality drift is measured at every evaluation point instead
+        handle, post, records = s.step(cases, b, self.pre[b : b + self.batch_size],
+                                       self.pre_fluency[b : b + self.batch_size], "sequential", self.current_epoch,
+                                       locality=False)
         self.model = s.model = handle.commit()
         self.prefix = handle.prefix
-        records = []
-        for j, case in enumerate(cases):
+        for case in cases:  # the model holds the whole batch now, so the agent takes all of it before any gold
             self.stream.add(case)
-            rec = {"case_id": case["case_id"], "index": b + j, "method": s.method.name, "mode": "sequential",
-                   "batch": self.current_epoch, "pre": self.pre[b + j].to_json(), "post": post[j].to_json(),
-                   "gold_post": self.stream.gold(case), **cost}
-            if flu[j]:
-                rec["fluency"] = {"pre": self.pre_fluency[b + j]["fluency"], "post": flu[j]["fluency"],
-                                  "consistency_pre": self.pre_fluency[b + j]["consistency"],
-                                  "consistency_post": flu[j]["consistency"]}
-            if (tr := s.trace_json(j)) is not None:
-                rec["trace"] = tr
-            records.append(rec)
+        for rec, case in zip(records, cases, strict=True):
+            rec["gold_post"] = self.stream.gold(case)
         self.writer.append(records)
         exact = np.mean([hit_exact(p.gen["s1r1"], c["requested_object"]) for p, c in zip(post, cases, strict=True)])
-        self.log_dict({"seq/immediate_exact": float(exact), "seq/edit_time_s": cost["time_s"],
-                       "seq/peak_mem_mb": cost["peak_mem_mb"], "seq/edits": float(self.n_done)},
+        self.log_dict({"seq/immediate_exact": float(exact), "seq/edit_time_s": records[0]["time_s"],
+                       "seq/peak_mem_mb": records[0]["peak_mem_mb"], "seq/edits": float(self.n_done)},
                       on_step=True, on_epoch=False, batch_size=len(cases))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -68,8 +68,8 @@ class Session:
         self._tracing = index < self.trace
         if self._tracing:
             self.ctx.on_step = lambda step, model: self._trace_rows.append(
-                (step, score_cases(model, self.enc, cases, self.max_new_tokens)))
-            self._trace_rows.append((0, score_cases(self.model, self.enc, cases, self.max_new_tokens)))
+                (step, score_cases(model, self.enc, cases, self.max_new_tokens, decode=False)))
+            self._trace_rows.append((0, score_cases(self.model, self.enc, cases, self.max_new_tokens, decode=False)))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -91,7 +91,7 @@ class Session:
         return state.compare(self.base_loc, self.loc_facts)
 
     def fluency(self, model: nn.Module, cases: Sequence[dict], prefix: str = "", salt: int = 0) -> list[dict]:
-        """Per case: ``n_samples`` documents sampled from BOS + the subject's name, scored by ``fluency_fn``."""
+        """Per case: ``n_samples`` documents sampled from BOS + the subject's name, scored by :func:`fluency_scores`."""
         if self.n_samples <= 0:
             return [{} for _ in cases]
         prompts = self.enc.prompts([(prefix, c["subject"]) for c in cases for _ in range(self.n_samples)])
@@ -99,6 +99,32 @@ class Session:
         k = self.n_samples
         return [fluency_scores([c["subject"] + t for t in texts[i * k : (i + 1) * k]], c)
                 for i, c in enumerate(cases)]
+
+    def step(self, cases: Sequence[dict], index: int, pre: Sequence[CaseScores], pre_fluency: Sequence[dict],
+             mode: str, batch: int, locality: bool = True) -> tuple[EditHandle, list[CaseScores], list[dict]]:
+        """Apply the edits of ``cases`` (stream positions ``index``...), score them, and build their records.
+
+        Returns the handle (the caller restores or commits it), the post-edit scores and the records
+        (records.py) without protocol-specific fields. ``pre`` / ``pre_fluency`` are these cases' entries.
+        """
+        handle, cost = self.apply(cases, index)
+        post = self.score(handle.model, cases, handle.prefix)
+        loc = self.locality(handle.model, handle.prefix) if locality else None
+        flu = self.fluency(handle.model, cases, handle.prefix, salt=index)
+        records = []
+        for j, case in enumerate(cases):
+            rec = {"case_id": case["case_id"], "index": index + j, "method": self.method.name, "mode": mode,
+                   "batch": batch, "pre": pre[j].to_json(), "post": post[j].to_json(), **cost}
+            if loc is not None:
+                rec["locality"] = loc
+            if flu[j]:
+                rec["fluency"] = {"pre": pre_fluency[j]["fluency"], "post": flu[j]["fluency"],
+                                  "consistency_pre": pre_fluency[j]["consistency"],
+                                  "consistency_post": flu[j]["consistency"]}
+            if (tr := self.trace_json(j)) is not None:
+                rec["trace"] = tr
+            records.append(rec)
+        return handle, post, records
 
     def trace_json(self, j: int) -> dict | None:
         """The trace of the ``j``-th case of the last apply (records.py ``trace``), if tracing."""

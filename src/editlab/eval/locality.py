@@ -47,6 +47,9 @@ class LocalityState:
     def compare(self, base: LocalityState, facts: Sequence[dict]) -> dict[str, float]:
         """{"agree", "acc", "kl"} of this (post-edit) state against the pre-edit ``base`` state."""
         agree = float(np.mean([a == b for a, b in zip(self.gen, base.gen, strict=True)]))
-        acc = float(np.mean([hit_paper(g, f["modal"]) for g, f in zip(self.gen, facts, strict=True)]))
         kl = next_token_kl(base.logp, self.logp).mean().item()  # KL(p_pre || p_post), nats
-        return {"agree": agree, "acc": acc, "kl": kl}
+        return {"agree": agree, "acc": self.accuracy(facts), "kl": kl}
+
+    def accuracy(self, facts: Sequence[dict]) -> float:
+        """Share of continuations that produce the fact's true (modal) object (paper substring rule)."""
+        return float(np.mean([hit_paper(g, f["modal"]) for g, f in zip(self.gen, facts, strict=True)]))

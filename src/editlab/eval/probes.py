@@ -84,8 +84,11 @@ class PromptEncoder:
 
 
 def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict], max_new_tokens: int,
-                prefixes: Sequence[str] | None = None, batch_size: int = 256) -> list[CaseScores]:
-    """Score all probes of ``cases`` (optionally each with a text prefix) under ``model``."""
+                prefixes: Sequence[str] | None = None, batch_size: int = 256, decode: bool = True) -> list[CaseScores]:
+    """Score all probes of ``cases`` (optionally each with a text prefix) under ``model``.
+
+    ``decode=False`` skips greedy decoding (``gen`` stays empty): edit-step tracing needs probabilities only.
+    """
     prefixes = list(prefixes) if prefixes is not None else [""] * len(cases)
     pairs: dict[tuple[str, str, str], int] = {}  # (prefix, prompt, object) -> row of the teacher-forced pass
 
@@ -114,10 +117,11 @@ def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict
     logp, tok_acc = object_scores(model, prompts, objects, enc.tok.pad_token_id, batch_size)
     prob = logp.exp().tolist()
     gkeys = list(gen_keys)
-    conts = greedy_continuations(model, enc.tok, enc.prompts(gkeys), max_new_tokens, batch_size)
+    conts = greedy_continuations(model, enc.tok, enc.prompts(gkeys), max_new_tokens, batch_size) if decode else []
     out = []
     for case, pre, (t_rows, f_rows, req, tf_t, tf_f) in zip(cases, prefixes, plan, strict=True):
-        gen = {pr["kind"]: conts[gen_keys[(pre, pr["prompt"])]] for pr in case["probes"] if pr["kind"] in ATOMIC}
+        gen = {pr["kind"]: conts[gen_keys[(pre, pr["prompt"])]] for pr in case["probes"]
+               if decode and pr["kind"] in ATOMIC}
         out.append(CaseScores(p=[prob[i] for i in t_rows], p_false=[None if i is None else prob[i] for i in f_rows],
                               gen=gen, token_acc=float(tok_acc[req]), req_tf=(prob[tf_t], prob[tf_f])))
     return out

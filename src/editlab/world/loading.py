@@ -27,6 +27,14 @@ class World:
             raise EditlabError(f"no built world at {d}; build it first with: {cmd}")
         return World(d)
 
+    @staticmethod
+    def from_config(data: dict, cache_dir: Path | str) -> World:
+        """The built world of a resolved ``data`` config node (validated) under ``cache_dir``."""
+        from editlab.world.build import world_dir
+        from editlab.world.config import world_config
+
+        return World.open(world_dir(world_config(data), Path(cache_dir)), data.get("name"))
+
     @cached_property
     def info(self) -> dict:
         return json.loads((self.dir / "world.json").read_text())
