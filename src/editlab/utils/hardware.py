@@ -1,0 +1,69 @@
+"""What the machine computes natively, decided once per process: CPU capability and bf16 support.
+
+Why this exists: on a CPU without native bf16 (no AVX-512 BF16, no AMX) PyTorch emulates bf16
+matmuls, ~90x slower than fp32 (a 512x512 bf16 matmul ran at 0.6 GFLOP/s against 52 GFLOP/s in fp32
+on a 2-core AVX2 EPYC). So CPU defaults use bf16 autocast only where the hardware has it, and every
+benchmark JSON records what it ran on (:func:`describe`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+
+
+@functools.cache
+def cpu_capability() -> str:
+    """ATen's CPU kernel level: ``"AVX512"``, ``"AVX2"``, ``"DEFAULT"`` (or the ARM equivalents)."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def native_bf16() -> bool:
+    """True when this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX tiles).
+
+    ``EDITLAB_CPU_BF16=0`` / ``=1`` overrides the detection (tests use it to force the fp32 path).
+    """
+    forced = os.environ.get("EDITLAB_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _detected_bf16()
+
+
+@functools.cache
+def _detected_bf16() -> bool:
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(precision: str | None = None) -> dict:
+    """The machine facts every benchmark JSON carries: device, CPU model and capability, bf16, threads.
+
+    Args:
+        precision: the precision the measured code ran in (e.g. ``"32-true"``, ``"bf16-mixed"``,
+            ``"float32"``); recorded as given.
+    """
+    out = {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_model": cpu_model(),
+           "cpu_capability": cpu_capability(), "cpu_native_bf16": native_bf16(),
+           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    if precision is not None:
+        out["precision"] = precision
+    return out
