@@ -18,6 +18,7 @@ import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from editlab.cli import run_cli
 from editlab.errors import EditlabError
 
 
@@ -72,11 +73,7 @@ def check_method_args(argv: list[str]) -> None:
 
 @hydra.main(config_path="conf", config_name="edit", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        out = edit(cfg)
-    except EditlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    out = run_cli(lambda: edit(cfg), "re-run the same command to resume")
     post = out["summary"]["subsets"]["all"]
     reused = " (finished earlier with this config; overwrite=true redoes it)" if out.get("reused") else ""
     print(f"results: {out['results']}{reused}\n{out['n']} {out['method']} edits ({out['mode']}): "
@@ -88,9 +85,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    try:
-        check_method_args(sys.argv[1:])
-    except EditlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(lambda: check_method_args(sys.argv[1:]))
     main()

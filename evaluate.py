@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import yaml
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from editlab.cli import run_cli
 from editlab.errors import EditlabError
 
 REPORT_KEY = "editlab-report-1"
@@ -170,11 +170,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = evaluate(cfg)
-    except EditlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_cli(lambda: evaluate(cfg), "re-run the same command")
     print(f"report: {metrics['report']} ({metrics['n']} cases)")
     return metrics.get("all/post/s1r1_acc", metrics.get("all/pre/s1r1_acc"))
 

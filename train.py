@@ -10,13 +10,13 @@ line and exit with status 2.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from editlab.cli import run_cli
 from editlab.errors import EditlabError
 
 TASKS = ("pretrain",)
@@ -62,11 +62,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except EditlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_cli(lambda: train(cfg), "resume with the same command and ckpt_path=last")
     if metrics:
         reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""
         print(f"checkpoint: {metrics['checkpoint']}{reused}\ngenerative accuracy: {metrics['gen_acc']:.3f} "

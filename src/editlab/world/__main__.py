@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from editlab.errors import EditlabError
+from editlab.cli import run_cli
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
@@ -30,11 +29,7 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF, config_name="world", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except EditlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(lambda: run(cfg), "re-run the same command (a half-built world is removed and rebuilt)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""The one error and signal wrapper of every entry point (train.py, edit.py, evaluate.py, ``-m editlab.world``).
+
+- :class:`~editlab.errors.EditlabError` (bad input the user can fix): ``error: <one line>``, exit 2.
+- :class:`~editlab.utils.signals.Interrupted` (SIGTERM / SIGINT): ``interrupted: ...`` with how to
+  resume, exit 143 / 130, so ``make`` and shell pipelines stop instead of carrying on.
+
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from editlab.errors import EditlabError
+from editlab.utils.signals import Interrupted, graceful_stop
+
+T = TypeVar("T")
+
+
+def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to resume") -> T:
+    """Call ``fn()`` under :func:`~editlab.utils.signals.graceful_stop`; map user errors and signals to exits."""
+    try:
+        with graceful_stop():
+            return fn()
+    except EditlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as exc:
+        print(f"interrupted ({exc}); {resume_hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)

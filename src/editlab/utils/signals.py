@@ -1,0 +1,111 @@
+"""Clean stops: SIGTERM / SIGINT end a run with a resumable state and a non-zero exit (143 / 130).
+
+Two regimes, because what is safe to interrupt differs:
+
+- outside a Lightning fit (world build, single/batch edits, reports), :func:`graceful_stop` turns the
+  signal into :class:`Interrupted` at once; those stages write their outputs atomically or append
+  whole records, so an exception anywhere leaves nothing that looks complete.
+- inside a Lightning fit (pretraining, sequential editing, editor training), an exception in the
+  middle of an optimizer step would leave half-updated weights, so :class:`StopOnSignal` only notes
+  the signal and acts at the next safe point (end of a training batch or of an epoch): it writes the
+  resumable checkpoint atomically, then raises :class:`Interrupted`. It replaces Lightning's own
+  SIGTERM handler for the fit, which would raise ``SIGTERMException`` (a ``SystemExit`` with exit
+  status 0, so ``make`` would carry on) without a checkpoint.
+
+The entry points (:mod:`editlab.cli`) map :class:`Interrupted` to exit status ``128 + signum``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """A run stopped by a signal; ``exit_code`` is the shell's convention, 128 + signal number."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
+        self.signum, self.checkpoint = int(signum), checkpoint
+        super().__init__(f"{signal.Signals(self.signum).name}" + (f"; state saved in {checkpoint}" if checkpoint
+                                                                   else ""))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Interrupted` inside the block (main thread only)."""
+    old = {s: signal.signal(s, _raise) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def save_atomically(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary file renamed over ``path`` (never a truncated checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+
+
+class StopOnSignal(Callback):
+    """Defer SIGTERM/SIGINT during ``fit`` to a safe point, save ``path`` there, raise :class:`Interrupted`.
+
+    Args:
+        path: the resumable checkpoint to write (the same file ``ckpt_path=last`` resumes from).
+        at: ``"batch"`` (after each optimizer step: pretraining, editor training) or ``"epoch"`` (after
+            each epoch: sequential editing, where one epoch is one edit).
+    """
+
+    def __init__(self, path: Path, at: str = "batch") -> None:
+        if at not in ("batch", "epoch"):
+            raise ValueError(f"at={at!r} must be 'batch' or 'epoch'")
+        self.path, self.at = Path(path), at
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning registers its SIGTERM handler just before the loop starts; replace it for the fit
+        self.signum = None
+        self._old = {s: signal.signal(s, self._note) for s in SIGNALS}
+
+    def _maybe_stop(self, trainer: L.Trainer) -> None:
+        if self.signum is not None:
+            save_atomically(trainer, self.path)
+            raise Interrupted(self.signum, self.path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.at == "batch":
+            self._maybe_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at == "epoch":
+            self._maybe_stop(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
