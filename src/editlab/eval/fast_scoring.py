@@ -24,7 +24,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from editlab.eval.prefix_tree import PackedRows, batch_tensors, pack
 
-ROW_TOKENS = 256  # capacity of a prefix-tree row: longer rows share more, but attention grows with the row
+ROW_TOKENS = 128  # capacity of a prefix-tree row: longer rows share more, but attention grows with the row
 # Architectures whose decoders are tested (tests/eval/test_scoring_paths.py) to honour a custom 4D mask and
 # explicit position ids, and whose logits are exactly lm_head(last hidden state) (no soft-capping or scaling).
 FAST_MODEL_TYPES = frozenset({"mistral", "llama", "qwen2", "gpt2"})
@@ -90,14 +90,17 @@ def _cache_kwarg(decoder: torch.nn.Module) -> str:
 @torch.no_grad()
 def tree_score_and_decode(parts: FastParts, prompts: list[list[int]], objects: list[list[int]],
                           gen_prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_id: int,
-                          rows_per_batch: int, out: torch.Tensor, hits: torch.Tensor, first_logp: bool = False
+                          tokens_per_forward: int, out: torch.Tensor, hits: torch.Tensor, first_logp: bool = False
                           ) -> tuple[list[list[int]], torch.Tensor | None]:
     """Teacher-forced scores of (prompt, object) pairs and greedy continuations of ``gen_prompts``.
+
+    Each forward runs ``tokens_per_forward // ROW_TOKENS`` prefix-tree rows (at least one).
 
     Adds each pair's object-token log-probabilities to ``out`` and argmax hits to ``hits`` (float64, (N,)).
     Returns the new tokens of each greedy prompt (EOS kept, stops there or after ``max_new_tokens``) and,
     with ``first_logp``, the first step's log-distributions (G, V) float32 on CPU.
     """
+    rows_per_batch = max(1, tokens_per_forward // ROW_TOKENS)
     packed = pack([p + o[:-1] for p, o in zip(prompts, objects, strict=True)] + gen_prompts, ROW_TOKENS)
     where_gen = packed.where[len(prompts):]
     tf: dict[int, list[tuple[int, int, int, int]]] = {}  # batch -> (pair, token, row, col) per object token

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editlab.eval.fast_scoring import ROW_TOKENS, fast_parts, tree_score_and_decode
+from editlab.eval.fast_scoring import fast_parts, tree_score_and_decode
 
 
 def encode_pairs(tok: PreTrainedTokenizerBase, prompts: Sequence[str], objects: Sequence[str]
@@ -100,7 +100,7 @@ def _score(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[
     """(log p, token accuracy, greedy new tokens, first-step log-distributions or None) on the right path.
 
     ``batch_size`` counts sequences on the generic path; the fast path runs about as many tokens
-    (``batch_size`` x 32) per forward as prefix-tree rows.
+    (``batch_size`` x 16) per forward as prefix-tree rows.
     """
     out = torch.zeros(len(prompts), dtype=torch.float64)
     hits = torch.zeros(len(prompts), dtype=torch.float64)
@@ -108,7 +108,7 @@ def _score(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[
     longest = max((len(s) for s in [*gen_prompts, *(p + o for p, o in zip(prompts, objects, strict=True))]), default=0)
     if parts is not None and (parts.window is None or longest + max_new_tokens <= parts.window):
         new, first = tree_score_and_decode(parts, prompts, objects, gen_prompts, max_new_tokens, pad_id, eos_id,
-                                           max(1, batch_size * 32 // ROW_TOKENS), out, hits, first_logp)
+                                           batch_size * 16, out, hits, first_logp)
     else:  # a wrapper, an untested architecture, or sequences a sliding window would cut: the model's own calls
         _generic_scores(model, prompts, objects, pad_id, batch_size, out, hits)
         new, first = _generic_greedy(model, gen_prompts, max_new_tokens, pad_id, eos_id, batch_size, first_logp)
