@@ -7,11 +7,13 @@ gold prefix); greedy decoding stops at EOS or after ``max_new_tokens``.
 
 Two paths compute the same numbers (tested to agree to 1e-5 on plain models):
 
-- **fast path**, for a plain Hugging Face causal LM (:func:`fast_parts`): every distinct prefix of all
-  teacher-forced sequences runs once, packed as prefix-tree rows with a tree attention mask
-  (:mod:`editlab.eval.prefix_tree`), and the output head runs only at positions that predict an
-  object token; greedy decoding is a hand-written KV-cached loop (decoder + head at the last position,
-  the argmax of ``generate``'s greedy search without its per-step machinery).
+- **fast path**, for a plain Hugging Face causal LM (:func:`~editlab.eval.fast_scoring.fast_parts`):
+  every distinct prefix of all teacher-forced sequences and greedy prompts runs once, packed as
+  prefix-tree rows with a tree attention mask (:mod:`editlab.eval.prefix_tree`); the output head runs
+  only at positions that predict an object token or end a greedy prompt; greedy decoding continues from
+  that pass's keys and values in a hand-written KV-cached loop (decoder + head at the last position, the
+  argmax of ``generate``'s greedy search without its per-step machinery). See
+  :mod:`editlab.eval.fast_scoring`.
 - **generic path**, for any other module (memory/wrapper editors such as SERAC or GRACE, whose forward
   differs from their base decoder's): the model is only ever called through its own ``forward`` and
   ``generate``, so nothing a wrapper does is bypassed.
