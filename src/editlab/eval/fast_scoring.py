@@ -94,11 +94,11 @@ def tree_score_and_decode(parts: FastParts, prompts: list[list[int]], objects: l
                           ) -> tuple[list[list[int]], torch.Tensor | None]:
     """Teacher-forced scores of (prompt, object) pairs and greedy continuations of ``gen_prompts``.
 
-    Each forward runs ``tokens_per_forward // ROW_TOKENS`` prefix-tree rows (at least one).
-
     Adds each pair's object-token log-probabilities to ``out`` and argmax hits to ``hits`` (float64, (N,)).
     Returns the new tokens of each greedy prompt (EOS kept, stops there or after ``max_new_tokens``) and,
-    with ``first_logp``, the first step's log-distributions (G, V) float32 on CPU.
+    with ``first_logp``, the first step's log-distributions (G, V) float32 on CPU. Each forward runs
+    ``tokens_per_forward // ROW_TOKENS`` prefix-tree rows (at least one); a greedy prompt is decoded right
+    after the forward that holds its path, so only one batch's keys and values are held at a time.
     """
     rows_per_batch = max(1, tokens_per_forward // ROW_TOKENS)
     packed = pack([p + o[:-1] for p, o in zip(prompts, objects, strict=True)] + gen_prompts, ROW_TOKENS)
