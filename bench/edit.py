@@ -3,11 +3,13 @@
     python bench/edit.py                     # tiny world + the pretrained mistral_tiny on this machine
     python bench/edit.py --quick             # smoke run (seconds)
     python bench/edit.py --model DIR --world DIR --rounds 5
+    python bench/edit.py --threads 1 --parts scoring   # only the scorer comparison, one torch thread
 
 Three parts, each figure a median (interleaved rounds for the scorer comparison, cases for the rest):
 
 1. ``scoring``: probes scored per second by :func:`editlab.eval.probes.score_cases` (all probes of many
-   cases in one length-sorted, right-padded teacher-forced pass + one KV-cached greedy pass) and by
+   cases in one prefix-tree pass that computes every distinct prefix once, whose keys and values seed a
+   hand-written KV-cached greedy loop; :mod:`editlab.eval.fast_scoring`) and by
    :func:`editlab.eval.reference.reference_score_cases` (the paper's layout: batches of 64, left padding,
    one pass per probe type, greedy decoding by full forwards without KV cache, fp32), on the same cases,
    alternating in rounds. Both compute the same :class:`~editlab.eval.probes.CaseScores`; the largest
@@ -20,7 +22,9 @@ Three parts, each figure a median (interleaved rounds for the scorer comparison,
    pre-edit scores amortised from one batched pass, as editing/runner.py does), with the paper's LoRA
    (40 steps) and with the model's preset (early stop). Fluency sampling is not included in (b).
 
-Torch threads are left at the default; prints one JSON object.
+Torch threads are left at the default unless ``--threads`` is given; prints one JSON object, whose
+``hardware`` entry records the CPU model and capability, native bf16, torch threads and the precision the
+model ran in (:func:`editlab.utils.hardware.describe`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerFast
 
+from editlab.cli import run_cli
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.registry import available, get_method
 from editlab.editing.registry import method_hparams as resolve_hparams
@@ -47,6 +52,7 @@ from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.eval.reference import reference_score_cases
 from editlab.lm.checkpoint import load_checkpoint
+from editlab.utils.hardware import describe
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 from editlab.world.loading import World
@@ -215,7 +221,12 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--score-cases", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's default)")
+    ap.add_argument("--parts", default="scoring,methods,extrapolated",
+                    help="comma-separated parts to run (scoring, methods, extrapolated)")
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or not parts <= {"scoring", "methods", "extrapolated"}:
+        raise EditlabError(f"--parts {args.parts}: choose from scoring, methods, extrapolated (comma-separated)")
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick
@@ -230,24 +241,27 @@ def main(argv: list[str]) -> dict:
     cases = world.cases()
     k = max_object_tokens(tok, world.info["objects"])
     ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=ROOT / ".cache/editlab/bench_edit", seed=0)
-    return {
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    out = {
         "bench": "edit",
         "device": f"cpu x{torch.get_num_threads()} threads",
+        "hardware": describe(dtype),  # the scorer runs in the model's dtype (no autocast)
         "model": model_dir,
         "params": sum(p.numel() for p in model.parameters()),
-        "dtype": str(next(model.parameters()).dtype),
+        "dtype": dtype,
         "world": world.dir.name,
         "max_new_tokens": k,
         "quick": q,
-        "scoring": bench_scoring(model, tok, enc, cases[:n_score], k, rounds, 4 if q else 20),
-        "methods": bench_methods(model, ctx, cases[:n_method], args.preset),
-        "extrapolated": bench_protocols(model, tok, enc, ctx, world, cases, k, n_paper, n_ours, 100, args.preset),
     }
+    if "scoring" in parts:
+        out["scoring"] = bench_scoring(model, tok, enc, cases[:n_score], k, rounds, 4 if q else 20)
+    if "methods" in parts:
+        out["methods"] = bench_methods(model, ctx, cases[:n_method], args.preset)
+    if "extrapolated" in parts:
+        out["extrapolated"] = bench_protocols(model, tok, enc, ctx, world, cases, k, n_paper, n_ours, 100,
+                                              args.preset)
+    return out
 
 
 if __name__ == "__main__":
-    try:
-        print(json.dumps(main(sys.argv[1:])))
-    except EditlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    print(json.dumps(run_cli(lambda: main(sys.argv[1:]), resume_hint="re-run the benchmark")))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from editlab.eval.scoring import greedy_continuations, object_scores
+from editlab.eval.scoring import score_and_decode
 
 ATOMIC = ("s1r1", "s1r2", "s2r1", "s2r2")
 LOGICAL = ("tf_A", "not_A", "and_AB", "and_BA", "or_BA", "tf_B")
@@ -114,10 +114,9 @@ def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict
     keys = list(pairs)
     prompts = enc.prompts([(pre, p) for pre, p, _ in keys])
     objects = enc.objects([o for _, _, o in keys])
-    logp, tok_acc = object_scores(model, prompts, objects, enc.tok.pad_token_id, batch_size)
+    gen_prompts = enc.prompts(list(gen_keys)) if decode else []
+    logp, tok_acc, conts = score_and_decode(model, enc.tok, prompts, objects, gen_prompts, max_new_tokens, batch_size)
     prob = logp.exp().tolist()
-    gkeys = list(gen_keys)
-    conts = greedy_continuations(model, enc.tok, enc.prompts(gkeys), max_new_tokens, batch_size) if decode else []
     out = []
     for case, pre, (t_rows, f_rows, req, tf_t, tf_f) in zip(cases, prefixes, plan, strict=True):
         gen = {pr["kind"]: conts[gen_keys[(pre, pr["prompt"])]] for pr in case["probes"]

@@ -1,9 +1,10 @@
 """A paper-style reference scorer: the same quantities as :func:`~editlab.eval.probes.score_cases`, computed
 the way the paper's evaluation code computes them. Used only by ``bench/edit.py`` and its test.
 
-Why it exists: the speed claim of our scoring core (one length-sorted, right-padded teacher-forced pass over
-every distinct probe of many cases + one KV-cached greedy pass) is only meaningful beside the loop it
-replaces. The reference follows Hase et al. (2024)'s code layout:
+Why it exists: the speed claim of our scoring core (one prefix-tree pass that computes every distinct prefix
+of all probes of many cases once, then KV-cached greedy decoding from that pass's keys and values;
+:mod:`editlab.eval.fast_scoring`) is only meaningful beside the loop it replaces. The reference follows
+Hase et al. (2024)'s code layout:
 
 - batches of 64 prompts in the order given (no length sorting), LEFT-padded;
 - a separate teacher-forced scoring pass for each probe type (s1r1, s1r2, ..., tf_A, not_A, ...), and for

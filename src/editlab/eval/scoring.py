@@ -2,8 +2,37 @@
 
 Tokenisation follows the paper (evaluation.md): BOS + tokens("s r") + tokens(" o"), prompt and
 object tokenised separately, no end marker. p_LM(o | "s r") is the product of the object's token
-probabilities. Sequences are sorted by length before batching so padding stays small, and each
-batch is one forward pass; greedy decoding runs with a KV cache on left-padded prompts.
+probabilities; token accuracy is EasyEdit's (the share of object tokens that are the argmax given the
+gold prefix); greedy decoding stops at EOS or after ``max_new_tokens``.
+
+Two paths compute the same numbers (tested to agree to 1e-5 on plain models):
+
+- **fast path**, for a plain Hugging Face causal LM (:func:`~editlab.eval.fast_scoring.fast_parts`):
+  every distinct prefix of all teacher-forced sequences and greedy prompts runs once, packed as
+  prefix-tree rows with a tree attention mask (:mod:`editlab.eval.prefix_tree`); the output head runs
+  only at positions that predict an object token or end a greedy prompt; greedy decoding continues from
+  that pass's keys and values in a hand-written KV-cached loop (decoder + head at the last position, the
+  argmax of ``generate``'s greedy search without its per-step machinery). See
+  :mod:`editlab.eval.fast_scoring`.
+- **generic path**, for any other module (memory/wrapper editors such as SERAC or GRACE, whose forward
+  differs from their base decoder's): the model is only ever called through its own ``forward`` and
+  ``generate``, so nothing a wrapper does is bypassed.
+
+What the scorer requires of a model (the contract of ``EditHandle.model``; a wrapper must provide
+exactly this):
+
+- ``parameters()`` yielding at least one tensor (its device is where inputs go);
+- ``forward(input_ids=ids, attention_mask=mask)`` with right-padded ``ids`` (B, T) and a 0/1 ``mask``
+  (B, T) returning an object with ``.logits`` (B, T, V): the next-token logits at every position of a
+  causal LM (a position never depends on later ones, so right padding cannot change real positions);
+- ``generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n, pad_token_id=...,
+  eos_token_id=..., output_scores=bool, return_dict_in_generate=True)`` with LEFT-padded ``ids``, Hugging
+  Face semantics: ``.sequences`` (B, T + new) continues each row greedily, a finished row (EOS) is
+  continued with ``pad_token_id``; ``.scores[0]`` (B, V) are the first step's logits when
+  ``output_scores`` is set (locality KL); ``do_sample=True`` with ``temperature``, ``top_k``, ``top_p`` for
+  :func:`sample_continuations`.
+
+A wrapper whose greedy ``generate`` follows its ``forward`` is then scored consistently on both.
 """
 
 from __future__ import annotations
@@ -12,6 +41,8 @@ from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from editlab.eval.fast_scoring import fast_parts, tree_score_and_decode
 
 
 def encode_pairs(tok: PreTrainedTokenizerBase, prompts: Sequence[str], objects: Sequence[str]
@@ -28,13 +59,71 @@ def object_logprobs(model: torch.nn.Module, prompts: list[list[int]], objects: l
     return object_scores(model, prompts, objects, pad_id, batch_size)[0]
 
 
-def _rows(prompts: list[list[int]], objects: list[list[int]]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Sequences to run and, per sequence, the (pair, first predicting position) it scores.
+@torch.no_grad()
+def object_scores(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]],
+                  pad_id: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(object | prompt), teacher-forced token accuracy) for each pair, shapes (N,), (N,), float64."""
+    logp, acc, _, _ = _score(model, prompts, objects, [], 0, pad_id, pad_id, batch_size, False)
+    return logp, acc
 
-    Work is shared across candidates of one prompt where it is exact to do so: all single-token
-    objects of a prompt are read from one prompt-only row at its last position (the " true" and
-    " false" labels of a logical sentence cost one row, not two); a multi-token object needs its own
-    prompt + object row (teacher forcing).
+
+@torch.no_grad()
+def score_and_decode(model: torch.nn.Module, tok: PreTrainedTokenizerBase, prompts: list[list[int]],
+                     objects: list[list[int]], gen_prompts: list[list[int]], max_new_tokens: int,
+                     batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """:func:`object_scores` of the pairs and :func:`greedy_continuations` of ``gen_prompts`` together.
+
+    Same numbers as the two calls; on the fast path one prefix-tree pass serves both (a greedy prompt that
+    is also a scored prompt costs nothing extra, and decoding starts from that pass's keys and values).
+    """
+    logp, acc, new, _ = _score(model, prompts, objects, gen_prompts, max_new_tokens, tok.pad_token_id,
+                               tok.eos_token_id, batch_size, False)
+    return logp, acc, tok.batch_decode(new, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def greedy_continuations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, prompts: list[list[int]],
+                         max_new_tokens: int, batch_size: int = 256, first_logp: bool = False
+                         ) -> list[str] | tuple[list[str], torch.Tensor]:
+    """Greedy continuation text of each prompt (KV cache, stops at EOS or after ``max_new_tokens``).
+
+    With ``first_logp`` also returns the next-token log-distribution at the last prompt position,
+    shape (N, V) float32 on CPU (for locality KL), read from the first decoding step at no extra cost.
+    """
+    _, _, new, first = _score(model, [], [], prompts, max_new_tokens, tok.pad_token_id, tok.eos_token_id,
+                              batch_size, first_logp)
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    return (texts, first) if first_logp else texts
+
+
+def _score(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]], gen_prompts: list[list[int]],
+           max_new_tokens: int, pad_id: int, eos_id: int, batch_size: int, first_logp: bool
+           ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], torch.Tensor | None]:
+    """(log p, token accuracy, greedy new tokens, first-step log-distributions or None) on the right path.
+
+    ``batch_size`` counts sequences on the generic path; the fast path runs about as many tokens
+    (``batch_size`` x 16) per forward as prefix-tree rows.
+    """
+    out = torch.zeros(len(prompts), dtype=torch.float64)
+    hits = torch.zeros(len(prompts), dtype=torch.float64)
+    parts = fast_parts(model)
+    longest = max((len(s) for s in [*gen_prompts, *(p + o for p, o in zip(prompts, objects, strict=True))]), default=0)
+    if parts is not None and (parts.window is None or longest + max_new_tokens <= parts.window):
+        new, first = tree_score_and_decode(parts, prompts, objects, gen_prompts, max_new_tokens, pad_id, eos_id,
+                                           batch_size * 16, out, hits, first_logp)
+    else:  # a wrapper, an untested architecture, or sequences a sliding window would cut: the model's own calls
+        _generic_scores(model, prompts, objects, pad_id, batch_size, out, hits)
+        new, first = _generic_greedy(model, gen_prompts, max_new_tokens, pad_id, eos_id, batch_size, first_logp)
+    lengths = torch.tensor([max(len(o), 1) for o in objects], dtype=torch.float64)
+    return out, hits / lengths, new, first
+
+
+def _rows(prompts: list[list[int]], objects: list[list[int]]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Generic path: sequences to run and, per sequence, the (pair, first predicting position) it scores.
+
+    All single-token objects of a prompt are read from one prompt-only row at its last position (the
+    " true" and " false" labels of a logical sentence cost one row, not two); a multi-token object needs
+    its own prompt + object row (teacher forcing).
     """
     single: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     rows: list[tuple[list[int], list[tuple[int, int]]]] = []
@@ -47,30 +136,11 @@ def _rows(prompts: list[list[int]], objects: list[list[int]]) -> list[tuple[list
     return rows
 
 
-def _head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(decoder, lm_head) of a Hugging Face causal LM (also through PEFT wrappers), or None."""
-    try:
-        return model.get_decoder(), model.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-
-
-@torch.no_grad()
-def object_scores(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]],
-                  pad_id: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(object | prompt), teacher-forced token accuracy) for each pair, shapes (N,), (N,).
-
-    Right-padded batches sorted by length, one forward per batch (see :func:`_rows` for the rows).
-    The output head and log-softmax run only at the positions that predict object tokens, not over
-    the whole (B, T, V) logits tensor. Token accuracy is EasyEdit's: the share of object tokens that
-    are the argmax given the gold prefix.
-    """
+def _generic_scores(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]], pad_id: int,
+                    batch_size: int, out: torch.Tensor, hits: torch.Tensor) -> None:
+    """Generic path: right-padded, length-sorted batches through the model's own ``forward``."""
     device = next(model.parameters()).device
-    n = len(prompts)
-    out = torch.zeros(n, dtype=torch.float64)
-    hits = torch.zeros(n, dtype=torch.float64)
     rows = sorted(_rows(prompts, objects), key=lambda r: len(r[0]))
-    parts = _head(model)
     for a in range(0, len(rows), batch_size):
         batch = rows[a : a + batch_size]
         width = max(len(seq) for seq, _ in batch)
@@ -86,20 +156,12 @@ def object_scores(model: torch.nn.Module, prompts: list[list[int]], objects: lis
                     t_idx.append(start + k)
                     tok.append(t)
                     pair.append(i)
-        ids, mask = ids.to(device), mask.to(device)
-        r_t, p_t = torch.tensor(r_idx, device=device), torch.tensor(t_idx, device=device)
-        if parts is not None:
-            hidden = parts[0](input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, d)
-            logits = parts[1](hidden[r_t, p_t]).float()  # (K, V): only the predicting positions
-        else:
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[r_t, p_t].float()
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits = logits[torch.tensor(r_idx, device=device), torch.tensor(t_idx, device=device)].float()  # (K, V)
         tok_t = torch.tensor(tok, device=device)
-        lp = torch.log_softmax(logits, -1).gather(-1, tok_t[:, None]).squeeze(-1)  # (K,)
         pair_t = torch.tensor(pair)
-        out.index_add_(0, pair_t, lp.double().cpu())
+        out.index_add_(0, pair_t, torch.log_softmax(logits, -1).gather(-1, tok_t[:, None]).squeeze(-1).double().cpu())
         hits.index_add_(0, pair_t, (logits.argmax(-1) == tok_t).double().cpu())
-    lengths = torch.tensor([max(len(o), 1) for o in objects], dtype=torch.float64)
-    return out, hits / lengths
 
 
 def left_padded(prompts: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,34 +174,28 @@ def left_padded(prompts: list[list[int]], idx: list[int], pad_id: int) -> tuple[
     return ids, mask
 
 
-@torch.no_grad()
-def greedy_continuations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, prompts: list[list[int]],
-                         max_new_tokens: int, batch_size: int = 256, first_logp: bool = False
-                         ) -> list[str] | tuple[list[str], torch.Tensor]:
-    """Greedy continuation text of each prompt (left-padded batches, KV cache, stops at EOS).
-
-    With ``first_logp`` also returns the next-token log-distribution at the last prompt position,
-    shape (N, V) float32 on CPU (for locality KL), read from the first decoding step at no extra cost.
-    """
+def _generic_greedy(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
+                    eos_id: int, batch_size: int, first_logp: bool
+                    ) -> tuple[list[list[int]], torch.Tensor | None]:
+    """Generic path: the model's own ``generate`` on length-sorted, left-padded batches."""
     device = next(model.parameters()).device
-    out: list[str] = [""] * len(prompts)
-    first = torch.empty(0)
+    new: list[list[int]] = [[] for _ in prompts]
+    first = None
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for a in range(0, len(order), batch_size):
         idx = order[a : a + batch_size]
-        ids, mask = left_padded(prompts, idx, tok.pad_token_id)
+        ids, mask = left_padded(prompts, idx, pad_id)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id, output_scores=first_logp,
-                             return_dict_in_generate=True)
+                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
+                             output_scores=first_logp, return_dict_in_generate=True)
         for row, i in enumerate(idx):
-            out[i] = tok.decode(gen.sequences[row, ids.shape[1] :], skip_special_tokens=True)
+            new[i] = gen.sequences[row, ids.shape[1] :].tolist()
         if first_logp:
             lp = torch.log_softmax(gen.scores[0].float(), -1).cpu()
-            if first.numel() == 0:
+            if first is None:
                 first = torch.empty((len(prompts), lp.shape[-1]))
             first[torch.tensor(idx)] = lp
-    return (out, first) if first_logp else out
+    return new, first
 
 
 @torch.no_grad()
