@@ -72,7 +72,7 @@ def test_method_model_specialises_the_method_and_builds_it(path):
     hp = OmegaConf.to_container(cfg.method.hparams, resolve=True)
     assert hp == {**base["hparams"], **own["hparams"]}
     assert registry.get_method(method, hp).name == method
-    other = [m for m in MODELS if m != model and not (ROOT / "method_model" / f"{method}_{m}.yaml").exists()][0]
+    other = next(m for m in MODELS if m != model and not (ROOT / "method_model" / f"{method}_{m}.yaml").exists())
     assert OmegaConf.to_container(_compose("edit", [f"method={method}", f"model={other}"]).method.hparams,
                                   resolve=True) == base["hparams"]  # another model: the method's own values
 
@@ -125,7 +125,7 @@ def test_data_presets_on_a_shared_base_keep_their_worlds(preset, monkeypatch):
     data = data_config(preset=preset)
     assert data == BEFORE[preset]
     assert world_hash(world_config(data)) == HASHES[preset]
-    assert f"- wikidata_synth_base\n" in (ROOT / "data" / f"{preset}.yaml").read_text()
+    assert "- wikidata_synth_base\n" in (ROOT / "data" / f"{preset}.yaml").read_text()
 
 
 def test_paths_come_from_the_environment(monkeypatch):
