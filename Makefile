@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-DEMO_RUN := outputs/edit/wikidata_synth_tiny/mistral_tiny/lora-single-n200-s0
+DEMO_RUN := outputs/edit/wikidata_synth_tiny/mistral_tiny-s0/lora-single-n200-s0
 
 demo: setup
 	$(PY) -m editlab.world data=wikidata_synth_tiny progress=false > /dev/null

@@ -3,7 +3,8 @@
     python edit.py                                               # 200 single LoRA edits on the tiny model
     python edit.py method=lora edits.n=500                       # the paper's protocol
     python edit.py method=lora edits.mode=sequential edits.n=1000
-    python edit.py -m method=lora,ft_m,ice                       # sweep
+    python edit.py -m method=lora,ft_m,ice                       # sweep: one run directory per job
+    python edit.py -m method.hparams.lr=1e-4,1e-3 edits.n=50     # (named from its overrides; re-run = reuse)
 
 Returns post-edit s1r1 generative accuracy (the metric a sweep optimises). Errors the user can fix print
 one line and exit with status 2.
@@ -20,18 +21,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
+from editlab.utils.rundir import register_resolvers
+
+register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per multirun job
 
 
 def edit(cfg: DictConfig) -> dict:
     """Validate the config and run the edits; returns the run's metrics."""
     from editlab.editing.config import EditsConfig, MetricsConfig
     from editlab.editing.experiment import edit_run
-    from editlab.editing.registry import get_method, method_hparams
+    from editlab.editing.registry import get_method
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
 
+    # conf/method/<name>.yaml, specialised by conf/method_model/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    method = get_method(method_cfg["name"], method_hparams(method_cfg, cfg.model.name))
+    method = get_method(method_cfg["name"], method_cfg.get("hparams"))
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")
     metrics = from_dict(MetricsConfig, OmegaConf.to_container(cfg.metrics, resolve=True), "metrics")
     data = OmegaConf.to_container(cfg.data, resolve=True)

@@ -18,6 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
+from editlab.utils.rundir import register_resolvers
+
+register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per multirun job
 
 TASKS = ("pretrain",)
 

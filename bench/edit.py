@@ -15,7 +15,7 @@ Three parts, each figure a median (interleaved rounds for the scorer comparison,
    alternating in rounds. Both compute the same :class:`~editlab.eval.probes.CaseScores`; the largest
    probability difference and the share of equal greedy continuations are reported as a check.
 2. ``methods``: apply + restore time of every registered method (single mode, one case at a time), with
-   the hyper-parameters of ``conf/method/<name>.yaml`` (``hparams`` merged with ``presets[<preset>]``).
+   the hyper-parameters edit.py composes for ``model=<preset>`` (conf/method/ + conf/method_model/).
 3. ``extrapolated``: hours for 5000 LoRA edit cases, (a) the paper's protocol (the case's probes re-scored
    with the reference scorer after every one of the 40 LoRA steps) and (b) our default single-mode step
    (apply LoRA, score the case's probes post-edit with our core, locality on 100 fixed facts, restore;
@@ -46,7 +46,6 @@ from transformers import PreTrainedTokenizerFast
 from editlab.cli import run_cli
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.registry import available, get_method
-from editlab.editing.registry import method_hparams as resolve_hparams
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
@@ -80,14 +79,19 @@ def load_model(world: World, model_dir: Path | None) -> tuple[torch.nn.Module, s
 
 
 def method_hparams(name: str, preset: str | None) -> dict:
-    """``hparams`` of conf/method/<name>.yaml merged with ``presets[preset]`` (none: the paper's values).
+    """``hparams`` of conf/method/<name>.yaml as edit.py composes them for ``model=<preset>`` (with
+    conf/method_model/<name>_<preset>.yaml where it exists); none: the paper's values.
 
     Without a YAML file: {} (the class defaults).
     """
     path = ROOT / "conf/method" / f"{name}.yaml"
     if not path.is_file():
         return {}
-    return resolve_hparams(OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}, preset)
+    if preset is None:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True).get("hparams") or {}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="edit", overrides=[f"method={name}", f"model={preset}"])
+    return OmegaConf.to_container(cfg.method.hparams, resolve=True)
 
 
 def log(msg: str) -> None:
@@ -217,7 +221,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--quick", action="store_true", help="smoke run: few cases, one round")
     ap.add_argument("--world", type=Path, default=None, help="built world directory (default: the tiny world)")
     ap.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the tiny export)")
-    ap.add_argument("--preset", default="mistral_tiny", help="method preset of conf/method/<name>.yaml")
+    ap.add_argument("--preset", default="mistral_tiny", help="use conf/method_model/<method>_<this>.yaml")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--score-cases", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's default)")

@@ -11,11 +11,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from editlab.utils.rundir import register_resolvers
 from editlab.world.agent import Agent
 from editlab.world.build import build_world
 from editlab.world.config import WorldConfig, world_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register_resolvers()  # the configs' ${editlab.job_subdir:}, as train.py and edit.py register it
 
 
 def data_config(overrides: list[str] | None = None, preset: str = "wikidata_synth_tiny") -> dict:
@@ -58,6 +60,24 @@ def tiny_world(tmp_path_factory) -> BuiltWorld:
     cfg = world_config(data_config())
     report = build_world(cfg, tmp_path_factory.mktemp("cache"), progress=False)
     return load_built(report.directory, cfg)
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tiny_world, tmp_path_factory) -> Path:
+    """A small random Mistral exported as a checkpoint of the tiny world (pipeline tests need no training)."""
+    import torch
+
+    from editlab.lm.checkpoint import export_checkpoint
+    from editlab.lm.presets import Arch, build_model
+
+    meta = json.loads((tiny_world.dir / "tokens.json").read_text())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(Arch(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2), meta["vocab_size"], meta["bos_id"], meta["eos_id"],
+                            meta["pad_id"])
+    return export_checkpoint(model, tiny_world.dir, tmp_path_factory.mktemp("ckpt") / "model", {},
+                             tiny_world.world["hash"], {})
 
 
 @pytest.fixture

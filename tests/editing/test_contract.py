@@ -1,8 +1,9 @@
 """The contract every registered editing method passes on a tiny model (methods.md).
 
 Parametrised over ``registry.available()``, so a new method is tested the moment it is registered.
-Each method runs with its ``conf/method/<name>.yaml`` hyper-parameters and its ``tiny_lm`` preset
-(else ``mistral_tiny``): the briefly trained fixture model needs larger steps than the real tiny model. Checks:
+Each method runs with its ``conf/method/<name>.yaml`` hyper-parameters and the fixture model's values
+(tests/editing/fixture_hparams.py; else the ``mistral_tiny`` specialisation): the briefly trained fixture model
+needs larger steps than the real tiny model. Checks:
 
 (a) edit success: the greedy continuation of the request prompt is exactly the target
     (in-context methods: measured and printed, not asserted);
@@ -16,31 +17,21 @@ Each method runs with its ``conf/method/<name>.yaml`` hyper-parameters and its `
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest
 from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import greedy_continuations, hit_exact
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
-MODEL = "tiny_lm"  # falls back to the mistral_tiny preset, the model family of the fixture
+from tests.editing.fixture_hparams import fixture_hparams
 
 
 def make(name: str):
-    """The method as edit.py builds it: YAML hparams merged with the model's preset."""
-    path = CONF / f"{name}.yaml"
-    hp: dict = {}
-    if path.is_file():
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        presets = cfg.get("presets") or {}
-        hp = {**(cfg.get("hparams") or {}), **(presets.get(MODEL, presets.get("mistral_tiny")) or {})}
-    return registry.get_method(name, hp)
+    """The method as edit.py builds it, with the fixture model's hyper-parameters."""
+    return registry.get_method(name, fixture_hparams(name))
 
 
 _POOL: dict[int, list[EditRequest]] = {}

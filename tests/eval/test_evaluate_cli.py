@@ -1,4 +1,5 @@
-"""evaluate.py: the report of an edit run directory, checkpoint scoring, and the one-line errors."""
+"""evaluate.py: the report of an edit run directory, checkpoint scoring (editlab.eval.reports), and the CLI's
+one-line errors (evaluate.py in a subprocess)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,21 @@ from PIL import Image
 
 from editlab.errors import EditlabError
 from editlab.eval.report import table4_markdown
-from editlab.lm.checkpoint import export_checkpoint
+from editlab.eval.reports import evaluate_checkpoint, evaluate_run
+from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
 from editlab.lm.presets import Arch, build_model
+from editlab.world.loading import World
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from evaluate import evaluate  # noqa: E402
 
 
 def _cfg(world, overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="evaluate", overrides=[f"data.cache_dir={world.dir.parent}", *overrides])
+
+
+def _data(world) -> dict:
+    return OmegaConf.to_container(_cfg(world, []).data, resolve=True)
 
 
 def _cli(world, overrides: list[str]) -> subprocess.CompletedProcess:
@@ -61,8 +66,8 @@ def _run_dir(world, path: Path, n: int = 3, traced: int = 2, summary: dict | Non
                           "p_false": [r["pre"]["p_false"]] * 3}
         recs.append(r)
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    data = OmegaConf.to_container(_cfg(world, []).data, resolve=True)  # the world the run edited
-    (path / "run_config.yaml").write_text(yaml.safe_dump({"data": data, "method": {"name": "toy"}}))
+    # the world the run edited
+    (path / "run_config.yaml").write_text(yaml.safe_dump({"data": _data(world), "method": {"name": "toy"}}))
     if summary is not None:
         (path / "metrics.json").write_text(json.dumps({"method": "toy", "mode": "single", "n": n,
                                                        "summary": summary}))
@@ -74,8 +79,8 @@ def _run_dir(world, path: Path, n: int = 3, traced: int = 2, summary: dict | Non
 
 def test_run_report_recomputes_the_summary_and_draws_traced_records(tiny_world, tmp_path):
     run = _run_dir(tiny_world, tmp_path / "run", n=3, traced=2, curve=True)
-    out = evaluate(_cfg(tiny_world, [f"run={run}"]))
     rep = run / "report"
+    out = evaluate_run(run, rep, {"name": "not the run's world"}, max_panels=8)  # run_config.yaml's world wins
     assert out["report"] == str(rep) and out["n"] == 3 and out["panels"] == 2
     assert sorted(p.name for p in rep.iterdir()) == sorted(
         ["COMPLETE", "table4.md", "table4.csv", "editing.md", "sequential.png",
@@ -97,8 +102,8 @@ def test_run_report_uses_the_stored_summary_caps_panels_and_replaces_an_old_repo
     run = _run_dir(tiny_world, tmp_path / "run", n=3, traced=3, summary=summary)
     (run / "report").mkdir()
     (run / "report" / "stale.txt").write_text("old")
-    out = evaluate(_cfg(tiny_world, [f"run={run}", "max_panels=1"]))
     rep = run / "report"
+    out = evaluate_run(run, rep, _data(tiny_world), max_panels=1)
     assert out["panels"] == 1 and not out["sequential"] and not (rep / "stale.txt").exists()
     assert len(list(rep.glob("fig4_*.png"))) == 1 and not (rep / "sequential.png").exists()
     assert (rep / "table4.md").read_text().startswith(table4_markdown(summary, {"method": "toy", "mode": "single"}))
@@ -120,14 +125,18 @@ def test_cli_malformed_results_line_leaves_no_report(tiny_world, tmp_path):
     assert not (run / "report").exists() and not list(run.glob(".*staging*"))
 
 
-def test_missing_results_and_bad_mode_are_user_errors(tiny_world, tmp_path):
+def test_missing_results_is_a_user_error(tiny_world, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EditlabError, match=r"no results\.jsonl"):
-        evaluate(_cfg(tiny_world, [f"run={tmp_path / 'empty'}"]))
-    with pytest.raises(EditlabError, match="exactly one of"):
-        evaluate(_cfg(tiny_world, []))
-    with pytest.raises(EditlabError, match="exactly one of"):
-        evaluate(_cfg(tiny_world, [f"run={tmp_path}", f"checkpoint={tmp_path}"]))
+        evaluate_run(tmp_path / "empty", tmp_path / "empty" / "report", _data(tiny_world), 8)
+    assert not (tmp_path / "empty" / "report").exists()
+
+
+@pytest.mark.parametrize("which", [[], ["run=x", "checkpoint=y"]], ids=["neither", "both"])
+def test_cli_needs_exactly_one_of_run_and_checkpoint(tiny_world, which):
+    r = _cli(tiny_world, which)
+    assert r.returncode == 2 and r.stderr.strip() == "error: set exactly one of run=<edit run dir> or " \
+        "checkpoint=<model dir>", r.stderr[-2000:]
 
 
 def _export(world, out: Path, world_hash: str) -> Path:
@@ -142,8 +151,12 @@ def test_checkpoint_scores_pre_edit_and_plots_the_training_curve(tiny_world, tmp
     curve = [{"step": 1, "tokens": 1000, "gen_acc": 0.1, "prob_coherence": 0.5},
              {"step": 2, "tokens": 2000, "gen_acc": 0.2, "prob_coherence": 0.4}]
     (ckpt.parent / "metrics.json").write_text(json.dumps({"curve": curve}))
-    out = evaluate(_cfg(tiny_world, [f"checkpoint={ckpt}", "n_cases=6", f"out_dir={tmp_path / 'ev'}"]))
     ev = tmp_path / "ev"
+    world = World.from_config(_data(tiny_world), tiny_world.dir.parent)
+    model = load_checkpoint(ckpt, world.hash)
+    with pytest.raises(EditlabError, match="n_cases=0 must be positive"):
+        evaluate_checkpoint(model, world, ckpt, ev, 0, 256, "paper")
+    out = evaluate_checkpoint(model, world, ckpt, ev, 6, 256, "paper")
     assert out["n"] == 6 and out["all/n"] == 6 and 0.0 <= out["all/pre/s1r1_acc"] <= 1.0
     m = json.loads((ev / "metrics.json").read_text())
     assert m["world_hash"] == tiny_world.world["hash"] and m["summary"]["subsets"]["all"]["n"] == 6
@@ -156,9 +169,8 @@ def test_checkpoint_scores_pre_edit_and_plots_the_training_curve(tiny_world, tmp
 
 
 def test_checkpoint_of_another_world_is_refused_before_writing(tiny_world, tmp_path):
-    # in-process: the CLI contract (exit 2, one line) is covered by the subprocess tests above
     ckpt = _export(tiny_world, tmp_path / "model", "0123456789ab")
-    with pytest.raises(EditlabError, match="trained on world 0123456789ab") as exc:
-        evaluate(_cfg(tiny_world, [f"checkpoint={ckpt}", "n_cases=2"]))
-    assert len(str(exc.value).splitlines()) == 1 and tiny_world.world["hash"] in str(exc.value)
+    r = _cli(tiny_world, [f"checkpoint={ckpt}", "n_cases=2"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "trained on world 0123456789ab" in r.stderr and tiny_world.world["hash"] in r.stderr
     assert not (ckpt / "eval").exists()

@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from editlab.lm.presets import arch_from, recipe_from
+from editlab.lm.pretrain import pretrain
+from editlab.world.loading import World
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from train import train  # noqa: E402
 
 # a few fast steps: ~9 rows of 64 tokens per step (4 documents' worth of tokens)
 SMALL = ["model.recipe.seq_len=64", "model.recipe.batch_docs=4", "model.recipe.token_budget=6144",
@@ -32,9 +35,23 @@ def _overrides(world, run_dir: Path, extra: list[str]) -> list[str]:
 
 
 def _train(world, run_dir: Path, extra: list[str] = ()) -> dict:
+    """``python train.py`` in a subprocess; its final metrics (metrics.json without the probe curve)."""
+    res = _cli(world, run_dir, list(extra))
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("curve")
+    return metrics
+
+
+def _pretrain_in_process(world, run_dir: Path, extra: list[str]) -> dict:
+    """The library function behind train.py, called with the composed config's values (for in-process spies)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=_overrides(world, run_dir, list(extra)))
-    return train(cfg)
+        cfg = compose(config_name="train", overrides=_overrides(world, run_dir, extra))
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return pretrain(world=World.from_config(c["data"], c["data"]["cache_dir"]), arch=arch_from(c["model"]["arch"]),
+                    recipe=recipe_from(c["model"]["recipe"]), run_dir=run_dir, seed=c["seed"],
+                    trainer_kwargs=c["trainer"], loggers=[], run_config=c, probe_facts=c["probe"]["n_facts"],
+                    probe_every=c["probe"]["every_n_steps"], progress=False)
 
 
 def _cli(world, run_dir: Path, extra: list[str], popen: bool = False):
@@ -98,7 +115,7 @@ def test_recipe_reaches_the_trainer(tiny_world, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(L.Trainer, "fit", spy)
-    _train(tiny_world, tmp_path / "r", ["model.recipe.clip=0.5", "model.recipe.warmup_steps=0"])
+    _pretrain_in_process(tiny_world, tmp_path / "r", ["model.recipe.clip=0.5", "model.recipe.warmup_steps=0"])
     assert seen["clip"] == (0.5, "norm")
     assert seen["wd"] == [1e-4, 0.0]
     # linear decay to 10%: after the last of n steps the factor is 1 - 0.9 * n / n = 0.1

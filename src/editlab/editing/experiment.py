@@ -22,7 +22,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from editlab.editing.base import EditContext, EditMethod
@@ -36,30 +35,10 @@ from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
 from editlab.lm.pretrain import resolve_resume
+from editlab.utils.rundir import prepare
 from editlab.world.loading import World
 
 IGNORED_KEYS = ("progress", "overwrite", "device", "logger")
-
-
-def _prepare_run_dir(run_dir: Path, run_config: dict, overwrite: bool) -> str:
-    """"fresh", "resume" or "done" for ``run_dir``; a different config there is an error unless ``overwrite``."""
-    cfg_path = run_dir / "run_config.yaml"
-    key = {k: v for k, v in run_config.items() if k not in IGNORED_KEYS}
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if cfg_path.is_file():
-        old = {k: v for k, v in (yaml.safe_load(cfg_path.read_text()) or {}).items() if k not in IGNORED_KEYS}
-        if old != key:
-            raise EditlabError(f"{run_dir} holds a run with a different config; choose another run_dir=... or pass "
-                               "overwrite=true to replace it")
-        if (run_dir / "metrics.json").is_file() and (run_dir / FINAL).is_file():
-            return "done"
-        return "resume"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cfg_path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(run_config, sort_keys=True))
-    os.replace(tmp, cfg_path)
-    return "fresh"
 
 
 def _device(name: str) -> torch.device:
@@ -83,7 +62,7 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     dev = _device(device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     run_dir = Path(run_dir)
-    state = _prepare_run_dir(run_dir, run_config, overwrite)
+    state = prepare(run_dir, run_config, ignore=IGNORED_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
     if state == "done":
         return {**json.loads((run_dir / "metrics.json").read_text()), "reused": True}
     torch.manual_seed(seed)

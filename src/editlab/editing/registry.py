@@ -39,15 +39,3 @@ def get_method(name: str, hparams: dict | None = None):
     """An instance of method ``name`` built from a plain dict of hyper-parameters (validated)."""
     return from_dict(method_class(name), hparams, f"method {name}")
 
-
-def method_hparams(method_cfg: dict, model: str | None) -> dict:
-    """A ``conf/method/<name>.yaml`` node's ``hparams`` (the paper's values) merged with ``presets[model]``.
-
-    Per-model presets carry values tuned for a model size (each YAML's header says how); a model without
-    a preset gets the paper's values.
-    """
-    presets = method_cfg.get("presets") or {}
-    over = presets.get(model) or {} if model else {}
-    if not isinstance(over, dict):
-        raise EditlabError(f"method {method_cfg.get('name')}: presets.{model} must be a mapping of hyper-parameters")
-    return {**(method_cfg.get("hparams") or {}), **over}

@@ -31,6 +31,7 @@ from editlab.lm.fact_probe import FactProbe
 from editlab.lm.module import PretrainModule
 from editlab.lm.packing import Corpus
 from editlab.lm.presets import Arch, Recipe, build_model
+from editlab.utils.rundir import prepare
 from editlab.world.loading import World
 
 
@@ -74,16 +75,10 @@ def finished_run(run_dir: Path, run_config: dict, overwrite: bool) -> dict | Non
     A finished run with a *different* config is an error unless ``overwrite``: a researcher who changed
     a hyper-parameter must not silently get the old model back, nor lose it by accident.
     """
-    metrics_path, config_path = run_dir / "metrics.json", run_dir / "model" / "run_config.yaml"
-    if overwrite or not (metrics_path.is_file() and config_path.is_file()):
+    if prepare(run_dir, run_config, ignore=IGNORED_KEYS, overwrite=overwrite, done=("metrics.json",),
+               config_name="model/run_config.yaml", record=False) != "done":
         return None
-    import yaml
-
-    old = {k: v for k, v in yaml.safe_load(config_path.read_text()).items() if k not in IGNORED_KEYS}
-    new = {k: v for k, v in run_config.items() if k not in IGNORED_KEYS}
-    if old != new:
-        raise EditlabError(f"{run_dir} holds a finished run with a different config; choose another run_dir=... "
-                           "or pass overwrite=true to replace it")
+    metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics.pop("curve", None)
     return {**metrics, "reused": True}

@@ -1,0 +1,69 @@
+"""Run-directory rules (editlab.utils.rundir): fresh / resume / done, refuse a different config, overwrite."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from editlab.errors import EditlabError
+from editlab.utils.rundir import config_differences, prepare
+
+CFG = {"method": {"name": "lora", "hparams": {"lr": 1e-3, "steps": 40}}, "seed": 0, "progress": True,
+       "paths": {"outputs": "outputs"}, "run_dir": "outputs/edit/x"}
+IGNORE = ("progress",)
+
+
+def _finish(run_dir, *names):
+    for n in names:
+        (run_dir / n).write_text("{}")
+
+
+def test_edit_rules_fresh_resume_done_and_reuse_ignoring_display_and_location_keys(tmp_path):
+    run = tmp_path / "run"
+    assert prepare(run, CFG, ignore=IGNORE, overwrite=False, done=("metrics.json", "results.jsonl")) == "fresh"
+    assert yaml.safe_load((run / "run_config.yaml").read_text()) == CFG  # recorded at the start
+    assert not list(run.glob(".*.tmp"))
+    moved = {**CFG, "progress": False, "paths": {"outputs": "/elsewhere"}, "run_dir": "/elsewhere/edit/x"}
+    assert prepare(run, moved, ignore=IGNORE, overwrite=False, done=("metrics.json", "results.jsonl")) == "resume"
+    _finish(run, "metrics.json")
+    assert prepare(run, CFG, ignore=IGNORE, overwrite=False, done=("metrics.json", "results.jsonl")) == "resume"
+    _finish(run, "results.jsonl")
+    assert prepare(run, CFG, ignore=IGNORE, overwrite=False, done=("metrics.json", "results.jsonl")) == "done"
+
+
+def test_a_different_config_is_refused_naming_the_keys_unless_overwrite(tmp_path):
+    run = tmp_path / "run"
+    prepare(run, CFG, ignore=IGNORE, overwrite=False)
+    other = {**CFG, "method": {"name": "lora", "hparams": {"lr": 1e-4, "steps": 40}}}
+    with pytest.raises(EditlabError) as err:
+        prepare(run, other, ignore=IGNORE, overwrite=False)
+    msg = str(err.value)
+    assert "holds a run with a different config (method.hparams.lr: 0.001 -> 0.0001)" in msg
+    assert "overwrite=true" in msg and "\n" not in msg
+    (run / "results.jsonl").write_text("old")
+    assert prepare(run, other, ignore=IGNORE, overwrite=True) == "fresh"
+    assert not (run / "results.jsonl").exists()  # overwrite starts from an empty directory
+    assert yaml.safe_load((run / "run_config.yaml").read_text()) == other
+
+
+def test_train_rules_only_a_finished_export_is_compared_or_reused(tmp_path):
+    run = tmp_path / "run"
+    kw = {"ignore": ("ckpt_path",), "done": ("metrics.json",), "config_name": "model/run_config.yaml",
+          "record": False}
+    assert prepare(run, CFG, overwrite=False, **kw) == "fresh" and not run.exists()  # the run records its own config
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "run_config.yaml").write_text(yaml.safe_dump(CFG))
+    other = {**CFG, "seed": 1}
+    assert prepare(run, other, overwrite=False, **kw) == "fresh"  # not finished: the caller resumes or restarts
+    _finish(run, "metrics.json")
+    assert prepare(run, {**CFG, "ckpt_path": "last"}, overwrite=False, **kw) == "done"
+    with pytest.raises(EditlabError, match=r"holds a finished run with a different config \(seed: 0 -> 1\)"):
+        prepare(run, other, overwrite=False, **kw)
+    assert prepare(run, other, overwrite=True, **kw) == "fresh" and (run / "metrics.json").exists()  # retrains in place
+
+
+def test_config_differences_lists_nested_added_and_removed_keys():
+    a = {"x": {"y": 1, "z": 2}, "k": 1}
+    b = {"x": {"y": 1, "w": 3}, "k": 1}
+    assert config_differences(a, b) == ["x.w", "x.z"]
+    assert config_differences(a, a) == []
