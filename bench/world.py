@@ -22,6 +22,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from editlab.utils.hardware import describe
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> dict:
         "total_s": round(wall, 2),
         "stage_s": report.timings,
         "peak_rss_gb": round(peak_kb / 2**20, 3),
+        "hardware": describe(),  # no model runs here, hence no precision
         "artifact_bytes": size,
         "kept": str(report.directory) if keep else None,
         "targets": {"total_s_max": 600, "peak_rss_gb_max": 8},
