@@ -22,7 +22,6 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from editlab.utils.hardware import describe
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
@@ -48,6 +47,8 @@ def main(argv: list[str]) -> dict:
         if not keep:
             shutil.rmtree(cache, ignore_errors=True)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # imported only now: the hardware facts need torch, which the world build never loads (peak RSS above)
+    from editlab.utils.hardware import describe
     return {
         "bench": "world",
         "data": wcfg.name,

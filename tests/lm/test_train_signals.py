@@ -1,4 +1,4 @@
-"""train.py with real signals and a real console: clean stops resume exactly; the output is quiet and strict.
+"""train.py with real signals and a real console: clean stops resume exactly; output is quiet, JSON strict.
 
 Every run here is a real ``python train.py`` subprocess (or the same config in-process for the
 uninterrupted reference), on the session's tiny world with a few 64-token steps.
@@ -31,15 +31,16 @@ def _args(world, run_dir: Path, extra: list[str] = ()) -> list[str]:
     return [f"data.cache_dir={world.dir.parent}", f"run_dir={run_dir}", *FAST, *extra]
 
 
-def _env(**extra: str) -> dict:
+def _env() -> dict:
+    """No native bf16 (forced): precision auto must choose fp32, as on the new user's AVX2 machine."""
     src = str(ROOT / "src")
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
+    return {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "EDITLAB_CPU_BF16": "0"}
 
 
-def _run(world, run_dir: Path, extra: list[str] = (), **env: str) -> subprocess.CompletedProcess:
+def _run(world, run_dir: Path, extra: list[str] = ()) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *_args(world, run_dir, list(extra))], cwd=ROOT,
-                          env=_env(**env), capture_output=True, text=True, timeout=600)
+                          env=_env(), capture_output=True, text=True, timeout=600)
 
 
 def _signalled(world, run_dir: Path, signum: int, extra: list[str] = ()) -> tuple[int, str]:
@@ -60,6 +61,27 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "model" / "model.safetensors")
 
 
+def _strict_json(path: Path) -> dict:
+    def no_constants(name: str):
+        raise AssertionError(f"non-JSON constant {name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=no_constants)
+
+
+def _assert_quiet_and_fp32(res: subprocess.CompletedProcess, run_dir: Path) -> None:
+    """The console of a default run: no third-party tips, deprecations or accelerator chatter; the
+    precision decision once; fp32 (no native bf16) recorded in metrics.json and the checkpoint."""
+    console = res.stdout + res.stderr
+    noisy = [ln for ln in console.splitlines() if "Tip:" in ln or "deprecat" in ln.lower()
+             or "GPU available" in ln or "Writing model shards" in ln]
+    assert noisy == []
+    assert console.count("precision: 32-true (auto;") == 1
+    metrics = _strict_json(run_dir / "metrics.json")
+    assert metrics["precision"] == "32-true"
+    assert metrics["hardware"]["precision"] == "32-true" and metrics["hardware"]["cpu_native_bf16"] is False
+    assert _strict_json(run_dir / "model" / "editlab.json")["metrics"]["precision"] == "32-true"
+
+
 def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_ends_like_an_uninterrupted_run(tiny_world, tmp_path):
     run = tmp_path / "stopped"
     rc, err = _signalled(tiny_world, run, signal.SIGTERM)
@@ -75,12 +97,13 @@ def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_ends_like_an_uninte
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     full = _run(tiny_world, tmp_path / "full", ["ckpt_every_n_steps=1"])
     assert full.returncode == 0, full.stderr[-2000:]
-    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    b = json.loads((run / "metrics.json").read_text())
+    a, b = _strict_json(tmp_path / "full" / "metrics.json"), _strict_json(run / "metrics.json")
     assert b["steps"] == a["steps"] == 40
     assert (b["train_loss"], b["gen_acc"], b["curve"]) == (a["train_loss"], a["gen_acc"], a["curve"])
     wa, wb = _weights(tmp_path / "full"), _weights(run)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    _assert_quiet_and_fp32(full, tmp_path / "full")
+    _assert_quiet_and_fp32(resumed, run)
 
 
 def test_sigint_stops_with_130_and_a_checkpoint(tiny_world, tmp_path):
@@ -90,27 +113,6 @@ def test_sigint_stops_with_130_and_a_checkpoint(tiny_world, tmp_path):
     assert "interrupted (SIGINT; state saved in" in err
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "model").exists() and not (run / "metrics.json").exists()
-
-
-def test_default_console_is_quiet_and_metrics_are_strict_json_with_the_precision(tiny_world, tmp_path):
-    """No native bf16 (forced) -> precision auto trains in fp32, says so once, records it; no third-party tips."""
-    run = tmp_path / "quiet"
-    res = _run(tiny_world, run, ["model.recipe.token_budget=1152"], EDITLAB_CPU_BF16="0")
-    assert res.returncode == 0, res.stderr[-2000:]
-    console = res.stdout + res.stderr
-    noisy = [ln for ln in console.splitlines() if "tip" in ln.lower() or "deprecat" in ln.lower()
-             or "GPU available" in ln or "Writing model shards" in ln]
-    assert noisy == []
-    assert console.count("precision: 32-true (auto;") == 1
-
-    def no_constants(name: str):
-        raise AssertionError(f"non-JSON constant {name} in metrics.json")
-
-    metrics = json.loads((run / "metrics.json").read_text(), parse_constant=no_constants)
-    assert metrics["precision"] == "32-true"
-    assert metrics["hardware"]["precision"] == "32-true" and metrics["hardware"]["cpu_native_bf16"] is False
-    info = json.loads((run / "model" / "editlab.json").read_text(), parse_constant=no_constants)
-    assert info["metrics"]["precision"] == "32-true"
 
 
 class _Tiny(L.LightningModule):
