@@ -16,10 +16,12 @@ import warnings
 # Lightning's rank-zero INFO lines (both loggers: lightning_utilities' rank_zero_info uses whichever
 # of the two was imported last)
 LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-CHATTER = re.compile(r"^(💡 Tip:|GPU available:|TPU available:|HPU available:|IPU available:)")
+CHATTER = re.compile(r"^(💡 Tip:|GPU available:|TPU available:|HPU available:|IPU available:"
+                     r"|`Trainer\(limit_(train|val|test|predict)_batches=1\)` was configured)")
 
-# Lightning 2.6's _pytree.py calls torch's deprecated isinstance(..., LeafSpec): Lightning's to fix, not the user's
-DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+# deprecated APIs called by a dependency's own code (not the user's to fix): Lightning 2.6's _pytree.py
+# (torch's isinstance(..., LeafSpec)), peft's PeftModel (transformers' is_gradient_checkpointing)
+DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"`is_gradient_checkpointing` is deprecated")
 
 
 class _DropChatter(logging.Filter):
