@@ -131,7 +131,8 @@ def pretrain(
     if hf_path is not None:
         from editlab.lm.checkpoint import load_hf
 
-        model = load_hf(hf_path, meta["vocab_size"])
+        # from_pretrained returns eval mode; training mode as for a fresh model (Lightning warns otherwise)
+        model = load_hf(hf_path, meta["vocab_size"]).train()
     else:
         model = build_model(arch, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
     probe = FactProbe(world.dir, n_facts=probe_facts, every_n_steps=probe_every, seed=seed)
@@ -158,6 +159,8 @@ def pretrain(
     # Lightning cannot see that StreamBatches resumes at the optimizer step (tested bit-exact), and would
     # warn that a mid-epoch resume is unreliable
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    if resume is not None:  # resuming into the run's own checkpoint directory is the point, not a mistake
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     wall = time.perf_counter() - t0
