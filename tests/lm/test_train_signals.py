@@ -22,9 +22,10 @@ from safetensors.torch import load_file
 from editlab.utils.signals import StopOnSignal, graceful_stop
 
 ROOT = Path(__file__).resolve().parents[2]
-# ~9 rows of 64 tokens per step; 40 steps, so a signal after the first checkpoint lands mid-run
+# ~9 rows of 64 tokens per step; 40 steps, so a signal after the second step lands mid-run; a 40-fact
+# probe every 4 steps, so the curve straddles the stop (it must survive the resume)
 FAST = ["model.recipe.seq_len=64", "model.recipe.batch_docs=4", "model.recipe.token_budget=23040",
-        "probe.n_facts=40", "probe.every_n_steps=0", "progress=false", "logger=csv"]
+        "probe.n_facts=40", "probe.every_n_steps=4", "progress=false", "logger=csv"]
 
 
 def _args(world, run_dir: Path, extra: list[str] = ()) -> list[str]:
@@ -44,12 +45,15 @@ def _run(world, run_dir: Path, extra: list[str] = ()) -> subprocess.CompletedPro
 
 
 def _signalled(world, run_dir: Path, signum: int, extra: list[str] = ()) -> tuple[int, str]:
-    """Start train.py, wait until a training step has been checkpointed (the fit is running), send ``signum``."""
+    """Start train.py, wait until step 4 has been checkpointed (the fit is running, one probe done), send ``signum``."""
     proc = subprocess.Popen([sys.executable, "train.py", *_args(world, run_dir, ["ckpt_every_n_steps=1", *extra])],
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = run_dir / "checkpoints" / "last.ckpt"
+
+    def steps_saved() -> int:  # ModelCheckpoint keeps the newest "epoch=0-step=N.ckpt"
+        return max((int(f.stem.split("step=")[1]) for f in run_dir.glob("checkpoints/epoch=*-step=*.ckpt")), default=0)
+
     deadline = time.time() + 300
-    while time.time() < deadline and not last.exists() and proc.poll() is None:
+    while time.time() < deadline and steps_saved() < 4 and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "train.py ended before the signal: " + proc.stderr.read()[-2000:]
     proc.send_signal(signum)
@@ -90,8 +94,9 @@ def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_ends_like_an_uninte
     assert f"state saved in {run / 'checkpoints' / 'last.ckpt'}" in err
     assert not (run / "model").exists() and not (run / "metrics.json").exists()
     assert not list(run.glob("checkpoints/*.tmp"))
-    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < step < 40, "the signal must land mid-training"
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 4 <= state["global_step"] < 40, "the signal must land mid-training"
+    assert state["callbacks"]["FactProbe"]["history"][0]["step"] == 4  # the curve so far travels with the state
 
     resumed = _run(tiny_world, run, ["ckpt_every_n_steps=1", "ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
