@@ -3,7 +3,8 @@
     python bench/pretrain.py                       # tiny world + mistral_tiny on this machine
     python bench/pretrain.py model=mistral_83m     # + MFU when a GPU is present
 
-Ours: packed rows (no padding), the trainer preset's precision (bf16 autocast), AdamW on matrix
+Ours: packed rows (no padding), the trainer preset's precision (``auto``: bf16 autocast only where the
+CPU/GPU computes bf16 natively, else fp32; see editlab.lm.precision), AdamW on matrix
 weights. Reference (as the paper's code): batches of whole documents left-padded to the longest in
 the batch, fp32, no packing. Both see the same number of documents per step and the same model; the
 two loops alternate in rounds and each figure is the median over rounds. Tokens/s counts real
@@ -26,8 +27,10 @@ from omegaconf import OmegaConf
 
 from editlab.lm.optim import param_groups
 from editlab.lm.packing import Corpus, PackedStream
+from editlab.lm.precision import resolve_precision
 from editlab.lm.presets import arch_from, build_model, recipe_from
 from editlab.lm.pretrain import plan
+from editlab.utils.hardware import describe
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
@@ -36,7 +39,7 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e
 
 
 def _step(model, opt, batch: dict, precision: str, device: str) -> None:
-    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision in ("bf16-mixed", "bf16")):
         loss = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -77,7 +80,8 @@ def main(argv: list[str]) -> dict:
     meta = json.loads((wdir / "tokens.json").read_text())
     arch, recipe = arch_from(cfg.model.arch), recipe_from(OmegaConf.to_container(cfg.model.recipe))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = cfg.trainer.precision if device == "cpu" else "bf16-mixed"
+    # a GPU resolves its own precision (the CPU preset's explicit value would not apply to it)
+    precision = resolve_precision(cfg.trainer.precision, "cpu") if device == "cpu" else resolve_precision("auto", "gpu")
     p = plan(recipe, corpus.mean_framed_doc())
     stream = PackedStream(corpus, recipe.seq_len, seed=0)
     torch.manual_seed(0)
@@ -123,6 +127,7 @@ def main(argv: list[str]) -> dict:
         "model": cfg.model.name,
         "params": sum(x.numel() for x in ours.parameters()),
         "precision_ours": precision,
+        "hardware": describe(precision),
         "seq_len": recipe.seq_len,
         "rows_per_step": p.rows_per_step,
         "docs_per_step_reference": recipe.batch_docs,

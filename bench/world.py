@@ -47,12 +47,15 @@ def main(argv: list[str]) -> dict:
         if not keep:
             shutil.rmtree(cache, ignore_errors=True)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # imported only now: the hardware facts need torch, which the world build never loads (peak RSS above)
+    from editlab.utils.hardware import describe
     return {
         "bench": "world",
         "data": wcfg.name,
         "total_s": round(wall, 2),
         "stage_s": report.timings,
         "peak_rss_gb": round(peak_kb / 2**20, 3),
+        "hardware": describe(),  # no model runs here, hence no precision
         "artifact_bytes": size,
         "kept": str(report.directory) if keep else None,
         "targets": {"total_s_max": 600, "peak_rss_gb_max": 8},

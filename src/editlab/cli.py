@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from editlab.errors import EditlabError
+from editlab.utils.quiet import silence_third_party
 from editlab.utils.signals import Interrupted, graceful_stop
 
 T = TypeVar("T")
@@ -21,6 +22,7 @@ T = TypeVar("T")
 
 def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to resume") -> T:
     """Call ``fn()`` under :func:`~editlab.utils.signals.graceful_stop`; map user errors and signals to exits."""
+    silence_third_party()
     try:
         with graceful_stop():
             return fn()

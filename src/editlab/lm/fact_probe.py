@@ -60,6 +60,13 @@ class FactProbe(L.Callback):
             logger.log_metrics({f"probe/{k}": v for k, v in scores.items()} | {"probe/tokens": tokens},
                                step=trainer.global_step)
 
+    def state_dict(self) -> dict:
+        # the curve so far travels in last.ckpt, so a resumed run reports the whole curve
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every and trainer.global_step % self.every == 0:
             self._log(trainer, pl_module)

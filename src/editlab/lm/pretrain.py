@@ -6,7 +6,11 @@ Layout of a run directory (predictable, so ``ckpt_path=last`` finds it again)::
     <run_dir>/checkpoints/last.ckpt   Lightning state for resuming (not for loading models)
     <run_dir>/csv/ or wandb/          logs (train/loss, train/lr, probe/gen_acc, probe/prob_coherence)
     <run_dir>/model/                  the exported, self-describing checkpoint (safetensors)
-    <run_dir>/metrics.json            final metrics and the probe curve (Figure 3)
+    <run_dir>/metrics.json            final metrics and the probe curve (Figure 3), strict JSON
+
+Written only by a run that finished: a SIGTERM / SIGINT ends the current optimizer step, saves
+``last.ckpt`` atomically and raises :class:`~editlab.utils.signals.Interrupted` (exit 143 / 130) with
+no ``model/`` and no ``metrics.json``; ``ckpt_path=last`` resumes it to the same result.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ from editlab.lm.datamodule import PackedDataModule
 from editlab.lm.fact_probe import FactProbe
 from editlab.lm.module import PretrainModule
 from editlab.lm.packing import Corpus
+from editlab.lm.precision import resolve_and_log
 from editlab.lm.presets import Arch, Recipe, build_model
+from editlab.utils import hardware
+from editlab.utils.jsonio import strict, write_json
 from editlab.utils.rundir import prepare
+from editlab.utils.signals import StopOnSignal
 from editlab.world.loading import World
 
 
@@ -109,18 +117,25 @@ def pretrain(
     if ckpt_path is None and (done := finished_run(run_dir, run_config, overwrite)) is not None:
         return done
     resume = resolve_resume(ckpt_path, run_dir)
+    # decided once, here: "auto" becomes bf16-mixed or 32-true for this machine (logged, and recorded below)
+    precision = resolve_and_log(trainer_kwargs.get("precision", "auto"),
+                                str(trainer_kwargs.get("accelerator", "auto")))
+    trainer_kwargs = {**trainer_kwargs, "precision": precision}
     L.seed_everything(seed, workers=True, verbose=False)
     meta = world.tokens_meta
     if hf_path is not None:
         from editlab.lm.checkpoint import load_hf
 
-        model = load_hf(hf_path, meta["vocab_size"])
+        # from_pretrained returns eval mode; training mode as for a fresh model (Lightning warns otherwise)
+        model = load_hf(hf_path, meta["vocab_size"]).train()
     else:
         model = build_model(arch, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
     probe = FactProbe(world.dir, n_facts=probe_facts, every_n_steps=probe_every, seed=seed)
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=ckpt_every,
                            save_top_k=1, enable_version_counter=False)
-    callbacks = [ckpt, probe] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
+    # StopOnSignal after the probe: a step's probe point is logged before a signal stops the run there
+    stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", at="batch")
+    callbacks = [ckpt, probe, stop] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
     try:
         trainer = L.Trainer(max_epochs=-1, logger=loggers, callbacks=callbacks,
                             default_root_dir=str(run_dir), num_sanity_val_steps=0, limit_val_batches=0,
@@ -139,6 +154,8 @@ def pretrain(
     # Lightning cannot see that StreamBatches resumes at the optimizer step (tested bit-exact), and would
     # warn that a mid-epoch resume is unreliable
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    if resume is not None:  # resuming into the run's own checkpoint directory is the point, not a mistake
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     wall = time.perf_counter() - t0
@@ -149,8 +166,9 @@ def pretrain(
                "tokens": trainer.global_step * p.tokens_per_step, "rows_per_step": p.rows_per_step,
                "tokens_per_step": p.tokens_per_step, "wall_s": round(wall, 1),
                # loss of the last optimizer step (what the resume test compares bit for bit)
-               "train_loss": float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))}
-    out = export_checkpoint(model, world.dir, run_dir / "model", run_config, world.hash, metrics)
-    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "checkpoint": str(out),
-                                                      "curve": probe.history}, indent=1))
+               "train_loss": float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))),
+               "precision": precision, "hardware": hardware.describe(precision)}
+    # strict: the checkpoint's editlab.json holds these metrics too (null, never NaN)
+    out = export_checkpoint(model, world.dir, run_dir / "model", run_config, world.hash, strict(metrics))
+    write_json(run_dir / "metrics.json", {**metrics, "checkpoint": str(out), "curve": probe.history})
     return {**metrics, "checkpoint": str(out)}

@@ -105,7 +105,18 @@ class StopOnSignal(Callback):
         if self.at == "epoch":
             self._maybe_stop(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a signal that came after the last batch/epoch (e.g. during a final evaluation callback) must not
+        # be lost: the fit is complete, so the checkpoint holds the final state and a resume only finishes up
+        self._maybe_stop(trainer)
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning's own teardown (which runs before this hook) already restored the handlers it found
+        # before the fit; put ours back only where ours is still installed, never Lightning's stale handler
         for s, h in self._old.items():
-            signal.signal(s, h)
+            if signal.getsignal(s) == self._note:
+                signal.signal(s, h)
         self._old = {}
+        if self.signum is not None:  # noted after on_train_end: deliver it to the handler outside the fit
+            signum, self.signum = self.signum, None
+            signal.raise_signal(signum)
