@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
-from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
+from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, StepHook
 from editlab.editing.loss import OBJECTIVES, fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names
@@ -62,7 +62,8 @@ class AdapterEdit(EditMethod):
     def peft_config(self, targets: list[str]) -> PeftConfig:
         raise NotImplementedError
 
-    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> EditHandle:
+    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
+              on_step: StepHook | None = None) -> EditHandle:
         targets = module_names(model, self.modules, self.layers)
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
         with torch.random.fork_rng(devices=[]):
@@ -74,7 +75,7 @@ class AdapterEdit(EditMethod):
         batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(next(model.parameters()).device)
         info = fit(peft_model, batch, params, opt, self.steps, objective=self.objective, clip=self.clip,
                    extra_loss=self.extra_loss(peft_model), after_step=self.after_step(peft_model),
-                   on_step=ctx.on_step, stop_loss=self.stop_loss)
+                   on_step=on_step, stop_loss=self.stop_loss)
         info["update_norm"] = adapter_update_norm(peft_model)
 
         def detach(merge: bool) -> nn.Module:
