@@ -35,7 +35,7 @@ class FineTune(EditMethod):
 
     Attributes:
         layer: block index (negative counts from the last block).
-        module: module template with ``{}`` for the block index.
+        module: a role resolved by the architecture adapter (``mlp_out``) or a template with ``{}`` for the block.
         lr, steps, weight_decay: Adam (ROME/EasyEdit use no decay).
         norm_constraint: eps of the clamp ``|W - W0| <= eps`` after every step (``None``: no clamp).
         objective: ``teacher_forced`` or ``last_position`` (the original FT-L code).
@@ -43,7 +43,7 @@ class FineTune(EditMethod):
     """
 
     layer: int = 0
-    module: str = "model.layers.{}.mlp.down_proj"
+    module: str = "mlp_out"
     lr: float = 5e-4
     steps: int = 25
     weight_decay: float = 0.0

@@ -35,14 +35,14 @@ class AdapterEdit(EditMethod):
     """Shared mechanics of PEFT adapter editors: inject, train on the target NLL, unload or merge.
 
     Attributes:
-        modules: module templates with ``{}`` for the block index.
+        modules: roles (``mlp_out``: the MLP down-projection) or module templates with ``{}`` for the block.
         layers: blocks to adapt (``None``: all; negative indices count from the last).
         lr, weight_decay, steps, clip: AdamW with a constant learning rate, gradient-norm clipping.
         objective: ``teacher_forced`` (default) or ``last_position`` (see editing/loss.py).
         stop_loss: stop once the target NLL is below this (0: always run ``steps``).
     """
 
-    modules: list[str] = field(default_factory=lambda: ["model.layers.{}.mlp.down_proj"])
+    modules: list[str] = field(default_factory=lambda: ["mlp_out"])
     layers: list[int] | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-4
