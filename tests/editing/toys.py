@@ -9,7 +9,7 @@ that ask (idempotent), :func:`unregister_toys` takes them out again.
   base weights are never touched, ``commit`` keeps the entry, the memory is method state and
   ``load_state_dict`` re-wraps the base model.
 - ``toy_learned_step`` (a trainable editor, MEND-shaped with an identity hypernetwork): the edit is
-  gradient steps on one MLP output projection, ``W <- W - a ||W|| g / ||g||``, with the step ``a``
+  gradient steps on the MLP output projections, ``W <- W - a g``, with the learning rate ``a``
   meta-learned on the meta split (loss: target NLL after one step + KL on the other requests' prompts,
   methods.md's MEND objective with c_loc = 1).
 """
@@ -128,13 +128,14 @@ class StepTrainer(L.LightningModule):
         super().__init__()
         self.method, self.enc, self.lr = method, PromptEncoder(tokenizer), lr
         self.base = base.requires_grad_(False).eval()
-        self.name = method.param_name(base)
+        self.names = method.param_names(base)
         self.log_step = nn.Parameter(torch.tensor(float(method.init_log_step)))
 
     def meta_loss(self, cases: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss over the batch's edits, share of edits whose target tokens are all argmax after one step)."""
         reqs = [EditRequest.from_case(c) for c in cases]
-        w0 = dict(self.base.named_parameters())[self.name].detach()
+        params = dict(self.base.named_parameters())
+        w0 = [params[n].detach() for n in self.names]
         losses, hits = [], []
         for i, r in enumerate(reqs):
             batch = target_batch(self.enc, [r])
@@ -143,10 +144,10 @@ class StepTrainer(L.LightningModule):
             with torch.no_grad():
                 base_loc = self.base(input_ids=loc.ids, attention_mask=loc.mask).logits[
                     torch.arange(len(others)), loc.last_prompt]
-            w = w0.clone().requires_grad_(True)
+            w = [x.clone().requires_grad_(True) for x in w0]
             with torch.enable_grad():
-                g = torch.autograd.grad(target_nll(self._call(w), batch), w)[0]
-            w1 = w0 - self.log_step.exp() * w0.norm() * g / (g.norm() + 1e-12)
+                g = torch.autograd.grad(target_nll(self._call(w), batch), w)
+            w1 = [x - self.log_step.exp() * gx for x, gx in zip(w0, g, strict=True)]
             edited = self._call(w1)
             losses.append(target_nll(edited, batch) + self.method.c_loc * _locality_kl(
                 edited, base_loc, loc.ids, loc.mask, loc.last_prompt))
@@ -155,8 +156,8 @@ class StepTrainer(L.LightningModule):
                 hits.append(float((logits.argmax(-1) == batch.ids[0, 1:])[batch.target[0, 1:]].all()))
         return torch.stack(losses).mean(), torch.tensor(hits).mean()
 
-    def _call(self, w: torch.Tensor):
-        return lambda **kw: functional_call(self.base, {self.name: w}, args=(), kwargs=kw)
+    def _call(self, ws: list[torch.Tensor]):
+        return lambda **kw: functional_call(self.base, dict(zip(self.names, ws, strict=True)), args=(), kwargs=kw)
 
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
         loss, acc = self.meta_loss(batch)
@@ -174,21 +175,20 @@ class StepTrainer(L.LightningModule):
 
 @dataclass
 class ToyLearnedStep(TrainableEditor):
-    """Normalised gradient steps on one MLP output projection with a meta-learned step size."""
+    """Gradient descent on the MLP output projections with a meta-learned learning rate."""
 
     name = "toy_learned_step"
-    layer: int = -1
+    layers: list[int] | None = None
     module: str = "mlp_out"
-    steps: int = 20
-    stop_loss: float = 0.05
-    init_log_step: float = -4.0
-    train_lr: float = 0.1
+    steps: int = 40
+    stop_loss: float = 0.01
+    init_log_step: float = 2.0
+    train_lr: float = 0.2
     c_loc: float = 1.0
     log_step: float | None = field(default=None, init=False)
 
-    def param_name(self, model: nn.Module) -> str:
-        (name,) = module_names(model, [self.module], [self.layer])
-        return weight_param_name(name)
+    def param_names(self, model: nn.Module) -> list[str]:
+        return [weight_param_name(n) for n in module_names(model, [self.module], self.layers)]
 
     def training_module(self, base: nn.Module, tokenizer, training: EditorTraining) -> L.LightningModule:
         return StepTrainer(self, base, tokenizer, self.train_lr)
@@ -203,21 +203,24 @@ class ToyLearnedStep(TrainableEditor):
               on_step: StepHook | None = None) -> EditHandle:
         if self.log_step is None:
             raise EditlabError("method toy_learned_step has no trained editor; call prepare() with editor_path")
-        name = self.param_name(model)
-        saved = snapshot(model, [name])
-        w = dict(model.named_parameters())[name]
-        batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(w.device)
-        scale = math.exp(self.log_step) * float(saved[name].norm())
+        names = self.param_names(model)
+        saved = snapshot(model, names)
+        params = dict(model.named_parameters())
+        ws = [params[n] for n in names]
+        batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(ws[0].device)
+        lr = math.exp(self.log_step)
         done, first = 0, None
         for step in range(1, self.steps + 1):
             with torch.enable_grad():
                 nll = target_nll(model, batch)
-                first = float(nll) if first is None else first
-                if float(nll) < self.stop_loss:
+                value = float(nll.detach())
+                first = value if first is None else first
+                if value < self.stop_loss:
                     break
-                (g,) = torch.autograd.grad(nll, [w])
+                grads = torch.autograd.grad(nll, ws)
             with torch.no_grad():
-                w.sub_(scale * g / (g.norm() + 1e-12))
+                for w, g in zip(ws, grads, strict=True):
+                    w.sub_(lr * g)
             done = step
             if on_step is not None:
                 on_step(step, model)
