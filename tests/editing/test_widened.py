@@ -149,3 +149,17 @@ def test_train_editor_on_a_checkpoint_records_its_model_id(tiny_lm, tmp_path):
     assert again["reused"]
     with pytest.raises(EditlabError, match="nothing to train"):
         train_editor(world, ckpt, registry.get_method("lora"), tmp_path / "x", 0, training, cfg)
+
+
+def test_train_py_dispatches_task_editor(tmp_path):
+    """``python train.py task=editor`` reaches the editor trainer: a method with nothing to train is one error line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "EDITLAB_OUTPUTS": str(tmp_path)}
+    res = subprocess.run([sys.executable, str(root / "train.py"), "task=editor", "method=lora"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "method lora has nothing to train" in res.stderr + res.stdout
