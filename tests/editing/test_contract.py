@@ -116,6 +116,11 @@ def ctx(subject, tmp_path_factory) -> EditContext:
     return EditContext(tokenizer=subject.tok, world_dir=subject.world.dir, model_id=subject.model_id)
 
 
+# Per test model values where the fixture's preset does not carry over (measured, like the YAML presets):
+# FT-M at layer 1 of the Llama keeps only the last 2 of 3 sequential edits; layer 3 keeps all 3.
+MODEL_PRESETS = {("ft_m", "llama"): {"layer": 3}}
+
+
 def make(name: str, sub: Subject, ctx: EditContext, tmp_root: Path):
     """The method as edit.py builds it (YAML hparams merged with the model's preset), prepared for ``sub``."""
     path = CONF / f"{name}.yaml"
@@ -124,7 +129,7 @@ def make(name: str, sub: Subject, ctx: EditContext, tmp_root: Path):
         cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         presets = cfg.get("presets") or {}
         hp = {**(cfg.get("hparams") or {}), **(presets.get(PRESET, presets.get("mistral_tiny")) or {})}
-    method = registry.get_method(name, hp)
+    method = registry.get_method(name, {**hp, **MODEL_PRESETS.get((name, sub.kind), {})})
     if isinstance(method, TrainableEditor):
         ctx.editor_path = _editor(sub, method, tmp_root)
     return method
