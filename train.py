@@ -1,4 +1,5 @@
-"""Pretraining entry point (Hydra). The story: compose config -> open the world -> pretrain -> export.
+"""Training entry point (Hydra). The story: compose config -> open the world -> pretrain -> export
+(task=pretrain), or meta-train an editor on the pretrained model (task=editor method=<name>).
 
     python train.py                                                   # tiny world + mistral_tiny on CPU
     python train.py model=mistral_83m data=wikidata_synth trainer=gpu # the paper's run
@@ -22,7 +23,7 @@ from editlab.utils.rundir import register_resolvers
 
 register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per multirun job
 
-TASKS = ("pretrain",)
+TASKS = ("pretrain", "editor")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -42,6 +43,8 @@ def train(cfg: DictConfig) -> dict:
             raise EditlabError(f"trainer.{key}=0 makes no sense; use a positive number (or -1 for all GPUs)")
     run_dir = Path(to_absolute_path(cfg.run_dir))
     logger = instantiate(cfg.logger)
+    if cfg.task == "editor":
+        return _train_editor(cfg, world, run_dir, trainer_kwargs, [logger] if logger is not None else [])
     return pretrain(
         world=world,
         arch=arch_from(model_cfg["arch"]) if model_cfg.get("arch") else None,
@@ -50,7 +53,7 @@ def train(cfg: DictConfig) -> dict:
         seed=int(cfg.seed),
         trainer_kwargs=trainer_kwargs,
         loggers=[logger] if logger is not None else [],
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        run_config={k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "editor"},
         hf_path=model_cfg.get("path"),
         probe_facts=int(cfg.probe.n_facts),
         probe_every=int(cfg.probe.every_n_steps),
@@ -63,9 +66,31 @@ def train(cfg: DictConfig) -> dict:
     )
 
 
+def _train_editor(cfg: DictConfig, world, run_dir: Path, trainer_kwargs: dict, loggers: list) -> dict:
+    """task=editor: meta-train ``method`` on the checkpoint this config pretrains (editing/train_editor.py)."""
+    from editlab.editing.registry import get_method
+    from editlab.editing.train_editor import train_editor
+    from editlab.editing.trainable import EditorTraining
+    from editlab.utils.typed import from_dict
+
+    if cfg.get("method") is None:
+        raise EditlabError("task=editor needs method=<name> of a trainable editor (e.g. method=mend)")
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    ed = OmegaConf.to_container(cfg.editor, resolve=True)
+    out, checkpoint = ed.pop("out"), Path(to_absolute_path(ed.pop("checkpoint")))
+    out = Path(to_absolute_path(out)) if out else run_dir / "editors" / method_cfg["name"]
+    method = get_method(method_cfg["name"], method_cfg.get("hparams"))
+    return train_editor(world, checkpoint, method, out, int(cfg.seed), from_dict(EditorTraining, ed, "editor"),
+                        OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, loggers,
+                        progress=bool(cfg.progress), overwrite=bool(cfg.overwrite))
+
+
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(lambda: train(cfg), "resume with the same command and ckpt_path=last")
+    if metrics and "editor" in metrics:
+        print(f"editor: {metrics['editor']} (base model {metrics['base_model_id']}); edit with editor_path=<it>")
+        return metrics.get("val/loss")
     if metrics:
         reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""
         print(f"checkpoint: {metrics['checkpoint']}{reused}\ngenerative accuracy: {metrics['gen_acc']:.3f} "

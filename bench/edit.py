@@ -178,10 +178,9 @@ def bench_protocols(model, tok, enc: PromptEncoder, ctx: EditContext, world: Wor
     m = copy.deepcopy(model)
 
     def paper_case(case: dict) -> tuple[float, int]:
-        ctx.on_step = lambda step, mm: reference_score_cases(mm, tok, [case], k)  # all probes after every step
         t = time.perf_counter()
-        handle = paper_lora.apply(m, [EditRequest.from_case(case)], ctx)
-        ctx.on_step = None
+        handle = paper_lora.apply(m, [EditRequest.from_case(case)], ctx,
+                                  on_step=lambda step, mm: reference_score_cases(mm, tok, [case], k))  # every step
         handle.restore()
         return time.perf_counter() - t, handle.info.get("steps")
 

@@ -104,28 +104,35 @@ def tiny_lm(tiny_world) -> TinyLM:
     from transformers import PreTrainedTokenizerFast
 
     from editlab.eval.probes import max_object_tokens
-    from editlab.lm.packing import Corpus, PackedStream
     from editlab.lm.presets import Arch, build_model
 
     tok = PreTrainedTokenizerFast.from_pretrained(tiny_world.dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        arch = Arch(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=4, max_position_embeddings=256)
+        model = build_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+        pretrain_briefly(model, tiny_world.dir)
+    return TinyLM(model, tok, tiny_world, max_object_tokens(tok, tiny_world.world["objects"]))
+
+
+def pretrain_briefly(model, world_dir: Path, steps: int = 150, rows: int = 16):
+    """``steps`` AdamW steps (lr 5e-3) of ``rows`` packed corpus rows of 64 tokens; returns ``model`` in eval mode."""
+    import torch
+
+    from editlab.lm.packing import Corpus, PackedStream
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model is slower with more threads on a shared machine
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            arch = Arch(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=4, max_position_embeddings=256)
-            model = build_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-            stream = PackedStream(Corpus.open(tiny_world.dir), seq_len=64, seed=0)
-            opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
-            rows = 16
-            for step in range(150):
-                items = [stream[(0, step * rows + i)] for i in range(rows)]
-                batch = {k: torch.stack([x[k] for x in items]) for k in items[0]}
-                model(**batch).loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        stream = PackedStream(Corpus.open(world_dir), seq_len=64, seed=0)
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+        for step in range(steps):
+            items = [stream[(0, step * rows + i)] for i in range(rows)]
+            batch = {k: torch.stack([x[k] for x in items]) for k in items[0]}
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     finally:
         torch.set_num_threads(threads)
-    model.eval()
-    return TinyLM(model, tok, tiny_world, max_object_tokens(tok, tiny_world.world["objects"]))
+    return model.eval()

@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest
@@ -78,27 +79,14 @@ def test_target_batch_uses_the_evaluation_tokenisation(tiny_lm):
         assert (batch.ids[i, n:] == tiny_lm.tok.pad_token_id).all()
 
 
-class GPT2Conv1D(nn.Module):
-    """Stand-in for transformers' GPT-2 Conv1D: weight stored (d_in, d_out)."""
-
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(d_in, d_out))
-
-    def forward(self, x):
-        return x @ self.weight
-
-
-GPT2Conv1D.__name__ = "Conv1D"
-
-
 def test_linear_weight_is_d_out_by_d_in_for_both_module_types():
     x = torch.randn(3, 5)
-    lin, conv = nn.Linear(5, 7, bias=False), GPT2Conv1D(5, 7)
+    lin, conv = nn.Linear(5, 7, bias=False), Conv1D(7, 5)  # transformers' GPT-2 Conv1D: weight (d_in, d_out)
+    nn.init.normal_(conv.weight)
     for m in (lin, conv):
         w = linear_weight(m)
         assert w.shape == (7, 5)
-        torch.testing.assert_close(m(x), x @ w.T)
+        torch.testing.assert_close(m(x), x @ w.T + (conv.bias if m is conv else 0))
     with torch.no_grad():
         linear_weight(conv)[0, 0] = 42.0  # a view: writes reach the module
     assert conv.weight[0, 0] == 42.0

@@ -176,7 +176,7 @@ class SequentialEditing(L.LightningModule):
         state = checkpoint["editlab"]
         self.stream.replay(state["applied"])
         self.prefix = state["prefix"]
-        self.session.method.load_state_dict(state["method_state"])
+        self.model = self.session.model = self.session.method.load_state_dict(state["method_state"], self.model)
         self.writer.keep(self.n_done)
         if self.curve_path.exists():
             rows = [json.loads(x) for x in self.curve_path.read_text().splitlines() if x.strip()]

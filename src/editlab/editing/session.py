@@ -66,8 +66,9 @@ class Session:
         requests = [EditRequest.from_case(c) for c in cases]
         self._trace_rows = []
         self._tracing = index < self.trace
+        on_step = None
         if self._tracing:
-            self.ctx.on_step = lambda step, model: self._trace_rows.append(
+            on_step = lambda step, model: self._trace_rows.append(  # noqa: E731
                 (step, score_cases(model, self.enc, cases, self.max_new_tokens, decode=False)))
             self._trace_rows.append((0, score_cases(self.model, self.enc, cases, self.max_new_tokens, decode=False)))
         if self.device.type == "cuda":
@@ -75,11 +76,10 @@ class Session:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seed * 1_000_003 + index)
             t0 = time.perf_counter()
-            handle = self.method.apply(self.model, requests, self.ctx)
+            handle = self.method.apply(self.model, requests, self.ctx, on_step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             wall = time.perf_counter() - t0
-        self.ctx.on_step = None
         return handle, {"time_s": wall / len(cases), "peak_mem_mb": peak_memory_mb(self.device),
                         "info": handle.info}
 

@@ -5,8 +5,9 @@ MEND's ``delta u^T``). Hugging Face ``nn.Linear`` stores exactly that; GPT-2's `
 transpose ``(d_in, d_out)`` and computes ``y = x W``. Every method reaches weights through
 :func:`linear_weight`, so no method carries its own orientation logic (methods.md).
 
-Layers are named by a template with ``{}`` for the block index, e.g. ``"model.layers.{}.mlp.down_proj"``
-(Mistral/Llama) or ``"transformer.h.{}.mlp.c_proj"`` (GPT-2), expanded by :func:`module_names`.
+Layers are named by a *role* resolved by the model's architecture adapter (editlab.lm.arch), e.g.
+``"mlp_out"`` -> ``"model.layers.{}.mlp.down_proj"`` (Mistral/Llama/Qwen) or ``"transformer.h.{}.mlp.c_proj"``
+(GPT-2), or by an explicit template with ``{}`` for the block index; :func:`module_names` expands both.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from editlab.errors import EditlabError
+from editlab.lm.arch import adapter_for
 
 
 def num_layers(model: nn.Module) -> int:
-    """Number of transformer blocks (``config.num_hidden_layers`` or GPT-2's ``n_layer``)."""
-    cfg = model.config
-    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    if n is None:
-        raise EditlabError("cannot tell the model's number of layers; give the method explicit layers")
-    return int(n)
+    """Number of transformer blocks (the length of the architecture adapter's block list)."""
+    return adapter_for(model).num_blocks(model)
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
@@ -42,14 +41,23 @@ def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
     return sorted(set(out))
 
 
-def module_names(model: nn.Module, templates: Sequence[str], layers: Sequence[int] | None) -> list[str]:
-    """Full module names of ``templates`` (each with ``{}`` for the block) at ``layers``; all must exist."""
-    names = [t.format(i) for i in resolve_layers(model, layers) for t in templates]
+def templates(model: nn.Module, specs: Sequence[str]) -> list[str]:
+    """Module templates of ``specs``: a role (``mlp_out``, ``mlp_in``, ...) via the model's architecture
+    adapter, or an explicit template with ``{}`` for the block index (kept as is)."""
+    out: list[str] = []
+    for spec in specs:
+        out += [spec] if "{}" in spec else adapter_for(model).templates(spec)
+    return out
+
+
+def module_names(model: nn.Module, specs: Sequence[str], layers: Sequence[int] | None) -> list[str]:
+    """Full module names of ``specs`` (roles or templates, see :func:`templates`) at ``layers``; all must exist."""
+    names = [t.format(i) for i in resolve_layers(model, layers) for t in templates(model, specs)]
     have = dict(model.named_modules())
     missing = [n for n in names if n not in have]
     if missing:
-        raise EditlabError(f"module(s) {missing[:3]} not in the model; set the method's module template (e.g. "
-                           "'model.layers.{}.mlp.down_proj' for Mistral, 'transformer.h.{}.mlp.c_proj' for GPT-2)")
+        raise EditlabError(f"module(s) {missing[:3]} not in the model; set the method's modules to a role "
+                           "(mlp_out, mlp_in, attn_out) or a template with {} that exists in this architecture")
     return names
 
 
@@ -62,10 +70,10 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def is_transposed(module: nn.Module) -> bool:
-    """True for GPT-2 style ``Conv1D`` (weight stored as (d_in, d_out)); False for ``nn.Linear``."""
+    """True for GPT-2's ``Conv1D`` (weight stored as (d_in, d_out)); False for ``nn.Linear``."""
     if isinstance(module, nn.Linear):
         return False
-    if type(module).__name__ == "Conv1D":
+    if isinstance(module, Conv1D):
         return True
     raise EditlabError(f"{type(module).__name__} is not a Linear/Conv1D layer; edit a Linear module")
 

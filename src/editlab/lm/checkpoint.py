@@ -2,14 +2,21 @@
 
 A checkpoint directory holds Hugging Face ``save_pretrained`` weights (safetensors), the world's
 tokenizer files, the resolved run config (``run_config.yaml``) and ``editlab.json`` (world hash,
-metrics, provenance). ``AutoModelForCausalLM.from_pretrained(dir)`` and
+``model_id``, metrics, provenance). ``AutoModelForCausalLM.from_pretrained(dir)`` and
 ``AutoTokenizer.from_pretrained(dir)`` load it. Written atomically; loading never unpickles.
+
+``model_id`` names the trained model: a hash of the world hash, the model config node and the training
+seed. Statistics caches (ROME/MEMIT covariances) and trained editors are keyed by it, so two seeds of one
+preset never share a cache. An edited model (a sequential run's export) carries the method that made it
+(editlab.editing.export writes it through ``extra_info`` / ``write_extra``); this module knows no method.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -23,19 +30,38 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 INFO = "editlab.json"
 
 
+def compute_model_id(world_hash: str, model_config: dict | None, seed: int | None) -> str:
+    """The identity of a trained model: 16 hex digits of SHA-256 over (world hash, model config, seed)."""
+    key = json.dumps({"world_hash": world_hash, "model": model_config or {}, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def export_checkpoint(model: PreTrainedModel, world_dir: Path, out: Path, run_config: dict, world_hash: str,
-                      metrics: dict) -> Path:
-    """Write the checkpoint directory ``out`` (replacing an older one only once the new one is complete)."""
+                      metrics: dict, *, model_id: str | None = None, extra_info: dict | None = None,
+                      write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write the checkpoint directory ``out`` (replacing an older one only once the new one is complete).
+
+    ``model_id`` defaults to :func:`compute_model_id` of ``run_config``'s ``model`` and ``seed``;
+    ``extra_info`` adds keys to ``editlab.json`` and ``write_extra(tmp_dir)`` writes more files inside the
+    atomic directory (an edited model's method state).
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise EditlabError(f"cannot export a {type(model).__name__}: only Hugging Face models export here; export an "
+                           "edited/wrapped model with editlab.editing.export.export_edited")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
+    if model_id is None:
+        model_id = compute_model_id(world_hash, run_config.get("model"), run_config.get("seed"))
     with atomic_directory(out, world_hash) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for name in TOKENIZER_FILES:
             shutil.copy2(Path(world_dir) / name, tmp / name)
         (tmp / "run_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=True))
-        info = {"world_hash": world_hash, "world_dir": str(world_dir), "metrics": metrics,
-                "format": "editlab-checkpoint-1"}
+        if write_extra is not None:
+            write_extra(tmp)
+        info = {"world_hash": world_hash, "world_dir": str(world_dir), "metrics": metrics, "model_id": model_id,
+                "format": "editlab-checkpoint-1", **(extra_info or {})}
         (tmp / INFO).write_text(json.dumps(info, indent=1, sort_keys=True))
     return out
 
@@ -51,14 +77,37 @@ def checkpoint_info(directory: Path) -> dict:
         raise EditlabError(f"corrupt {path}: {exc}; re-export the checkpoint") from None
 
 
+def model_id(directory: Path) -> str:
+    """The checkpoint's ``model_id`` (computed from ``run_config.yaml`` for checkpoints exported before it
+    was recorded)."""
+    info = checkpoint_info(directory)
+    if info.get("model_id"):
+        return info["model_id"]
+    cfg_path = Path(directory) / "run_config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    return compute_model_id(info["world_hash"], (cfg or {}).get("model"), (cfg or {}).get("seed"))
+
+
 def load_checkpoint(directory: Path, world_hash: str | None = None) -> PreTrainedModel:
-    """Load an exported model (safetensors only), optionally checking it belongs to ``world_hash``."""
+    """Load an exported model (safetensors only), optionally checking it belongs to ``world_hash``.
+
+    A checkpoint whose edits live outside the weights (a method with state: ICE's memory, a wrapper)
+    is refused rather than loaded without them: load it with ``editlab.editing.export.load_edited``.
+    """
     info = checkpoint_info(directory)
     if world_hash is not None and info["world_hash"] != world_hash:
         raise EditlabError(
             f"checkpoint {directory} was trained on world {info['world_hash']}, not {world_hash}; "
             "use a checkpoint of this world or the matching data preset"
         )
+    if info.get("method_state"):
+        raise EditlabError(f"checkpoint {directory} holds a model edited by {info['method']['name']} whose edits "
+                           "live in its method state; load it with editlab.editing.export.load_edited")
+    return load_weights(directory)
+
+
+def load_weights(directory: Path) -> PreTrainedModel:
+    """The Hugging Face weights of a checkpoint directory (safetensors only), with a clear error."""
     try:
         return AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
     except (OSError, ValueError, SafetensorError) as exc:

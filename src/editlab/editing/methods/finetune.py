@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, snapshot
+from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, StepHook, snapshot
 from editlab.editing.loss import OBJECTIVES, fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names, weight_param_name
@@ -35,7 +35,7 @@ class FineTune(EditMethod):
 
     Attributes:
         layer: block index (negative counts from the last block).
-        module: module template with ``{}`` for the block index.
+        module: a role resolved by the architecture adapter (``mlp_out``) or a template with ``{}`` for the block.
         lr, steps, weight_decay: Adam (ROME/EasyEdit use no decay).
         norm_constraint: eps of the clamp ``|W - W0| <= eps`` after every step (``None``: no clamp).
         objective: ``teacher_forced`` or ``last_position`` (the original FT-L code).
@@ -43,7 +43,7 @@ class FineTune(EditMethod):
     """
 
     layer: int = 0
-    module: str = "model.layers.{}.mlp.down_proj"
+    module: str = "mlp_out"
     lr: float = 5e-4
     steps: int = 25
     weight_decay: float = 0.0
@@ -59,7 +59,8 @@ class FineTune(EditMethod):
         if self.objective not in OBJECTIVES:
             raise EditlabError(f"method {self.name}: objective={self.objective!r} must be one of {OBJECTIVES}")
 
-    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> EditHandle:
+    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
+              on_step: StepHook | None = None) -> EditHandle:
         (name,) = [weight_param_name(n) for n in module_names(model, [self.module], [self.layer])]
         saved = snapshot(model, [name])
         w, w0 = dict(model.named_parameters())[name], saved[name]
@@ -72,7 +73,7 @@ class FineTune(EditMethod):
 
         batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(w.device)
         info = fit(model, batch, [w], opt, self.steps, objective=self.objective,
-                   after_step=clamp if eps is not None else None, on_step=ctx.on_step, stop_loss=self.stop_loss)
+                   after_step=clamp if eps is not None else None, on_step=on_step, stop_loss=self.stop_loss)
         with torch.no_grad():
             diff = (w - w0).float()
             info.update(update_norm=float(diff.norm()), update_max_abs=float(diff.abs().max()), param=name)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
+from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, StepHook
 from editlab.editing.registry import register
 from editlab.errors import EditlabError
 
@@ -47,20 +47,26 @@ class ICE(EditMethod):
     def sentence(self, r: EditRequest) -> str:
         return f'"{r.sentence}" is true.' if self.template == "tf" else f"{r.sentence}."
 
-    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> EditHandle:
+    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
+              on_step: StepHook | None = None) -> EditHandle:
         new = [self.sentence(r) for r in requests]
 
         def commit() -> nn.Module:
             self.memory.extend(new)
             return model
 
-        return EditHandle(model, restore_fn=lambda: None, commit_fn=commit, prefix=" ".join(self.memory + new),
+        return EditHandle(model, restore_fn=lambda: model, commit_fn=commit, prefix=" ".join(self.memory + new),
                           info={"steps": 0, "update_norm": 0.0, "context_sentences": len(self.memory) + len(new)})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         data = "\n".join(self.memory).encode("utf-8")
         return {"memory": torch.tensor(list(data), dtype=torch.uint8)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> nn.Module:
         text = bytes(state["memory"].tolist()).decode("utf-8")
         self.memory = text.split("\n") if text else []
+        return model
+
+    def context_prefix(self) -> str:
+        """The committed edits' sentences: what an exported ICE model puts before every probe."""
+        return " ".join(self.memory)

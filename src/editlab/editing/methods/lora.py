@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
-from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
+from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, StepHook
 from editlab.editing.loss import OBJECTIVES, fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names
@@ -35,14 +35,14 @@ class AdapterEdit(EditMethod):
     """Shared mechanics of PEFT adapter editors: inject, train on the target NLL, unload or merge.
 
     Attributes:
-        modules: module templates with ``{}`` for the block index.
+        modules: roles (``mlp_out``: the MLP down-projection) or module templates with ``{}`` for the block.
         layers: blocks to adapt (``None``: all; negative indices count from the last).
         lr, weight_decay, steps, clip: AdamW with a constant learning rate, gradient-norm clipping.
         objective: ``teacher_forced`` (default) or ``last_position`` (see editing/loss.py).
         stop_loss: stop once the target NLL is below this (0: always run ``steps``).
     """
 
-    modules: list[str] = field(default_factory=lambda: ["model.layers.{}.mlp.down_proj"])
+    modules: list[str] = field(default_factory=lambda: ["mlp_out"])
     layers: list[int] | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -62,7 +62,8 @@ class AdapterEdit(EditMethod):
     def peft_config(self, targets: list[str]) -> PeftConfig:
         raise NotImplementedError
 
-    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> EditHandle:
+    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
+              on_step: StepHook | None = None) -> EditHandle:
         targets = module_names(model, self.modules, self.layers)
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
         with torch.random.fork_rng(devices=[]):
@@ -74,7 +75,7 @@ class AdapterEdit(EditMethod):
         batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(next(model.parameters()).device)
         info = fit(peft_model, batch, params, opt, self.steps, objective=self.objective, clip=self.clip,
                    extra_loss=self.extra_loss(peft_model), after_step=self.after_step(peft_model),
-                   on_step=ctx.on_step, stop_loss=self.stop_loss)
+                   on_step=on_step, stop_loss=self.stop_loss)
         info["update_norm"] = adapter_update_norm(peft_model)
 
         def detach(merge: bool) -> nn.Module:
