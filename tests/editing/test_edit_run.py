@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from editlab.lm.checkpoint import export_checkpoint
-from editlab.lm.presets import Arch, build_model
 from editlab.world.gold import case_gold
 from editlab.world.loading import World
 from editlab.world.stream import AgentStream
@@ -23,17 +21,6 @@ from editlab.world.stream import AgentStream
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["method.hparams.steps=3", "method.hparams.lr=0.01", "metrics.n_locality=10", "metrics.n_samples=1",
         "metrics.sample_tokens=8", "progress=false", "device=cpu"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tiny_world, tmp_path_factory) -> Path:
-    """A small random Mistral exported as a checkpoint of the tiny world (pipeline tests need no training)."""
-    meta = json.loads((tiny_world.dir / "tokens.json").read_text())
-    torch.manual_seed(0)
-    model = build_model(Arch(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2), meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
-    out = tmp_path_factory.mktemp("ckpt") / "model"
-    return export_checkpoint(model, tiny_world.dir, out, {}, tiny_world.world["hash"], {})
 
 
 def _cli(world, ckpt: Path, run_dir: Path, extra: list[str], popen: bool = False):

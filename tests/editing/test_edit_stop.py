@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tests.editing.test_edit_run import FAST, ROOT, _records, _weights, ckpt  # noqa: F401 - ckpt is a fixture
+from tests.editing.test_edit_run import FAST, ROOT, _records, _weights
 
 
 def _start(world, ckpt: Path, run_dir: Path, extra: list[str], log: Path) -> subprocess.Popen:
