@@ -60,6 +60,8 @@ def edit(cfg: DictConfig) -> dict:
         progress=bool(cfg.progress),
         overwrite=bool(cfg.overwrite),
         editor_path=Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else None,
+        trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+        cache_root=Path(to_absolute_path(cfg.paths.stats)),
     )
 
 

@@ -14,25 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from editlab.editing.sequential import AgentStream
-from editlab.lm.checkpoint import export_checkpoint
-from editlab.lm.presets import Arch, build_model
 from editlab.world.gold import case_gold
+from editlab.world.loading import World
+from editlab.world.stream import AgentStream
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["method.hparams.steps=3", "method.hparams.lr=0.01", "metrics.n_locality=10", "metrics.n_samples=1",
         "metrics.sample_tokens=8", "progress=false", "device=cpu"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tiny_world, tmp_path_factory) -> Path:
-    """A small random Mistral exported as a checkpoint of the tiny world (pipeline tests need no training)."""
-    meta = json.loads((tiny_world.dir / "tokens.json").read_text())
-    torch.manual_seed(0)
-    model = build_model(Arch(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2), meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
-    out = tmp_path_factory.mktemp("ckpt") / "model"
-    return export_checkpoint(model, tiny_world.dir, out, {}, tiny_world.world["hash"], {})
 
 
 def _cli(world, ckpt: Path, run_dir: Path, extra: list[str], popen: bool = False):
@@ -109,22 +97,23 @@ def test_agent_stream_equals_edits_applied_one_by_one(tiny_world):
     """The accumulated agent of sequential mode (and its replay after a resume) is the one-by-one chain."""
     ids = tiny_world.ids()
     cases = tiny_world.cases[:12]
-    stream = AgentStream(tiny_world.agent, ids, "n_prime")
+    stream = AgentStream.from_world(World(tiny_world.dir), "n_prime")
+    assert stream.target == tiny_world.cfg.agent.target  # data.agent.target of the world, not a default
     agent, edited = tiny_world.agent, set()
     for case in cases:
         stream.add(case)
         i = case["ids"]
-        w, _ = agent.n_prime(i["subject"], i["relation"], i["requested_object"])
+        w, _ = agent.n_prime(i["subject"], i["relation"], i["requested_object"], tiny_world.cfg.agent.target)
         agent = agent.edit(i["subject"], i["relation"], i["requested_object"], w)
         edited.add((i["subject"], i["relation"]))
         for c in cases:
             np.testing.assert_allclose(stream.gold(c), case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)
-    replayed = AgentStream(tiny_world.agent, ids, "n_prime")
+    replayed = AgentStream.from_world(World(tiny_world.dir), "n_prime")
     replayed.replay(stream.applied)
     for c in cases:
         assert replayed.gold(c) == stream.gold(c)
     # the first edit's gold is the case's own single-edit p_post
-    first = AgentStream(tiny_world.agent, ids, "case")
+    first = AgentStream.from_world(World(tiny_world.dir), "case")
     first.add(cases[0])
     np.testing.assert_allclose(first.gold(cases[0]), [p["p_post"] for p in cases[0]["probes"]], atol=1e-12)
 
@@ -194,3 +183,20 @@ def test_batched_sequential_gold_holds_the_whole_batch(tiny_world, ckpt, tmp_pat
             edited.add((i["subject"], i["relation"]))
         for rec, c in zip(rec_pair, pair, strict=True):
             np.testing.assert_allclose(rec["gold_post"], case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)
+
+
+def test_agent_stream_takes_its_target_from_the_world_config(tiny_world):
+    """n' is computed for data.agent.target as the world recorded it (here changed to 0.8), not a default."""
+    from types import SimpleNamespace
+
+    ids = tiny_world.ids()
+    world = SimpleNamespace(info={"config": {"agent": {"target": 0.8}}}, agent=tiny_world.agent, subject_id=ids[0],
+                            relation_id=ids[1], object_id=ids[2])
+    stream = AgentStream.from_world(world, "n_prime")
+    weights = []
+    for case in tiny_world.cases[:20]:
+        i = case["ids"]
+        want = tiny_world.agent.n_prime(i["subject"], i["relation"], i["requested_object"], 0.8)[0]
+        assert stream.weight(case) == want
+        weights.append(want != tiny_world.agent.n_prime(i["subject"], i["relation"], i["requested_object"], 0.95)[0])
+    assert any(weights)  # the target matters for these cases, so the test would see a hard-coded 0.95

@@ -136,7 +136,7 @@ def test_edit_panels_plot_the_traced_probe_against_prior_and_posterior(tmp_path)
     fig = plots.edit_panels(rec, case)
     assert len(fig.axes) == 8
     want = {"s1r1": 1, "s1r2": 4, "s2r1": 6, "s2r2": 8, "tf_A": 9, "not_A": 10, "and_AB": 11, "or_BA": 13}
-    for ax, (kind, _, _) in zip(fig.axes, plots.PANELS, strict=True):
+    for ax, (kind, _) in zip(fig.axes, plots.PANELS, strict=True):
         lines = [ln for ln in ax.get_children() if isinstance(ln, Line2D) and ln.get_label() in
                  ("LM", "agent prior", "agent posterior")]
         assert len(lines) == 3, kind

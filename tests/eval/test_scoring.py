@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from editlab.eval.scoring import encode_pairs, greedy_continuations, hit_exact, hit_paper, object_logprobs
+from editlab.eval.scoring import encode_pairs, greedy_continuations, object_logprobs
 from editlab.lm.presets import Arch, build_model
+from editlab.vocab import hit_exact, hit_paper
 
 
 def _model(vocab: int) -> torch.nn.Module:

@@ -20,6 +20,8 @@ from editlab.metrics import (
     LogicalCoherence,
     Portability,
     ProbabilisticCoherence,
+    case_consistency,
+    case_fluency,
     logical_gaps,
     next_token_kl,
     ngram_entropy,
@@ -162,5 +164,18 @@ def test_consistency_counts_plain_statements_only():
     text = 'Kovil sport Lultrurball. "Kovil sport X" is true. Kovil sport X. not Kovil sport Y. Kovil sport Lultrurball'
     assert stated_objects(text, "Kovil sport") == ["Lultrurball", "X", "Lultrurball"]
     m = Consistency()
-    m.update([text, "Other thing here."], ["Kovil sport", "Kovil sport"], ["Lultrurball", "Lultrurball"])
+    m.update([[text], ["Other thing here."]], ["Kovil sport", "Kovil sport"], ["Lultrurball", "Lultrurball"])
     assert values(m)["consistency"] == approx(2 / 3)
+
+
+def test_consistency_is_the_mean_over_cases_of_each_cases_share():
+    """One definition: per case, the share over its pooled documents; then the mean over cases that state the
+    fact. Pooling all sentences of all cases would give 1/4 here (one hit in four statements), not 1/2."""
+    one = ["Kovil sport X."]  # case 1: 1 of 1 statements is o*
+    three = ["Abu sport Y. Abu sport Y.", "Abu sport Y."]  # case 2: 0 of 3 (two documents, pooled)
+    assert case_consistency(one, "Kovil sport", "X") == 1.0 and case_consistency(three, "Abu sport", "X") == 0.0
+    assert math.isnan(case_consistency(["nothing here"], "Kovil sport", "X"))
+    m = Consistency(stage="post")
+    m.update([one, three, ["nothing here"]], ["Kovil sport", "Abu sport", "Kovil sport"], ["X", "X", "X"])
+    assert values(m)["post/consistency"] == approx(0.5)
+    assert case_fluency(["a b a b", "a b."]) == approx((ngram_entropy("a b a b") + ngram_entropy("a b.")) / 2)

@@ -4,39 +4,44 @@ Layout of a run directory (predictable from the config, so a killed run finds it
 
     <run_dir>/run_config.yaml          the resolved config (a finished run with the same config is reused)
     <run_dir>/results.jsonl            per-case records (eval/records.py); ``.partial`` while running
-    <run_dir>/metrics.json             summary per subset and stage (eval/summary.py) + run-level values
+    <run_dir>/metrics.json             summary per subset and stage (eval/summary.py) + run-level values (strict JSON)
     <run_dir>/curve.jsonl              sequential: one evaluation point every ``eval_every`` edits
     <run_dir>/checkpoints/last.ckpt    sequential: Lightning state for resuming (not for loading models)
     <run_dir>/model/                   sequential: the final edited model (self-describing checkpoint)
     <run_dir>/csv/ or wandb/           logs
+
+Stopping (SIGTERM / SIGINT, :mod:`editlab.utils.signals`): single/batch stop at once, leaving the
+complete records in ``results.jsonl.partial``; a sequential stream stops after the current edit with
+``last.ckpt``. Neither writes ``results.jsonl``, ``metrics.json`` or ``model/``; the same command resumes.
+
+Method statistics (covariances, ...) are cached under ``<cache_root>/<model_id>/``: keyed by the
+checkpoint's identity, never shared between two models (or two seeds of one model).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 
 from editlab.editing.base import EditContext, EditMethod
 from editlab.editing.config import EditsConfig, MetricsConfig
+from editlab.editing.export import export_edited
+from editlab.editing.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
 from editlab.editing.results import FINAL, PARTIAL, ResultsWriter
-from editlab.editing.runner import run_restoring
-from editlab.editing.sequential import AgentStream, EditCheckpoint, SequentialEditing
 from editlab.editing.session import Session
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
-from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
+from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.pretrain import resolve_resume
+from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import prepare
 from editlab.world.loading import World
+from editlab.world.stream import AgentStream
 
 IGNORED_KEYS = ("progress", "overwrite", "device", "logger")
 
@@ -51,8 +56,15 @@ def _device(name: str) -> torch.device:
 
 def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsConfig, metrics: MetricsConfig,
              run_dir: Path, seed: int, run_config: dict, loggers: list | None = None, device: str = "auto",
-             progress: bool = True, overwrite: bool = False, editor_path: Path | None = None) -> dict:
-    """Apply ``edits.n`` edit cases with ``method`` to the model at ``checkpoint``; score, write, summarise."""
+             progress: bool = True, overwrite: bool = False, editor_path: Path | None = None,
+             trainer: dict | None = None, cache_root: Path | None = None) -> dict:
+    """Apply ``edits.n`` edit cases with ``method`` to the model at ``checkpoint``; score, write, summarise.
+
+    Args:
+        trainer: Lightning Trainer settings of the sequential protocol (``conf/trainer/sequential_edit.yaml``).
+        cache_root: where method statistics are cached, one folder per model id (``paths.stats``; default
+            ``<run_dir>/../.cache``).
+    """
     cases = world.cases(edits.split)
     if edits.n > len(cases):
         raise EditlabError(f"edits.n={edits.n} but the world has {len(cases)} {edits.split} cases; use edits.n<="
@@ -61,6 +73,7 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
         raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
     dev = _device(device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
+    mid = model_id(checkpoint)
     run_dir = Path(run_dir)
     state = prepare(run_dir, run_config, ignore=IGNORED_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
     if state == "done":
@@ -73,67 +86,59 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     mx = max_object_tokens(tok, world.info["objects"])
     chosen = cases[: edits.n]
     loc = locality_facts(world.facts, cases, metrics.n_locality, seed)
-    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=run_dir.parent / ".cache",
-                      editor_path=editor_path, seed=seed)
+    cache = Path(cache_root) if cache_root is not None else run_dir.parent / ".cache"
+    ctx = EditContext(model_id=mid, tokenizer=tok, world_dir=world.dir, cache_dir=cache / mid, editor_path=editor_path,
+                         seed=seed)
     method.prepare(model, ctx)
     base_loc = LocalityState.score(model, enc, loc, mx)
-    session = Session(model, method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,
+    session = Session(method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,
                       sample_tokens=metrics.sample_tokens, trace=edits.trace)
     t0 = time.perf_counter()
     pre = score_cases(model, enc, chosen, mx)
     pre_fluency = session.fluency(model, chosen, salt=-1)
     writer = ResultsWriter(run_dir, resume=state == "resume" and (run_dir / PARTIAL).exists())
     if edits.mode == "sequential":
-        _run_sequential(session, chosen, pre, pre_fluency, edits, world, writer, run_dir, loggers or [], dev,
-                        progress, resume=state == "resume", run_config=run_config)
+        _run_sequential(session, model, chosen, pre, pre_fluency, edits, world, writer, run_dir, loggers or [], dev,
+                        progress, resume=state == "resume", run_config=run_config, trainer=trainer or {})
     else:
-        run_restoring(session, chosen, pre, pre_fluency, edits.batch_size, edits.mode, writer, progress)
+        RestoringProtocol(session, model, edits.mode, edits.batch_size).run(chosen, pre, pre_fluency, writer,
+                                                                            progress)
     wall = time.perf_counter() - t0
-    records = writer.records
-    writer.finish()
-    return _finish(world, chosen, records, metrics, edits, method, run_dir, loggers or [], wall,
-                   base_loc.accuracy(loc))
+    out = _finish(world, chosen, writer.records, metrics, edits, method, run_dir, loggers or [], wall,
+                  base_loc.accuracy(loc))
+    writer.finish()  # last: results.jsonl appears only once metrics.json is written, so "done" means complete
+    return out
 
 
-def _run_sequential(session: Session, cases: list[dict], pre: list, pre_fluency: list[dict], edits: EditsConfig,
-                    world: World, writer: ResultsWriter, run_dir: Path, loggers: list, dev: torch.device,
-                    progress: bool, resume: bool, run_config: dict) -> None:
-    """Fit the :class:`SequentialEditing` module (one epoch per batch of edits), resuming from last.ckpt."""
-    stream = AgentStream(world.agent, (world.subject_id, world.relation_id, world.object_id), edits.weight)
+def _run_sequential(session: Session, model: torch.nn.Module, cases: list[dict], pre: list, pre_fluency: list[dict],
+                    edits: EditsConfig, world: World, writer: ResultsWriter, run_dir: Path, loggers: list,
+                    dev: torch.device, progress: bool, resume: bool, run_config: dict, trainer: dict) -> None:
+    """Fit the :class:`SequentialProtocol` (one epoch per batch of edits, resuming from last.ckpt), then score
+    every edit on the final model and export it."""
+    stream = AgentStream.from_world(world, edits.weight)
     curve = run_dir / "curve.jsonl"
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if not resume:
         curve.unlink(missing_ok=True)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    module = SequentialEditing(session, cases, pre, pre_fluency, edits.batch_size, edits.eval_every, stream,
-                               writer, curve)
-    every = max(1, edits.eval_every // edits.batch_size)
-    ckpt = EditCheckpoint(last, max(1, edits.ckpt_every // edits.batch_size))
-    trainer = L.Trainer(max_epochs=module.n_steps, accelerator=dev.type, devices=1, logger=loggers,
-                        callbacks=[ckpt] + ([TQDMProgressBar(refresh_rate=1)] if progress else []),
-                        enable_progress_bar=progress, check_val_every_n_epoch=every, num_sanity_val_steps=0,
-                        limit_val_batches=1, log_every_n_steps=1, enable_model_summary=False,
-                        default_root_dir=str(run_dir), precision="32-true", enable_checkpointing=False)
+    protocol = SequentialProtocol(session, model, cases, pre, pre_fluency, edits.batch_size, edits.eval_every,
+                                  stream, writer, curve)
+    fit = sequential_trainer(trainer, protocol, last, edits.ckpt_every, dev, run_dir, loggers, progress)
     if resume and last.is_file():
         ckpt_path: str | None = resolve_resume(str(last), run_dir)  # a truncated checkpoint is a clear error
     else:
         ckpt_path = None
         writer.keep(0)
-    for msg in (".*does not have many workers.*", ".*returned `None`, this fit will run with no optimizer.*",
-                ".*module\\(s\\) in eval mode.*"):  # by design: methods optimise inside the step; scoring is eval
-        warnings.filterwarnings("ignore", message=msg)
-    trainer.fit(module, ckpt_path=ckpt_path)
-    if not curve.exists() or json.loads(curve.read_text().splitlines()[-1])["edits"] != module.n_done:
-        with curve.open("a") as f:  # the final point when n is not a multiple of eval_every
-            f.write(json.dumps(module.evaluate()) + "\n")
+    fit_sequential(fit, protocol, ckpt_path)
     # every edit scored on the final model, against the agent holding all edits
-    final = session.score(module.model, cases, module.prefix)
+    final = session.score(protocol.model, cases, protocol.prefix)
     for rec, case, sc in zip(writer.records, cases, final, strict=True):
         rec["final"] = sc.to_json()
         rec["gold_final"] = stream.gold(case)
     writer.keep(len(writer.records))
-    export_checkpoint(module.model, world.dir, run_dir / "model", run_config, world.hash, {"edits": len(cases)})
+    export_edited(protocol.model, session.method, world.dir, run_dir / "model", run_config, world.hash,
+                  {"edits": len(cases)}, session.ctx.model_id)
 
 
 def _finish(world: World, cases: list[dict], records: list[dict], metrics: MetricsConfig, edits: EditsConfig,
@@ -146,9 +151,7 @@ def _finish(world: World, cases: list[dict], records: list[dict], metrics: Metri
            "summary": summary, "locality_acc_pre": loc_acc_pre, "wall_s": round(wall, 2),
            "median_edit_s": times[len(times) // 2], "peak_mem_mb": max(r["peak_mem_mb"] for r in records),
            "world_hash": world.hash, "results": str(run_dir / FINAL)}
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, run_dir / "metrics.json")
+    write_json(run_dir / "metrics.json", out)
     flat = {}
     for subset, vals in summary["subsets"].items():
         for k, v in vals.items():

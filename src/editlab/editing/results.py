@@ -1,14 +1,15 @@
-"""The results file of an edit run, written record by record so a killed run resumes where it stopped.
+"""The results file of an edit run, written record by record so a stopped run resumes where it stopped.
 
-Records go to ``results.jsonl.partial`` (flushed after each edit); a finished run renames it to
-``results.jsonl``. A reader never mistakes a partial file for a complete one: only ``results.jsonl``
-is a result, and ``metrics.json`` is written after it.
+Records go to ``results.jsonl.partial`` (flushed after each edit); a finished run writes ``metrics.json``
+and then renames the partial file to ``results.jsonl``. A reader never mistakes a partial file for a
+complete one: a run is finished only when both ``results.jsonl`` and ``metrics.json`` exist.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from editlab.eval.records import read_records
@@ -16,15 +17,35 @@ from editlab.eval.records import read_records
 FINAL, PARTIAL = "results.jsonl", "results.jsonl.partial"
 
 
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict], encode: Callable[[dict], str] = json.dumps) -> None:
+    """Replace ``path`` by ``rows``, one ``encode``-d object per line, atomically (temporary sibling, then rename)."""
+    _replace_text(Path(path), "".join(encode(r) + "\n" for r in rows))
+
+
 class ResultsWriter:
-    """Append-only JSONL of per-case records with resume (truncates to the last complete line)."""
+    """Append-only JSONL of per-case records with resume.
+
+    On resume a trailing line without its newline (a write cut by a signal or a kill) is dropped: the
+    case it belonged to is redone, every complete line is kept.
+    """
 
     def __init__(self, run_dir: Path, resume: bool) -> None:
         self.path = Path(run_dir) / PARTIAL
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
-        self.records = read_records(self.path) if resume and self.path.exists() else []
+        self.records = []
+        if resume and self.path.exists():
+            text = self.path.read_text()
+            if not text.endswith("\n"):
+                _replace_text(self.path, text[: text.rfind("\n") + 1])
+            self.records = read_records(self.path)
         self._rewrite()
 
     def keep(self, n: int) -> None:
@@ -34,8 +55,7 @@ class ResultsWriter:
 
     def append(self, records: list[dict]) -> None:
         with self.path.open("a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+            f.write("".join(json.dumps(r) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
         self.records.extend(records)
@@ -46,6 +66,4 @@ class ResultsWriter:
         return final
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, self.path)
+        write_jsonl(self.path, self.records)

@@ -1,17 +1,18 @@
-"""One editing run's shared state and its per-edit step: apply, score, measure, (restore or commit).
+"""What every edit of a run shares, and the one per-edit step: apply, score, measure, build the records.
 
-Used by both protocols (evaluation.md, "Protocols for many edits"): :mod:`editlab.editing.runner`
-(single / batch: every edit starts from the base model and is restored bit-exactly afterwards) and
-:mod:`editlab.editing.sequential` (continual: edits are committed one after another). Everything the
-record of an edit needs (records.py) is produced here, once, for both.
+Used by both protocols of :mod:`editlab.editing.protocols` (evaluation.md, "Protocols for many edits"),
+which own the model and decide what happens to an edit afterwards (restore or commit). The session
+holds no model: every call takes the model it scores, so there is exactly one owner of the model
+state per run (the protocol) and nothing to keep in sync. Everything the record of an edit needs
+(records.py) is produced here, once, for both protocols.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,8 +21,9 @@ from editlab.editing.base import EditContext, EditHandle, EditMethod, EditReques
 from editlab.eval.locality import LocalityState
 from editlab.eval.probes import CaseScores, PromptEncoder, score_cases
 from editlab.eval.scoring import sample_continuations
-from editlab.metrics.consistency import stated_objects
-from editlab.metrics.fluency import ngram_entropy
+from editlab.metrics.consistency import case_consistency
+from editlab.metrics.fluency import case_fluency
+from editlab.vocab import case_prompt
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -31,19 +33,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def fluency_scores(texts: Sequence[str], case: dict) -> dict[str, float]:
-    """ROME's fluency (mean weighted n-gram entropy) and consistency (share of "s1 r1 x" with x = o*)."""
-    prompt = f"{case['subject']} {case['relation']}"
-    stated = [x for t in texts for x in stated_objects(t, prompt)]
-    consistency = sum(x == case["requested_object"] for x in stated) / len(stated) if stated else float("nan")
-    return {"fluency": sum(ngram_entropy(t) for t in texts) / len(texts), "consistency": consistency}
+    """ROME's fluency and consistency of one case's sampled documents (metrics/fluency.py, metrics/consistency.py)."""
+    return {"fluency": case_fluency(texts), "consistency": case_consistency(texts, case_prompt(case),
+                                                                            case["requested_object"])}
 
 
 @dataclass
 class Session:
-    """What every edit of a run shares: the model, the method, the probes and the base-model references."""
+    """What every edit of a run shares: the method, its context, the probes and the base-model references."""
 
-    model: nn.Module
     method: EditMethod
     ctx: EditContext
     enc: PromptEncoder
@@ -54,34 +57,22 @@ class Session:
     n_samples: int = 5
     sample_tokens: int = 64
     trace: int = 0  # trace the first ``trace`` cases of the stream (Figure 4 panels)
-    _trace_rows: list = field(default_factory=list, repr=False)
-    _tracing: bool = False
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def apply(self, cases: Sequence[dict], index: int) -> tuple[EditHandle, dict]:
+    def apply(self, model: nn.Module, cases: Sequence[dict], index: int,
+              on_step: Callable[[int, nn.Module], None] | None = None) -> tuple[EditHandle, dict]:
         """Apply the requests of ``cases`` at once; seeded by ``index`` so any edit can be replayed exactly."""
         requests = [EditRequest.from_case(c) for c in cases]
-        self._trace_rows = []
-        self._tracing = index < self.trace
-        on_step = None
-        if self._tracing:
-            on_step = lambda step, model: self._trace_rows.append(  # noqa: E731
-                (step, score_cases(model, self.enc, cases, self.max_new_tokens, decode=False)))
-            self._trace_rows.append((0, score_cases(self.model, self.enc, cases, self.max_new_tokens, decode=False)))
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        device = device_of(model)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed * 1_000_003 + index)
             t0 = time.perf_counter()
-            handle = self.method.apply(self.model, requests, self.ctx, on_step)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            handle = self.method.apply(model, requests, self.ctx, on_step=on_step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             wall = time.perf_counter() - t0
-        return handle, {"time_s": wall / len(cases), "peak_mem_mb": peak_memory_mb(self.device),
-                        "info": handle.info}
+        return handle, {"time_s": wall / len(cases), "peak_mem_mb": peak_memory_mb(device), "info": handle.info}
 
     def score(self, model: nn.Module, cases: Sequence[dict], prefix: str = "") -> list[CaseScores]:
         return score_cases(model, self.enc, cases, self.max_new_tokens, prefixes=[prefix] * len(cases))
@@ -100,14 +91,23 @@ class Session:
         return [fluency_scores([c["subject"] + t for t in texts[i * k : (i + 1) * k]], c)
                 for i, c in enumerate(cases)]
 
-    def step(self, cases: Sequence[dict], index: int, pre: Sequence[CaseScores], pre_fluency: Sequence[dict],
-             mode: str, batch: int, locality: bool = True) -> tuple[EditHandle, list[CaseScores], list[dict]]:
-        """Apply the edits of ``cases`` (stream positions ``index``...), score them, and build their records.
+    def step(self, model: nn.Module, cases: Sequence[dict], index: int, pre: Sequence[CaseScores],
+             pre_fluency: Sequence[dict], mode: str, batch: int, locality: bool = True
+             ) -> tuple[EditHandle, list[CaseScores], list[dict]]:
+        """Apply the edits of ``cases`` (stream positions ``index``...) to ``model``, score them, build their records.
 
-        Returns the handle (the caller restores or commits it), the post-edit scores and the records
-        (records.py) without protocol-specific fields. ``pre`` / ``pre_fluency`` are these cases' entries.
+        Returns the handle (the calling protocol restores or commits it), the post-edit scores and the
+        records (records.py) without protocol-specific fields. ``pre`` / ``pre_fluency`` are these cases'
+        entries. Cases at stream positions below ``trace`` are traced: their probes are scored before the
+        first and after every optimizer step of the method (a hook passed to ``apply``, Figure 4).
         """
-        handle, cost = self.apply(cases, index)
+        trace: list[tuple[int, list[CaseScores]]] | None = [] if index < self.trace else None
+        hook = None
+        if trace is not None:
+            hook = lambda step, m: trace.append((step, score_cases(m, self.enc, cases, self.max_new_tokens,  # noqa: E731
+                                                                   decode=False)))
+            hook(0, model)
+        handle, cost = self.apply(model, cases, index, on_step=hook)
         post = self.score(handle.model, cases, handle.prefix)
         loc = self.locality(handle.model, handle.prefix) if locality else None
         flu = self.fluency(handle.model, cases, handle.prefix, salt=index)
@@ -121,14 +121,8 @@ class Session:
                 rec["fluency"] = {"pre": pre_fluency[j]["fluency"], "post": flu[j]["fluency"],
                                   "consistency_pre": pre_fluency[j]["consistency"],
                                   "consistency_post": flu[j]["consistency"]}
-            if (tr := self.trace_json(j)) is not None:
-                rec["trace"] = tr
+            if trace is not None:
+                rec["trace"] = {"step": [s for s, _ in trace], "p": [rows[j].p for _, rows in trace],
+                                "p_false": [rows[j].p_false for _, rows in trace]}
             records.append(rec)
         return handle, post, records
-
-    def trace_json(self, j: int) -> dict | None:
-        """The trace of the ``j``-th case of the last apply (records.py ``trace``), if tracing."""
-        if not self._tracing:
-            return None
-        return {"step": [s for s, _ in self._trace_rows], "p": [rows[j].p for _, rows in self._trace_rows],
-                "p_false": [rows[j].p_false for _, rows in self._trace_rows]}

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from editlab.eval.probes import PromptEncoder
-from editlab.eval.scoring import greedy_continuations, hit_paper
+from editlab.eval.scoring import greedy_continuations
 from editlab.metrics.locality import next_token_kl
+from editlab.vocab import fact_prompt, hit_paper
 
 
 def locality_facts(facts: Sequence[dict], cases: Sequence[dict], n: int, seed: int) -> list[dict]:
@@ -40,7 +41,7 @@ class LocalityState:
     @staticmethod
     def score(model: torch.nn.Module, enc: PromptEncoder, facts: Sequence[dict], max_new_tokens: int,
               prefix: str = "") -> LocalityState:
-        prompts = enc.prompts([(prefix, f"{f['subject']} {f['relation']}") for f in facts])
+        prompts = enc.prompts([(prefix, fact_prompt(f)) for f in facts])
         gen, logp = greedy_continuations(model, enc.tok, prompts, max_new_tokens, first_logp=True)
         return LocalityState(gen, logp)
 

@@ -17,26 +17,20 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from editlab.errors import EditlabError
+from editlab.vocab import case_prompt, stage_gold, target_index
 
-# Fig. 4 panels: the atomic probe types, each on the object the edit should move (o* for s1 r1, else the
-# agent's new argmax), then the four logical sentences
-PANELS: tuple[tuple[str, str | None, str], ...] = (
-    ("s1r1", "requested", "same s, same r (o*)"),
-    ("s1r2", "new_argmax", "same s, diff r"),
-    ("s2r1", "new_argmax", "diff s, same r"),
-    ("s2r2", "new_argmax", "diff s, diff r"),
-    ("tf_A", None, '"A" is true'),
-    ("not_A", None, '"not A" is true'),
-    ("and_AB", None, '"A and B" is true'),
-    ("or_BA", None, '"B or A" is true'),
+# Fig. 4 panels: the atomic probe types, each on the probe scored after the edit (editlab.vocab.target: o*
+# for s1 r1, else the agent's new argmax), then the four logical sentences
+PANELS: tuple[tuple[str, str], ...] = (
+    ("s1r1", "same s, same r (o*)"),
+    ("s1r2", "same s, diff r"),
+    ("s2r1", "diff s, same r"),
+    ("s2r2", "diff s, diff r"),
+    ("tf_A", '"A" is true'),
+    ("not_A", '"not A" is true'),
+    ("and_AB", '"A and B" is true'),
+    ("or_BA", '"B or A" is true'),
 )
-
-
-def _probe_index(case: dict, kind: str, target: str | None) -> int | None:
-    for i, pr in enumerate(case["probes"]):
-        if pr["kind"] == kind and (target is None or pr.get("target") == target):
-            return i
-    return None
 
 
 def edit_panels(record: dict, case: dict) -> Figure:
@@ -55,19 +49,18 @@ def edit_panels(record: dict, case: dict) -> Figure:
     if not trace or not trace.get("p"):
         raise EditlabError(f"record {record.get('case_id')} has no trace; re-run edit.py with edits.trace=true")
     steps = trace.get("step") or list(range(len(trace["p"])))
-    gold_post = record.get("gold_post")
+    gold_post = stage_gold("post", record, case["probes"])
     fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharex=True, squeeze=False)
-    for ax, (kind, target, title) in zip(axes.flat, PANELS, strict=True):
-        i = _probe_index(case, kind, target)
+    for ax, (kind, title) in zip(axes.flat, PANELS, strict=True):
+        i = target_index(case, kind, "post")
         if i is None:
             ax.set_title(f"{title}\n(no probe)", fontsize=9)
             ax.set_axis_off()
             continue
         probe = case["probes"][i]
-        post = gold_post[i] if gold_post is not None else probe["p_post"]
         ax.plot(steps, [p[i] for p in trace["p"]], color="C0", marker=".", label="LM")
         ax.axhline(probe["p_pre"], color="C2", ls="--", label="agent prior")
-        ax.axhline(post, color="C3", ls=":", label="agent posterior")
+        ax.axhline(gold_post[i], color="C3", ls=":", label="agent posterior")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(title, fontsize=9)
     for ax in axes[1]:
@@ -76,7 +69,7 @@ def edit_panels(record: dict, case: dict) -> Figure:
     for ax in axes[:, 0]:
         ax.set_ylabel("probability")
     axes[0, 0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{case['case_id']}: {case['subject']} {case['relation']} -> {case['requested_object']} "
+    fig.suptitle(f"{case['case_id']}: {case_prompt(case)} -> {case['requested_object']} "
                  f"({case['request_type']})", fontsize=10)
     fig.tight_layout()
     return fig

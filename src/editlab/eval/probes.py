@@ -22,9 +22,17 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editlab.eval.scoring import score_and_decode
-
-ATOMIC = ("s1r1", "s1r2", "s2r1", "s2r2")
-LOGICAL = ("tf_A", "not_A", "and_AB", "and_BA", "or_BA", "tf_B")
+from editlab.vocab import (
+    ATOMIC,
+    FALSE,
+    TRUE,
+    case_prompt,
+    has_object,
+    object_ids,
+    prompt_ids,
+    request_tf_prompt,
+    with_prefix,
+)
 
 
 @dataclass
@@ -65,20 +73,19 @@ class PromptEncoder:
         self._object: dict[str, list[int]] = {}
 
     def prompts(self, items: Sequence[tuple[str, str]]) -> list[list[int]]:
-        """BOS + tokens(prefix + " " + prompt) (or BOS + tokens(prompt) with no prefix)."""
+        """:func:`~editlab.vocab.prompt_ids` of ``with_prefix(prefix, prompt)`` for (prefix, prompt) items."""
         new = sorted({x for x in items if x not in self._prompt})
         if new:
-            texts = [f"{pre} {p}" if pre else p for pre, p in new]
-            for key, ids in zip(new, self.tok(texts, add_special_tokens=False)["input_ids"], strict=True):
-                self._prompt[key] = [self.tok.bos_token_id, *ids]
+            texts = [with_prefix(pre, p) for pre, p in new]
+            for key, ids in zip(new, prompt_ids(self.tok, texts), strict=True):
+                self._prompt[key] = ids
         return [self._prompt[x] for x in items]
 
     def objects(self, items: Sequence[str]) -> list[list[int]]:
-        """tokens(" " + object): the object with its leading space, tokenised apart from the prompt."""
+        """:func:`~editlab.vocab.object_ids`: the object with its leading space, tokenised apart from the prompt."""
         new = sorted({x for x in items if x not in self._object})
         if new:
-            for key, ids in zip(new, self.tok([" " + x for x in new], add_special_tokens=False)["input_ids"],
-                                strict=True):
+            for key, ids in zip(new, object_ids(self.tok, new), strict=True):
                 self._object[key] = ids
         return [self._object[x] for x in items]
 
@@ -100,17 +107,17 @@ def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict
     for case, pre in zip(cases, prefixes, strict=True):
         true_rows, false_rows = [], []
         for pr in case["probes"]:
-            if "object" in pr:
+            if has_object(pr):
                 true_rows.append(row(pre, pr["prompt"], pr["object"]))
                 false_rows.append(None)
                 if pr["kind"] in ATOMIC:
                     gen_keys.setdefault((pre, pr["prompt"]), len(gen_keys))
             else:
-                true_rows.append(row(pre, pr["prompt"], "true"))
-                false_rows.append(row(pre, pr["prompt"], "false"))
-        req = row(pre, case["subject"] + " " + case["relation"], case["requested_object"])
-        tf = f'"{case["subject"]} {case["relation"]} {case["requested_object"]}" is'
-        plan.append((true_rows, false_rows, req, row(pre, tf, "true"), row(pre, tf, "false")))
+                true_rows.append(row(pre, pr["prompt"], TRUE))
+                false_rows.append(row(pre, pr["prompt"], FALSE))
+        req = row(pre, case_prompt(case), case["requested_object"])
+        tf = request_tf_prompt(case)
+        plan.append((true_rows, false_rows, req, row(pre, tf, TRUE), row(pre, tf, FALSE)))
     keys = list(pairs)
     prompts = enc.prompts([(pre, p) for pre, p, _ in keys])
     objects = enc.objects([o for _, _, o in keys])
@@ -128,4 +135,4 @@ def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict
 
 def max_object_tokens(tok: PreTrainedTokenizerBase, objects: Sequence[str]) -> int:
     """Length in tokens of the world's longest object (with its leading space): the decoding budget."""
-    return max(len(x) for x in tok([" " + o for o in objects], add_special_tokens=False)["input_ids"])
+    return max(len(x) for x in object_ids(tok, objects))

@@ -23,15 +23,14 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 
-SUBSETS = ("all", "downstream_changes", "fixing_errors", "updating")
+from editlab.vocab import ATOMIC, STAGES, SUBSETS
+
 SUBSET_TITLES = {"all": "All requests", "downstream_changes": "Downstream changes",
                  "fixing_errors": "Fixing errors", "updating": "Updating"}
-STAGES = ("pre", "post", "final")
-ATOMIC_KINDS = ("s1r1", "s1r2", "s2r1", "s2r2")
 # Table 4 columns: (metric key, header, is a percentage)
 TABLE4_COLUMNS: tuple[tuple[str, str, bool], ...] = (
-    *((f"{k}_acc", f"acc {k}", True) for k in ATOMIC_KINDS),
-    *((f"{k}_prob_coh", f"coh {k}", False) for k in ATOMIC_KINDS),
+    *((f"{k}_acc", f"acc {k}", True) for k in ATOMIC),
+    *((f"{k}_prob_coh", f"coh {k}", False) for k in ATOMIC),
     ("logic_tf", "TF", False), ("logic_not", "not", False), ("logic_and", "and", False), ("logic_or", "or", False),
 )
 # editing-framework metrics (EasyEdit / ROME): (metric key, header, kind) with kind "%", "p" (probability-like,

@@ -217,17 +217,3 @@ def sample_continuations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, p
                 out[i] = tok.decode(gen[row, ids.shape[1] :], skip_special_tokens=True)
     return out
 
-
-def hit_paper(continuation: str, label: str) -> bool:
-    """Paper protocol: the label is a substring of the continuation, lower-cased, periods removed."""
-    return label.lower().replace(".", "") in continuation.lower().replace(".", "")
-
-
-def hit_exact(continuation: str, label: str) -> bool:
-    """Exact protocol: the continuation up to the first '.', '"' or end, stripped, equals the label."""
-    cut = len(continuation)
-    for ch in ('.', '"'):
-        j = continuation.find(ch)
-        if j >= 0:
-            cut = min(cut, j)
-    return continuation[:cut].strip() == label

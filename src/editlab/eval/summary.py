@@ -31,10 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from editlab.errors import EditlabError
-from editlab.eval.probes import ATOMIC
-from editlab.eval.scoring import hit_exact, hit_paper
 from editlab.metrics import (
-    AGENT_KINDS,
     AgentCoherence,
     Agreement,
     EditSuccess,
@@ -46,11 +43,17 @@ from editlab.metrics import (
     Portability,
     ProbabilisticCoherence,
 )
-
-SUBSETS = ("all", "downstream_changes", "fixing_errors", "updating")
-STAGES = ("pre", "post", "final")
-HITS: dict[str, Callable[[str, str], bool]] = {"paper": hit_paper, "exact": hit_exact}
-_LOGIC_ORDER = ("atomic_A", "tf_A", "not_A", "and_AB", "and_BA", "or_BA", "tf_B")  # logical_gaps' arguments
+from editlab.vocab import (
+    AGENT_KINDS,
+    ATOMIC,
+    LOGIC_OPERANDS,
+    STAGES,
+    SUBSETS,
+    hit_exact,
+    hit_rule,
+    is_target_probe,
+    stage_gold,
+)
 
 
 @dataclass
@@ -75,28 +78,10 @@ class _Rows:
         return {k: [v[i] for i in idx] if isinstance(v, list) else v[sel] for k, v in self.cols.items()}
 
 
-def _targets(stage: str) -> dict[str, str]:
-    """Which probe target each atomic kind is scored against at ``stage``."""
-    if stage == "pre":
-        return dict.fromkeys(ATOMIC, "original")
-    return {k: "requested" if k == "s1r1" else "new_argmax" for k in ATOMIC}
-
-
-def _gold(stage: str, rec: dict, probes: list[dict]) -> list[float]:
-    """Gold per probe: p_pre before the edit; after it the agent holding the same edits as the model
-    (sequential: ``gold_post`` right after the edit, ``gold_final`` at the end), else the case's p_post."""
-    if stage == "pre":
-        return [p["p_pre"] for p in probes]
-    if stage == "final" and "gold_final" in rec:
-        return rec["gold_final"]
-    return rec.get("gold_post") or [p["p_post"] for p in probes]
-
-
 def _stage_rows(cases: list[dict], recs: list[dict], stage: str, hit: Callable[[str, str], bool]
                 ) -> dict[str, _Rows]:
     """Parse the records that carry ``stage`` into row tables (one Python pass over probes)."""
     f64, b = torch.float64, torch.bool
-    want = _targets(stage)
     atomic, gold, labels, logic, edit, s1r2, req_tf, s2, local, flu = ([] for _ in range(10))
     for i, (case, rec) in enumerate(zip(cases, recs, strict=True)):
         if stage not in rec:
@@ -105,11 +90,11 @@ def _stage_rows(cases: list[dict], recs: list[dict], stage: str, hit: Callable[[
         if len(sc["p"]) != len(probes):
             raise EditlabError(f"record of case {case['case_id']} has {len(sc['p'])} probe scores but the case has "
                                f"{len(probes)} probes; re-run edit.py on this world")
-        g = _gold(stage, rec, probes)
+        g = stage_gold(stage, rec, probes)
         own = {}
         for j, pr in enumerate(probes):
             kind, p = pr["kind"], sc["p"][j]
-            if kind in ATOMIC and pr["target"] == want[kind]:
+            if is_target_probe(pr, stage):
                 atomic.append((i, ATOMIC.index(kind), hit(sc["gen"][kind], pr["object"]), p, g[j]))
                 if kind == "s1r2":
                     s1r2.append((i, hit_exact(sc["gen"][kind], pr["object"])))
@@ -118,8 +103,8 @@ def _stage_rows(cases: list[dict], recs: list[dict], stage: str, hit: Callable[[
                 own.setdefault(kind, p)
             if sc["p_false"][j] is not None:
                 labels.append((i, p, sc["p_false"][j]))
-        if all(k in own for k in _LOGIC_ORDER):
-            logic.append((i, [own[k] for k in _LOGIC_ORDER]))
+        if all(k in own for k in LOGIC_OPERANDS):
+            logic.append((i, [own[k] for k in LOGIC_OPERANDS]))
         edit.append((i, hit_exact(sc["gen"]["s1r1"], case["requested_object"]), sc["token_acc"]))
         req_tf.append((i, *sc["req_tf"]))
         if stage != "pre":
@@ -154,7 +139,7 @@ def _stage_metrics(rows: dict[str, _Rows], keep: torch.Tensor, stage: str) -> di
     acc.update(at["hit"], at["kind"])
     coh.update(at["p"], at["gold"], at["kind"])
     logic = LogicalCoherence(stage=stage)
-    logic.update(*lg["p"].reshape(-1, len(_LOGIC_ORDER)).T)
+    logic.update(*lg["p"].reshape(-1, len(LOGIC_OPERANDS)).T)
     agent = AgentCoherence(stage=stage)
     agent.update(gd["p"], gd["gold"], gd["kind"])
     mass = LabelMass(stage=stage)
@@ -205,13 +190,11 @@ def summarize(cases: dict[str, dict], records: list[dict], protocol: str = "pape
 
     A metric with no rows in a subset (e.g. no locality in the records) is NaN, never 0.
     """
-    if protocol not in HITS:
-        raise EditlabError(f"unknown generation protocol {protocol!r}; use one of {sorted(HITS)}")
+    hit = hit_rule(protocol)
     missing = [r["case_id"] for r in records if r["case_id"] not in cases]
     if missing:
         raise EditlabError(f"{len(missing)} result records name cases not in the world's cases (e.g. {missing[0]}); "
                            "evaluate with the world the run edited")
-    hit = HITS[protocol]
     recs = list(records)
     cs = [cases[r["case_id"]] for r in recs]
     masks = subset_masks(cs, recs, hit)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from editlab.eval.scoring import encode_pairs, greedy_continuations, hit_paper, object_logprobs
+from editlab.eval.scoring import encode_pairs, greedy_continuations, object_logprobs
+from editlab.vocab import fact_prompt, hit_paper
 from editlab.world.loading import World
 
 
@@ -29,7 +30,7 @@ class FactProbe(L.Callback):
         self.sample = [facts[i] for i in sorted(pick.tolist())]
         self.tok = PreTrainedTokenizerFast.from_pretrained(str(world_dir))
         self.prompts, self.objects = encode_pairs(
-            self.tok, [f"{f['subject']} {f['relation']}" for f in self.sample], [f["modal"] for f in self.sample])
+            self.tok, [fact_prompt(f) for f in self.sample], [f["modal"] for f in self.sample])
         every_obj = self.tok([" " + f["modal"] for f in facts], add_special_tokens=False)["input_ids"]
         self.max_object_tokens = max(len(x) for x in every_obj)
         self.gold = torch.tensor([world.gold(f["subject"], f["relation"], f["modal"]) for f in self.sample],

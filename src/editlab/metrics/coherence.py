@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from editlab.eval.probes import ATOMIC, LOGICAL
 from editlab.metrics.grouped import GroupedMean
+from editlab.vocab import AGENT_KINDS, ATOMIC
 
 
 class ProbabilisticCoherence(GroupedMean):
@@ -35,8 +35,6 @@ class ProbabilisticCoherence(GroupedMean):
         self._accumulate((torch.as_tensor(p_lm, dtype=torch.float64)
                           - torch.as_tensor(p_gold, dtype=torch.float64)).abs(), kinds)
 
-
-AGENT_KINDS = (*LOGICAL, "atomic_A")
 
 
 class AgentCoherence(ProbabilisticCoherence):

@@ -2,7 +2,17 @@
 
 ROME compares generated text about the subject with reference text by TF-IDF similarity. In a
 synthetic world we can read the claims off directly: each generated sentence "s1 r1 <x>" states an
-object x for the edited fact, and consistency is the share of those sentences with x = o*.
+object x for the edited fact.
+
+The one definition (used by the per-case records of edit.py and by :class:`Consistency`): the
+consistency **of a case** is the share of the "s1 r1 x" sentences in all of its sampled documents
+(pooled over that case's ``n_samples`` documents) with x = o*; a case whose documents never state the
+fact has no value (NaN, "not measured", not 0). A set of cases reports the **mean over cases** that
+have a value. Why per case and not pooled over all sentences of all cases: ROME averages per case,
+so every edit weighs the same (a model that rambles the fact ten times about one subject does not
+outvote nine other edits); and the result records store one value per case, from which the mean of
+any subset of cases (Table 4's rows) is exact, which a pooled share would not be without per-case
+sentence counts.
 """
 
 from __future__ import annotations
@@ -33,10 +43,19 @@ def stated_objects(text: str, prompt: str) -> list[str]:
     return out
 
 
-class Consistency(GroupedMean):
-    """Share of generated "s1 r1 x" sentences with x = o*, logged as ``stage/consistency``.
+def case_consistency(texts: Sequence[str], prompt: str, target: str) -> float:
+    """Consistency of one case: share of "<prompt> x" sentences over all ``texts`` with x = ``target``.
 
-    The mean is over sentences (all texts pooled); texts without such a sentence add nothing.
+    NaN when no text states the fact (see the module docstring).
+    """
+    stated = [x for t in texts for x in stated_objects(t, prompt)]
+    return sum(x == target for x in stated) / len(stated) if stated else float("nan")
+
+
+class Consistency(GroupedMean):
+    """Mean over cases of :func:`case_consistency`, logged as ``stage/consistency``.
+
+    Cases whose documents state no "s1 r1 x" sentence add nothing (their consistency is not measured).
     """
 
     higher_is_better = True
@@ -44,8 +63,8 @@ class Consistency(GroupedMean):
     def __init__(self, stage: str = "", **kwargs) -> None:
         super().__init__(("consistency",), stage, **kwargs)
 
-    def update(self, texts: Sequence[str], prompts: Sequence[str], targets: Sequence[str]) -> None:
-        """Add generated ``texts`` (full documents, prompt included), each with its "s1 r1" and o*."""
-        hits = [x == target for text, prompt, target in zip(texts, prompts, targets, strict=True)
-                for x in stated_objects(text, prompt)]
-        self._accumulate(torch.tensor(hits, dtype=torch.bool))
+    def update(self, texts: Sequence[Sequence[str]], prompts: Sequence[str], targets: Sequence[str]) -> None:
+        """Add cases: per case its generated documents (prompt included), its "s1 r1" and its o*."""
+        values = torch.tensor([case_consistency(t, p, o) for t, p, o in zip(texts, prompts, targets, strict=True)],
+                              dtype=torch.float64)
+        self._accumulate(values[values.isfinite()])

@@ -41,6 +41,11 @@ def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float
     return sum(out) / len(out)
 
 
+def case_fluency(texts: Sequence[str]) -> float:
+    """Fluency of one case: mean :func:`ngram_entropy` of its sampled documents (what a record stores)."""
+    return sum(ngram_entropy(t) for t in texts) / len(texts)
+
+
 class Fluency(GroupedMean):
     """Mean :func:`ngram_entropy` over texts, logged as ``stage/fluency``."""
 

@@ -6,15 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
-from editlab.eval.probes import ATOMIC
 from editlab.metrics.grouped import GroupedMean
+from editlab.vocab import ATOMIC
 
 
 class GenerativeAccuracy(GroupedMean):
     """Share of probes whose greedy continuation hits its target object, per probe type.
 
     The hit booleans come from the protocol's hit function (``hit_paper`` / ``hit_exact`` of
-    :mod:`editlab.eval.scoring`); this metric only averages them, so one class serves both protocols.
+    :mod:`editlab.vocab`); this metric only averages them, so one class serves both protocols.
     Logged as ``stage/<kind>_acc``.
 
     Args:

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from editlab.errors import EditlabError
+from editlab.vocab import prompt, sentence
 from editlab.world.agent import Agent
 from editlab.world.config import AgentConfig, CasesConfig
 from editlab.world.generative import Generative, false_objects
 from editlab.world.kg import KG
 from editlab.world.logic import p_and, p_not, p_or, p_tf
-
-ATOMIC_KINDS = ("s1r1", "s1r2", "s2r1", "s2r2")
-LOGICAL_KINDS = ("tf_A", "not_A", "and_AB", "and_BA", "or_BA", "tf_B", "atomic_A")
 
 
 @dataclass
@@ -33,7 +31,7 @@ class _World:
     subj_with: list[np.ndarray]  # relation -> sorted subjects having it
 
     def fact(self, s: int, r: int, o: int) -> str:
-        return f"{self.kg.subjects[s]} {self.kg.relations[r]} {self.kg.objects[o]}"
+        return sentence(self.kg.subjects[s], self.kg.relations[r], self.kg.objects[o])
 
 
 def split_subjects(n_subjects: int, meta_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +152,7 @@ def _atomic(world: _World, edited: Agent, kind: str, s: int, r: int, o_req: int 
     return [
         {
             "kind": kind,
-            "prompt": f"{world.kg.subjects[s]} {world.kg.relations[r]}",
+            "prompt": prompt(world.kg.subjects[s], world.kg.relations[r]),
             "object": world.kg.objects[o],
             "subject": world.kg.subjects[s],
             "relation": world.kg.relations[r],
@@ -252,10 +250,10 @@ def _logical(world: _World, edited: Agent, s1: int, r1: int, row: int, rng: np.r
         ("tf_B", f'"{text_b}" is', [fb], lambda a, b: p_tf(b)),
     )
     out = [
-        {"kind": kind, "prompt": prompt, "label": "true", "facts": facts,
+        {"kind": kind, "prompt": text, "label": "true", "facts": facts,
          "p_pre": float(f(pa[0], pb[0])), "p_post": float(f(pa[1], pb[1]))}
-        for kind, prompt, facts, f in specs
+        for kind, text, facts, f in specs
     ]
-    out.append({"kind": "atomic_A", "prompt": f"{kg.subjects[s1]} {kg.relations[r1]}", "object": kg.objects[o_a],
+    out.append({"kind": "atomic_A", "prompt": prompt(kg.subjects[s1], kg.relations[r1]), "object": kg.objects[o_a],
                 "facts": [fa], "p_pre": float(pa[0]), "p_post": float(pa[1])})
     return out

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
+from editlab.vocab import ATOMIC
 from editlab.world.agent import Agent
 from editlab.world.logic import p_and, p_not, p_or, p_tf
 
@@ -48,7 +49,7 @@ def case_gold(agent: Agent, ids: Ids, case: dict, edited: Collection[tuple[int, 
 
     out = []
     for pr in case["probes"]:
-        if pr["kind"] in ("s1r1", "s1r2", "s2r1", "s2r2"):
+        if pr["kind"] in ATOMIC:
             out.append(p(pr["subject"], pr["relation"], pr["object"]))
             continue
         facts: Sequence[Sequence[str]] = pr["facts"]
