@@ -53,7 +53,7 @@ def test_subject_span_covers_exactly_the_subject_at_the_start_and_after_a_prefix
 
 
 def test_hit_rules_live_in_the_vocabulary_only():
-    assert scoring.hit_exact is vocab.hit_exact and scoring.hit_paper is vocab.hit_paper  # re-export, no copy
+    assert not hasattr(scoring, "hit_exact") and not hasattr(scoring, "hit_paper")  # one definition, in vocab
     assert vocab.hit_paper("the Paris. area", "paris") and not vocab.hit_exact("Paris area", "Paris")
     assert vocab.hit_exact(' Paris." is', "Paris") and vocab.hit_rule("exact") is vocab.hit_exact
     with pytest.raises(Exception, match="fuzzy"):
