@@ -29,7 +29,7 @@ def fixture_hparams(name: str) -> dict:
     if not path.is_file():
         return {}
     if name in TINY_LM:
-        return {**(OmegaConf.load(path).get("hparams") or {}), **TINY_LM[name]}
+        return {**(OmegaConf.to_container(OmegaConf.load(path).get("hparams"), resolve=True) or {}), **TINY_LM[name]}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="edit", overrides=[f"method={name}", "model=mistral_tiny"])
     return OmegaConf.to_container(cfg.method.hparams, resolve=True) or {}
