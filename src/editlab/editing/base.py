@@ -81,12 +81,14 @@ class EditContext:
     Attributes:
         tokenizer: the world's tokenizer (BOS id, pad id, object tokenisation).
         world_dir: the built world (corpus for covariance statistics, meta-training cases).
-        cache_dir: where a method may cache precomputed statistics.
+        cache_dir: where a method may cache precomputed statistics: already one folder per model
+            (``edit_run`` passes ``<paths.stats>/<model_id>``), so a method keys its files by what else they
+            depend on (layer, sample count, module), never by the model again.
         editor_path: a trained editor checkpoint (MEND, MALMEN, SERAC), if the method needs one.
         seed: seed for anything random inside the method.
         model_id: identity of the base model (``editlab.json`` of its checkpoint: a hash of the world hash,
             the model config and the training seed; :func:`editlab.lm.checkpoint.model_id`). It keys every
-            statistics cache (``cache_dir / model_id / ...``: two seeds of one preset are two models with
+            statistics cache (``cache_dir`` is per model id: two seeds of one preset are two models with
             different covariances) and is what a trained editor checkpoint must have been trained on.
             Empty means "unknown": a method that caches per model must then refuse to cache.
     """
