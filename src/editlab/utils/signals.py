@@ -5,7 +5,7 @@ Two regimes, because what is safe to interrupt differs:
 - outside a Lightning fit (world build, single/batch edits, reports), :func:`graceful_stop` turns the
   signal into :class:`Interrupted` at once; those stages write their outputs atomically or append
   whole records, so an exception anywhere leaves nothing that looks complete.
-- inside a Lightning fit (pretraining, sequential editing, editor training), an exception in the
+- inside a Lightning fit (pretraining, sequential editing), an exception in the
   middle of an optimizer step would leave half-updated weights, so :class:`StopOnSignal` only notes
   the signal and acts at the next safe point (end of a training batch or of an epoch): it writes the
   resumable checkpoint atomically, then raises :class:`Interrupted`. It replaces Lightning's own
@@ -13,6 +13,8 @@ Two regimes, because what is safe to interrupt differs:
   status 0, so ``make`` would carry on) without a checkpoint.
 
 The entry points (:mod:`editlab.cli`) map :class:`Interrupted` to exit status ``128 + signum``.
+Editor meta-training (``train.py task=editor``) has no resumable state yet: a signal stops it at once
+(exit 143 / 130) and no editor checkpoint is written, so a re-run starts over.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class StopOnSignal(Callback):
 
     Args:
         path: the resumable checkpoint to write (the same file ``ckpt_path=last`` resumes from).
-        at: ``"batch"`` (after each optimizer step: pretraining, editor training) or ``"epoch"`` (after
+        at: ``"batch"`` (after each optimizer step: pretraining) or ``"epoch"`` (after
             each epoch: sequential editing, where one epoch is one edit).
     """
 
