@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-DEMO_RUN := outputs/edit/wikidata_synth_tiny/mistral_tiny-s0/lora-single-n200-s0
+DEMO_RUN := outputs/edit/wikidata_synth_tiny/mistral_tiny_demo-s0/lora-single-n200-s0
 
 demo: setup
 	$(PY) -m editlab.world data=wikidata_synth_tiny progress=false > /dev/null
-	$(PY) train.py
-	$(PY) edit.py method=lora edits.n=200 edits.trace=4
+	$(PY) train.py model=mistral_tiny_demo
+	$(PY) edit.py model=mistral_tiny_demo method=lora edits.n=200 edits.trace=4
 	$(PY) evaluate.py run=$(DEMO_RUN)
 
 test: setup
