@@ -152,7 +152,7 @@ def test_train_editor_on_a_checkpoint_records_its_model_id(tiny_lm, tmp_path):
         train_editor(world, ckpt, registry.get_method("lora"), tmp_path / "x", 0, training, cfg)
 
 
-def test_train_py_dispatches_task_editor(tmp_path):
+def test_train_py_dispatches_task_editor(tiny_world, tmp_path):
     """``python train.py task=editor`` reaches the editor trainer: a method with nothing to train is one error line."""
     import os
     import subprocess
@@ -161,6 +161,7 @@ def test_train_py_dispatches_task_editor(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "EDITLAB_OUTPUTS": str(tmp_path)}
-    res = subprocess.run([sys.executable, str(root / "train.py"), "task=editor", "method=lora"], cwd=root, env=env,
+    res = subprocess.run([sys.executable, str(root / "train.py"), "task=editor", "method=lora",
+                          f"data.cache_dir={tiny_world.dir.parent}"], cwd=root, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "method lora has nothing to train" in res.stderr + res.stdout
