@@ -43,14 +43,13 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editlab.eval.fast_scoring import fast_parts, tree_score_and_decode
+from editlab.vocab import object_ids, prompt_ids
 
 
 def encode_pairs(tok: PreTrainedTokenizerBase, prompts: Sequence[str], objects: Sequence[str]
                  ) -> tuple[list[list[int]], list[list[int]]]:
-    """(BOS + prompt ids, object ids) with the object tokenised with its leading space."""
-    p = tok(list(prompts), add_special_tokens=False)["input_ids"]
-    o = tok([" " + x for x in objects], add_special_tokens=False)["input_ids"]
-    return [[tok.bos_token_id, *x] for x in p], o
+    """(BOS + prompt ids, object ids): the tokenisation rule of :mod:`editlab.vocab`, applied to pairs."""
+    return prompt_ids(tok, prompts), object_ids(tok, objects)
 
 
 def object_logprobs(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]],
