@@ -24,20 +24,13 @@ Run-level values (pre-edit locality accuracy, protocol names, config) go in ``me
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from editlab.errors import EditlabError
+from editlab.utils.jsonio import read_jsonl
 
 PROTOCOL = "editlab-1"  # bump when the meaning of any stored number changes (evaluation.md)
 
 
 def read_records(path: Path) -> list[dict]:
     """Records of a results file; a malformed line is an error naming the file and line."""
-    out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise EditlabError(f"malformed results line {path}:{n} ({exc.msg}); re-run edit.py") from None
-    return out
+    return read_jsonl(path, "re-run edit.py", what="results")

@@ -42,8 +42,9 @@ def write_json(path: Path, obj: Any, indent: int | None = 1) -> Path:
     return path
 
 
-def read_jsonl(path: Path, fix: str = "re-create the file") -> list[dict]:
-    """Rows of a JSONL file (blank lines skipped); a malformed line is one error naming file, line and ``fix``."""
+def read_jsonl(path: Path, fix: str = "re-create the file", what: str = "") -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); a malformed line is one error naming ``what`` (e.g.
+    ``"results"``), the file, the line and ``fix``."""
     out = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -51,5 +52,6 @@ def read_jsonl(path: Path, fix: str = "re-create the file") -> list[dict]:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise EditlabError(f"malformed line {path}:{n} ({exc.msg}); {fix}") from None
+            kind = f"{what} line" if what else "line"
+            raise EditlabError(f"malformed {kind} {path}:{n} ({exc.msg}); {fix}") from None
     return out
