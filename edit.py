@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
-from editlab.utils.rundir import register_resolvers
+from editlab.utils.rundir import record_multirun_job, register_resolvers
 
 register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per multirun job
 
@@ -46,6 +46,7 @@ def edit(cfg: DictConfig) -> dict:
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "
                            f"model={cfg.model.name} (or pass checkpoint=<dir>)")
     logger = instantiate(cfg.logger)
+    record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
     return edit_run(
         world=world,
         checkpoint=checkpoint,
