@@ -31,8 +31,11 @@ def edit(cfg: DictConfig) -> dict:
     from editlab.editing.config import EditsConfig, MetricsConfig
     from editlab.editing.experiment import edit_run
     from editlab.editing.registry import get_method
+    from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
+
+    apply_threads(cfg.threads)  # parallel multirun jobs share the cores (utils/threads.py)
 
     # conf/method/<name>.yaml, specialised by conf/method_model/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
