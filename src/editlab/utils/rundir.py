@@ -34,7 +34,8 @@ __all__ = ["LOCATION_KEYS", "NON_RESULT_KEYS", "RunState", "config_differences",
 
 RunState = Literal["fresh", "resume", "done"]
 LOCATION_KEYS = ("paths", "run_dir")  # where things are, not what was run
-NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads")  # display, device, logging: same results either way
+# display, device, threads, logging: the same results either way
+NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads")
 JOB_SUBDIR = "editlab.job_subdir"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
