@@ -6,8 +6,9 @@
     python edit.py -m method=lora,ft_m,ice                       # sweep: one run directory per job
     python edit.py -m method.hparams.lr=1e-4,1e-3 edits.n=50     # (named from its overrides; re-run = reuse)
 
-Returns post-edit s1r1 generative accuracy (the metric a sweep optimises). Errors the user can fix print
-one line and exit with status 2.
+Returns the run's ``objective`` (default: post-edit s1r1 generative accuracy; editlab.eval.objectives), the
+number a Hydra sweeper such as optuna maximises (``python edit.py -m hparams_search=lora_optuna``). Errors the
+user can fix print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -92,7 +93,13 @@ def main(cfg: DictConfig) -> float | None:
           f"s2r1 {post['post/s2r1_acc']:.3f}, s2r2 {post['post/s2r2_acc']:.3f}; edit success (exact) "
           f"{post['post/edit_exact']:.3f}; median {out['median_edit_s'] * 1000:.0f} ms/edit\n"
           f"report: python evaluate.py run={Path(out['results']).parent}")
-    return post["post/s1r1_acc"]
+    from editlab.eval.objectives import Objective
+    from editlab.utils.typed import from_dict
+
+    objective = from_dict(Objective, OmegaConf.to_container(cfg.objective, resolve=True), "objective")
+    value = objective(out["summary"])
+    print(f"objective {objective.name}: {value:.4f}")
+    return value
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editlab.errors import EditlabError
+from editlab.eval.summary import headline_stage
 from editlab.utils.jsonio import read_json
 from editlab.utils.rundir import LOCATION_KEYS, NON_RESULT_KEYS, flatten, read_yaml
 
@@ -75,12 +76,6 @@ class Comparison:
     missing: list[str] = field(default_factory=list)
 
 
-def _stage(summary: dict) -> str:
-    """``final`` for sequential runs (retention after the whole stream) where recorded, else ``post``."""
-    allsub = summary.get("subsets", {}).get("all", {})
-    return "final" if any(k.startswith("final/") for k in allsub) else "post"
-
-
 def read_run(path: Path) -> Run:
     """The :class:`Run` of a finished run directory (clear error for a directory that is not one)."""
     path = Path(path)
@@ -89,7 +84,7 @@ def read_run(path: Path) -> Run:
     metrics = read_json(path / "metrics.json", "an edit run's metrics.json")
     summary = metrics.get("summary") or {}
     allsub = summary.get("subsets", {}).get("all", {})
-    stage = _stage(summary)
+    stage = headline_stage(summary)
     values: dict[str, float | None] = {}
     for column, source, _group, _better in METRICS:
         if source.startswith("@"):

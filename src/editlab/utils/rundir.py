@@ -34,8 +34,8 @@ __all__ = ["LOCATION_KEYS", "NON_RESULT_KEYS", "RunState", "config_differences",
 
 RunState = Literal["fresh", "resume", "done"]
 LOCATION_KEYS = ("paths", "run_dir")  # where things are, not what was run
-# display, device, threads, logging: the same results either way
-NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads")
+# display, device, threads, logging, the number returned to a sweeper: the same results either way
+NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads", "objective")
 JOB_SUBDIR = "editlab.job_subdir"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
