@@ -6,8 +6,9 @@
     python edit.py -m method=lora,ft_m,ice                       # sweep: one run directory per job
     python edit.py -m method.hparams.lr=1e-4,1e-3 edits.n=50     # (named from its overrides; re-run = reuse)
 
-Returns post-edit s1r1 generative accuracy (the metric a sweep optimises). Errors the user can fix print
-one line and exit with status 2.
+Returns the run's ``objective`` (default: post-edit s1r1 generative accuracy; editlab.eval.objectives), the
+number a Hydra sweeper such as optuna maximises (``python edit.py -m hparams_search=lora_optuna``). Errors the
+user can fix print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
-from editlab.utils.rundir import register_resolvers
+from editlab.utils.rundir import record_multirun_job, register_resolvers
 
 register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per multirun job
 
@@ -31,8 +32,11 @@ def edit(cfg: DictConfig) -> dict:
     from editlab.editing.config import EditsConfig, MetricsConfig
     from editlab.editing.experiment import edit_run
     from editlab.editing.registry import get_method
+    from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
+
+    apply_threads(cfg.threads)  # parallel multirun jobs share the cores (utils/threads.py)
 
     # conf/method/<name>.yaml, specialised by conf/method_model/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
@@ -46,6 +50,7 @@ def edit(cfg: DictConfig) -> dict:
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "
                            f"model={cfg.model.name} (or pass checkpoint=<dir>)")
     logger = instantiate(cfg.logger)
+    record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
     return edit_run(
         world=world,
         checkpoint=checkpoint,
@@ -88,7 +93,13 @@ def main(cfg: DictConfig) -> float | None:
           f"s2r1 {post['post/s2r1_acc']:.3f}, s2r2 {post['post/s2r2_acc']:.3f}; edit success (exact) "
           f"{post['post/edit_exact']:.3f}; median {out['median_edit_s'] * 1000:.0f} ms/edit\n"
           f"report: python evaluate.py run={Path(out['results']).parent}")
-    return post["post/s1r1_acc"]
+    from editlab.eval.objectives import Objective
+    from editlab.utils.typed import from_dict
+
+    objective = from_dict(Objective, OmegaConf.to_container(cfg.objective, resolve=True), "objective")
+    value = objective(out["summary"])
+    print(f"objective {objective.name}: {value:.4f}")
+    return value
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python evaluate.py run=outputs/edit/<run>          # <run>/report/: Table 4/5, editing metrics, Fig. 4, curves
     python evaluate.py checkpoint=<model dir>          # <model dir>/eval/: pre-edit scores on the world's cases
     python evaluate.py checkpoint=<dir> data=wikidata_synth n_cases=1000 out_dir=outputs/eval/base
+    python evaluate.py sweep=outputs/multirun/edit/<date>_<time>   # one table of every job of a multirun
 
 The story: compose config -> (checkpoint mode: open the world, load the model) -> write the report
 (editlab.eval.reports; every report directory is replaced atomically). Returns the headline s1r1 accuracy.
@@ -23,10 +24,14 @@ from editlab.errors import EditlabError
 
 def evaluate(cfg: DictConfig) -> dict:
     """Validate the config and run the mode it names; returns the report's location and headline numbers."""
-    from editlab.eval.reports import evaluate_checkpoint, evaluate_run
+    from editlab.eval.reports import evaluate_checkpoint, evaluate_run, evaluate_sweep
 
-    if (cfg.run is None) == (cfg.checkpoint is None):
-        raise EditlabError("set exactly one of run=<edit run dir> or checkpoint=<model dir>")
+    if sum(cfg[k] is not None for k in ("run", "checkpoint", "sweep")) != 1:
+        raise EditlabError("set exactly one of run=<edit run dir>, checkpoint=<model dir> or sweep=<multirun dir>")
+    if cfg.sweep is not None:
+        sweep = Path(to_absolute_path(str(cfg.sweep)))
+        out = Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else sweep / "comparison"
+        return evaluate_sweep(sweep, out, out.parent / f"{out.name}_wandb" if cfg.wandb else None)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data["cache_dir"] = to_absolute_path(data["cache_dir"])
     if cfg.run is not None:
@@ -48,6 +53,10 @@ def evaluate(cfg: DictConfig) -> dict:
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(lambda: evaluate(cfg), "re-run the same command")
+    if cfg.sweep is not None:
+        print(f"report: {metrics['report']} ({metrics['n']} runs, {metrics['setups']} setups, "
+              f"{metrics['missing']} missing; setups differ in {', '.join(metrics['keys'])})")
+        return None
     print(f"report: {metrics['report']} ({metrics['n']} cases)")
     return metrics.get("all/post/s1r1_acc", metrics.get("all/pre/s1r1_acc"))
 

@@ -30,7 +30,10 @@ def train(cfg: DictConfig) -> dict:
     """Validate the config and run the task; returns its final metrics."""
     from editlab.lm.presets import arch_from, recipe_from
     from editlab.lm.pretrain import pretrain
+    from editlab.utils.threads import apply_threads
     from editlab.world.loading import World
+
+    apply_threads(cfg.threads)  # parallel multirun jobs share the cores (utils/threads.py)
 
     if cfg.task not in TASKS:
         raise EditlabError(f"task={cfg.task} is not available; valid tasks: {', '.join(TASKS)}")

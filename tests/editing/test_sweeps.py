@@ -57,3 +57,26 @@ def test_sweep_over_steps_gets_the_values_asked_for_in_two_directories(tiny_worl
     assert {name: hp["steps"] for name, hp in jobs.items()} == {f"method.hparams.steps=1,{tail}": 1,
                                                                  f"method.hparams.steps=3,{tail}": 3}
     assert all(hp["lr"] == 1e-3 for hp in jobs.values())  # the per-model value where the command line is silent
+
+
+def test_sweep_jobs_are_recorded_and_compared_in_one_table(tiny_world, random_checkpoint, tmp_path):
+    """edit.py -m records its jobs in the sweep directory; evaluate.py sweep=<it> makes one row per job."""
+    from editlab.eval import compare
+    from editlab.eval.reports import evaluate_sweep
+
+    out = tmp_path / "outputs"
+    _multirun(tiny_world, random_checkpoint, out, ["method.hparams.steps=1,3"])
+    (sweep,) = (out / "multirun" / "edit").iterdir()
+    assert sorted(p.name for p in (sweep / "jobs").iterdir()) == ["0.json", "1.json"]
+    res = evaluate_sweep(sweep, sweep / "comparison")
+    assert res["n"] == 2 and res["setups"] == 2 and res["missing"] == 0
+    assert res["keys"] == ["method.name", "method.hparams.steps"]
+    table = (sweep / "comparison" / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| method.name | method.hparams.steps | seeds | edit success")
+    assert [line.split("|")[2].strip() for line in table[2:4]] == ["1", "3"]
+    runs, _ = compare.find_runs(sweep)
+    assert {r.values["s1r1 acc"] for r in runs} == {
+        yaml.safe_load((r.path / "run_config.yaml").read_text()) and compare.read_run(r.path).values["s1r1 acc"]
+        for r in runs}
+    for png in ("success_locality.png", "bars_editing.png", "bars_table4.png", "bars_coherence.png", "bars_cost.png"):
+        assert (sweep / "comparison" / png).stat().st_size > 0

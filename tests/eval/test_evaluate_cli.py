@@ -132,11 +132,12 @@ def test_missing_results_is_a_user_error(tiny_world, tmp_path):
     assert not (tmp_path / "empty" / "report").exists()
 
 
-@pytest.mark.parametrize("which", [[], ["run=x", "checkpoint=y"]], ids=["neither", "both"])
-def test_cli_needs_exactly_one_of_run_and_checkpoint(tiny_world, which):
+@pytest.mark.parametrize("which", [[], ["run=x", "checkpoint=y"], ["run=x", "sweep=z"]],
+                         ids=["neither", "both", "run-and-sweep"])
+def test_cli_needs_exactly_one_of_run_checkpoint_and_sweep(tiny_world, which):
     r = _cli(tiny_world, which)
-    assert r.returncode == 2 and r.stderr.strip() == "error: set exactly one of run=<edit run dir> or " \
-        "checkpoint=<model dir>", r.stderr[-2000:]
+    assert r.returncode == 2 and r.stderr.strip() == "error: set exactly one of run=<edit run dir>, " \
+        "checkpoint=<model dir> or sweep=<multirun dir>", r.stderr[-2000:]
 
 
 def _export(world, out: Path, world_hash: str) -> Path:

@@ -39,11 +39,9 @@ from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.pretrain import resolve_resume
 from editlab.utils.jsonio import write_json
-from editlab.utils.rundir import prepare
+from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 from editlab.world.loading import World
 from editlab.world.stream import AgentStream
-
-IGNORED_KEYS = ("progress", "overwrite", "device", "logger")
 
 
 def _device(name: str) -> torch.device:
@@ -75,7 +73,7 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
     run_dir = Path(run_dir)
-    state = prepare(run_dir, run_config, ignore=IGNORED_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
+    state = prepare(run_dir, run_config, ignore=NON_RESULT_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
     if state == "done":
         return {**json.loads((run_dir / "metrics.json").read_text()), "reused": True}
     torch.manual_seed(seed)

@@ -134,6 +134,49 @@ def training_curve(curve: Sequence[dict], loss: Sequence[tuple[float, float]] = 
     return fig
 
 
+def success_locality(points: Sequence[tuple[str, float, float, float | None, float | None]]) -> Figure:
+    """Edit success against locality agreement, one point per setup (with 95% interval bars where known).
+
+    Args:
+        points: (label, success, locality, success half-width, locality half-width), rates in [0, 1].
+    """
+    if not points:
+        raise EditlabError("no setup has both edit success and locality agreement to plot")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for label, x, y, dx, dy in points:
+        ax.errorbar(100 * x, 100 * y, xerr=None if dx is None else 100 * dx, yerr=None if dy is None else 100 * dy,
+                    fmt="o", capsize=3, label=label)
+    ax.set_xlabel("edit success (%)")
+    ax.set_ylabel("locality agreement (%)")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(labels: Sequence[str], columns: Sequence[str],
+                values: Sequence[Sequence[tuple[float | None, float | None]]], title: str) -> Figure:
+    """Grouped bars: one group per metric column, one bar per setup (mean with its 95% interval).
+
+    Args:
+        labels: setup names (legend).
+        columns: metric names (x groups).
+        values: ``values[i][j]`` = (mean, half-width) of setup ``i`` on column ``j``; None is drawn as no bar.
+    """
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(columns) * max(1, len(labels)) / 2), 4.2))
+    width = 0.8 / max(1, len(labels))
+    for i, (label, row) in enumerate(zip(labels, values, strict=True)):
+        xs = [j + i * width for j in range(len(columns))]
+        means = [m if m is not None else math.nan for m, _ in row]
+        errs = [h if h is not None else 0.0 for _, h in row]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(columns))], columns, rotation=20, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as PNG and free it (figures are not garbage-collected while pyplot tracks them)."""
     fig.savefig(path, dpi=100)

@@ -8,7 +8,6 @@ arguments only: evaluate.py composes the config, opens the world and loads the m
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -17,13 +16,13 @@ from pathlib import Path
 import torch
 
 from editlab.errors import EditlabError
-from editlab.eval import plots
+from editlab.eval import compare, plots
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.eval.records import read_records
 from editlab.eval.report import editing_markdown, table4_markdown, table5_markdown, tidy_csv
 from editlab.eval.summary import summarize
 from editlab.utils.atomic import atomic_directory
-from editlab.utils.jsonio import dumps, read_jsonl
+from editlab.utils.jsonio import dumps, read_json, read_jsonl
 from editlab.utils.rundir import read_yaml
 from editlab.world.loading import World
 
@@ -56,13 +55,6 @@ def training_loss(csv_path: Path) -> list[tuple[float, float]]:
                 if r.get("train/loss") and r.get("train/tokens")]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EditlabError(f"{path} is not valid JSON ({exc.msg}); re-run the command that wrote it") from None
-
-
 def evaluate_run(run_dir: Path, out: Path, data: dict, max_panels: int) -> dict:
     """Render the report of an edit run directory (edit.py's results.jsonl, metrics.json, curve.jsonl).
 
@@ -80,7 +72,8 @@ def evaluate_run(run_dir: Path, out: Path, data: dict, max_panels: int) -> dict:
     records = read_records(run_dir / "results.jsonl")
     if not records:
         raise EditlabError(f"{run_dir}/results.jsonl is empty; re-run edit.py")
-    metrics = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    has_metrics = (run_dir / "metrics.json").is_file()
+    metrics = read_json(run_dir / "metrics.json", "the run's metrics file") if has_metrics else {}
     if (run_dir / "run_config.yaml").is_file():
         data = read_yaml(run_dir / "run_config.yaml").get("data", data)
     traced = [r for r in records if r.get("trace")][:max_panels]
@@ -127,7 +120,8 @@ def evaluate_checkpoint(model: torch.nn.Module, world: World, checkpoint: Path, 
                for i, (c, s) in enumerate(zip(cases, scores, strict=True))]
     summary = summarize({c["case_id"]: c for c in cases}, records, protocol=protocol)
     train_metrics = checkpoint.parent / "metrics.json"
-    curve = _read_json(train_metrics).get("curve") if train_metrics.is_file() else None
+    curve = (read_json(train_metrics, "the pretraining run's metrics file").get("curve")
+             if train_metrics.is_file() else None)
 
     def write(tmp: Path) -> None:
         (tmp / "metrics.json").write_text(dumps({"checkpoint": str(checkpoint), "world_hash": world.hash,
@@ -141,3 +135,49 @@ def evaluate_checkpoint(model: torch.nn.Module, world: World, checkpoint: Path, 
 
     publish(out, write)
     return {"report": str(out), "n": len(cases), **{f"all/{k}": v for k, v in summary["subsets"]["all"].items()}}
+
+
+def evaluate_sweep(directory: Path, out: Path, wandb_dir: Path | None = None) -> dict:
+    """The comparison of every run of a multirun (or any folder of runs): Markdown, CSV and plots in ``out``.
+
+    Args:
+        directory: a multirun record (``<outputs>/multirun/edit/<date>_<time>``, whose ``jobs/`` lists its runs)
+            or any directory holding finished edit runs.
+        out: the report directory to (re)place (``comparison.md``, ``comparison.csv``,
+            ``success_locality.png``, ``bars_<group>.png``).
+        wandb_dir: when set, also log the table as a W&B table (offline unless logged in) under this directory.
+    """
+    runs, missing = compare.find_runs(directory)
+    comp = compare.compare(runs, missing)
+    labels = [compare.setup_label(row, comp.keys) for row in comp.rows]
+
+    def write(tmp: Path) -> None:
+        (tmp / "comparison.md").write_text(compare.comparison_markdown(comp))
+        (tmp / "comparison.csv").write_text(compare.comparison_csv(comp))
+        points = [(lab, row["edit success"][0], row["locality agree"][0], row["edit success"][1],
+                   row["locality agree"][1]) for lab, row in zip(labels, comp.rows, strict=True)
+                  if row["edit success"][0] is not None and row["locality agree"][0] is not None]
+        if points:
+            plots.save(plots.success_locality(points), tmp / "success_locality.png")
+        for group in dict.fromkeys(g for _, _, g, _ in compare.METRICS):
+            cols = [c for c, _, g, _ in compare.METRICS if g == group]
+            plots.save(plots.metric_bars(labels, cols, [[row[c] for c in cols] for row in comp.rows], group),
+                       tmp / f"bars_{group}.png")
+
+    publish(out, write)
+    if wandb_dir is not None:
+        _log_wandb_table(comp, labels, wandb_dir)
+    return {"report": str(out), "n": len(runs), "setups": len(comp.rows), "missing": len(missing),
+            "keys": comp.keys}
+
+
+def _log_wandb_table(comp: compare.Comparison, labels: list[str], save_dir: Path) -> None:
+    """The comparison as a ``wandb.Table`` (means; offline unless the user is logged in)."""
+    from editlab.utils.loggers import wandb_logger
+
+    logger = wandb_logger(str(save_dir), name="comparison")
+    columns = ["setup", *comp.keys, "seeds", *(c for c, *_ in compare.METRICS)]
+    rows = [[lab, *(str(row[k]) for k in comp.keys), row["seeds"], *(row[c][0] for c, *_ in compare.METRICS)]
+            for lab, row in zip(labels, comp.rows, strict=True)]
+    logger.log_table("comparison", columns=columns, data=rows)
+    logger.experiment.finish()

@@ -207,3 +207,10 @@ def summarize(cases: dict[str, dict], records: list[dict], protocol: str = "pape
         for s in stages:
             out[name].update(_stage_metrics(rows[s], keep, s))
     return {"protocol": protocol, "subsets": out}
+
+
+def headline_stage(summary: dict) -> str:
+    """The stage a run is judged by: ``final`` for sequential runs (after the whole stream, where recorded),
+    else ``post`` (comparison tables and tuning objectives read this one)."""
+    allsub = summary.get("subsets", {}).get("all", {})
+    return "final" if any(k.startswith("final/") for k in allsub) else "post"

@@ -74,7 +74,7 @@ def resolve_resume(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-IGNORED_KEYS = ("ckpt_path", "overwrite", "progress")
+IGNORED_KEYS = ("ckpt_path", "overwrite", "progress", "threads")
 
 
 def finished_run(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:

@@ -55,3 +55,14 @@ def read_jsonl(path: Path, fix: str = "re-create the file", what: str = "") -> l
             kind = f"{what} line" if what else "line"
             raise EditlabError(f"malformed {kind} {path}:{n} ({exc.msg}); {fix}") from None
     return out
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """A JSON document; a missing or malformed file is one error naming ``what`` and the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EditlabError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EditlabError(f"{what} {path} is not valid JSON ({exc}); delete it and re-create it") from None

@@ -29,11 +29,13 @@ import yaml
 from editlab.errors import EditlabError
 from editlab.utils.jsonio import read_jsonl, write_json
 
-__all__ = ["LOCATION_KEYS", "RunState", "config_differences", "job_subdir", "prepare", "read_jsonl", "read_yaml",
-           "register_resolvers", "write_json", "write_yaml"]
+__all__ = ["LOCATION_KEYS", "NON_RESULT_KEYS", "RunState", "config_differences", "flatten", "job_subdir", "prepare",
+           "read_jsonl", "read_yaml", "record_multirun_job", "register_resolvers", "write_json", "write_yaml"]
 
 RunState = Literal["fresh", "resume", "done"]
 LOCATION_KEYS = ("paths", "run_dir")  # where things are, not what was run
+# display, device, threads, logging, the number returned to a sweeper: the same results either way
+NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads", "objective")
 JOB_SUBDIR = "editlab.job_subdir"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
@@ -58,6 +60,22 @@ def job_subdir() -> str:
         digest = hashlib.sha1(name.encode()).hexdigest()[:12]
         name = f"{name.encode()[:_MAX_NAME - 13].decode(errors='ignore')}-{digest}"
     return f"/{name}"
+
+
+def record_multirun_job(run_dir: Path) -> Path | None:
+    """In a Hydra multirun, write ``<sweep dir>/jobs/<job number>.json`` = {run_dir, overrides}; else nothing.
+
+    Job run directories live under ``outputs/edit/...`` (named from the config), not in Hydra's sweep
+    directory; this record is how ``python evaluate.py sweep=<sweep dir>`` finds exactly the jobs of one sweep.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    record = {"run_dir": str(Path(run_dir).resolve()), "overrides": list(hc.overrides.task), "job": hc.job.num}
+    return write_json(Path(hc.sweep.dir) / "jobs" / f"{hc.job.num}.json", record)
 
 
 def register_resolvers() -> None:
@@ -88,25 +106,26 @@ def write_yaml(path: Path, obj: Any) -> Path:
     return path
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": value}`` (the dotted keys a Hydra override names)."""
     if not isinstance(d, dict):
         return {prefix: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
 
 
 def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two run configs (top-level ``ignore`` and locations left out)."""
     skip = set(ignore) | set(LOCATION_KEYS)
-    a = _flat({k: v for k, v in old.items() if k not in skip})
-    b = _flat({k: v for k, v in new.items() if k not in skip})
+    a = flatten({k: v for k, v in old.items() if k not in skip})
+    b = flatten({k: v for k, v in new.items() if k not in skip})
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 
 def _refuse(run_dir: Path, what: str, diff: list[str], old: dict, new: dict) -> EditlabError:
-    shown = ", ".join(f"{k}: {_flat(old).get(k, '<unset>')} -> {_flat(new).get(k, '<unset>')}" for k in diff[:3])
+    shown = ", ".join(f"{k}: {flatten(old).get(k, '<unset>')} -> {flatten(new).get(k, '<unset>')}" for k in diff[:3])
     more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
     return EditlabError(f"{run_dir} holds {what} with a different config ({shown}{more}); choose another "
                         "run_dir=... or pass overwrite=true to replace it")

@@ -1,0 +1,74 @@
+"""The comparison table of many edit runs (editlab.eval.compare): setups from the differing config keys, mean and
+95% Student-t interval over seeds (checked by hand), missing jobs listed, bad directories refused."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editlab.errors import EditlabError
+from editlab.eval import compare
+
+
+def _run(root: Path, name: str, method: str, lr: float, seed: int, s1r1: float, stage: str = "post") -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = {"method": {"name": method, "hparams": {"lr": lr}}, "seed": seed, "edits": {"n": 5},
+           "paths": {"outputs": str(root)}, "run_dir": str(d), "checkpoint": "x", "progress": False}
+    (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    allsub = {f"{stage}/s1r1_acc": s1r1, f"{stage}/locality_agree": 0.5, "post/edit_exact": 1.0,
+              "post/fluency": float("nan")}
+    (d / "metrics.json").write_text(json.dumps({"summary": {"subsets": {"all": allsub}}, "median_edit_s": 0.02,
+                                                "peak_mem_mb": 10.0, "wall_s": 3.0}))
+    return d
+
+
+def test_setups_means_and_student_t_intervals(tmp_path):
+    for seed, v in enumerate((0.5, 0.7, 0.9)):
+        _run(tmp_path, f"lora-{seed}", "lora", 1e-3, seed, v)
+    _run(tmp_path, "lora-hi", "lora", 1e-2, 0, 0.4)
+    _run(tmp_path, "rome", "rome", 1e-3, 0, 1.0, stage="final")  # a sequential run: its final stage is used
+    runs, missing = compare.find_runs(tmp_path)
+    comp = compare.compare(runs, missing)
+    assert comp.keys == ["method.name", "method.hparams.lr"]  # seed aggregated; locations/display ignored
+    rows = {(r["method.name"], r["method.hparams.lr"]): r for r in comp.rows}
+    mean, half = rows[("lora", 1e-3)]["s1r1 acc"]
+    # by hand: mean 0.7, sd 0.2, t_{0.975, 2} = 4.302652729911275
+    assert mean == pytest.approx(0.7) and half == pytest.approx(4.302652729911275 * 0.2 / math.sqrt(3))
+    assert rows[("lora", 1e-3)]["seeds"] == 3
+    assert rows[("lora", 1e-2)]["s1r1 acc"] == (pytest.approx(0.4), None)
+    assert rows[("rome", 1e-3)]["s1r1 acc"][0] == 1.0
+    assert rows[("lora", 1e-3)]["ms/edit"][0] == pytest.approx(20.0)
+    assert rows[("lora", 1e-3)]["fluency"] == (None, None)  # NaN is no value, not a number in the mean
+    md = compare.comparison_markdown(comp)
+    assert "| lora | 0.001 | 3 | 100.0 ± 0.0 | 70.0 ± 49.7 |" in md
+    csv_lines = compare.comparison_csv(comp).splitlines()
+    assert csv_lines[0] == "method.name,method.hparams.lr,metric,group,higher_is_better,mean,ci95,seeds"
+    assert len(csv_lines) == 1 + 3 * len(compare.METRICS)
+
+
+def test_multirun_jobs_define_the_runs_and_unfinished_jobs_are_listed(tmp_path):
+    a = _run(tmp_path / "runs", "a", "lora", 1e-3, 0, 0.5)
+    _run(tmp_path / "runs", "b", "lora", 1e-2, 0, 0.6)  # not a job of this sweep: left out
+    sweep = tmp_path / "sweep"
+    (sweep / "jobs").mkdir(parents=True)
+    (sweep / "jobs" / "0.json").write_text(json.dumps({"run_dir": str(a)}))
+    (sweep / "jobs" / "1.json").write_text(json.dumps({"run_dir": str(tmp_path / "runs" / "killed")}))
+    runs, missing = compare.find_runs(sweep)
+    assert [r.path for r in runs] == [a] and missing == [str(tmp_path / "runs" / "killed")]
+    assert "Missing (no metrics.json" in compare.comparison_markdown(compare.compare(runs, missing))
+
+
+def test_bad_directories_are_one_clear_error(tmp_path):
+    with pytest.raises(EditlabError, match="not a directory"):
+        compare.find_runs(tmp_path / "nope")
+    with pytest.raises(EditlabError, match="no finished edit runs"):
+        compare.find_runs(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "0.json").write_text("{broken")
+    with pytest.raises(EditlabError, match=r"multirun job record .* is not valid JSON"):
+        compare.find_runs(tmp_path)
