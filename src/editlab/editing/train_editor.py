@@ -63,7 +63,7 @@ from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.precision import resolve_and_log
 from editlab.lm.pretrain import resolve_resume
 from editlab.utils import hardware
-from editlab.utils.csvlog import read_csv_log
+from editlab.utils.csvlog import keep_for_resume, log_files, read_csv_log
 from editlab.utils.jsonio import strict
 from editlab.utils.rundir import prepare
 from editlab.utils.signals import StopOnSignal
@@ -165,8 +165,10 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     ckpt_dir = Path(work_dir) / "checkpoints"
     log = ValidationLog(method.name)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1,
-                           save_last=True, enable_version_counter=False)
-    callbacks: list[Callback] = [log, FrozenOut(), best, StopOnSignal(ckpt_dir / "last.ckpt", at="batch")]
+                           enable_version_counter=False)
+    # at every validation (ModelCheckpoint's own save_last only follows a new best)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    callbacks: list[Callback] = [log, FrozenOut(), best, last, StopOnSignal(ckpt_dir / "last.ckpt", at="batch")]
     if training.patience is not None:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=training.patience,
                                        min_delta=training.min_delta, check_on_train_epoch_end=False))
@@ -209,12 +211,12 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     return method.editor_state(module), strict(metrics)
 
 
-def _curves(csv_path: Path, out: Path) -> None:
-    """The meta-training curves (train loss, validation metrics vs step) from the CSV log."""
+def _curves(csv_dir: Path, out: Path) -> None:
+    """The meta-training curves (train loss, validation metrics vs step) from the CSV log (all its parts)."""
     from editlab.eval import plots
 
     # the log's step is the optimizer step's 0-based index; +1 counts steps done, as best_step / global_step do
-    points = [{**p, "step": p["step"] + 1} for p in read_csv_log(csv_path)]
+    points = [{**p, "step": p["step"] + 1} for p in read_csv_log(*log_files(csv_dir))]
     keys = [k for k in ("train/loss", *LOGGED[1:]) if any(k in p for p in points)]
     keys += sorted({k for p in points for k in p if k.startswith("val/")} - set(keys))
     if keys:
@@ -256,6 +258,10 @@ def train_editor(world: World, checkpoint: Path, method: EditMethod, out_dir: Pa
     loggers = list(loggers or [])
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.append(CSVLogger(save_dir=str(work), name="csv", version=""))
+    csv_dir = next(Path(lg.log_dir) for lg in loggers if isinstance(lg, CSVLogger))
+    if resume is not None and rank_zero_only.rank == 0:
+        keep_for_resume(csv_dir)
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
@@ -263,6 +269,5 @@ def train_editor(world: World, checkpoint: Path, method: EditMethod, out_dir: Pa
                                 progress, work, resume)
     if not state:  # a DDP rank other than 0
         return {}
-    csv_path = next(Path(lg.log_dir) / "metrics.csv" for lg in loggers if isinstance(lg, CSVLogger))
-    save_editor(out_dir, method, state, mid, run_config, metrics, extra=lambda tmp: _curves(csv_path, tmp))
+    save_editor(out_dir, method, state, mid, run_config, metrics, extra=lambda tmp: _curves(csv_dir, tmp))
     return {**metrics, "editor": str(out_dir), "base_model_id": mid}
