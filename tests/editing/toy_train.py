@@ -8,7 +8,6 @@ every rank sees the toys too.
 
 from __future__ import annotations
 
-import runpy
 import sys
 from pathlib import Path
 
@@ -23,4 +22,6 @@ if __name__ == "__main__":
     register_toys()
     if not any(a.startswith("hydra.searchpath=") for a in sys.argv[1:]):
         sys.argv.append(SEARCHPATH)
-    runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    # train.py's code as __main__, but sys.argv[0] stays this file: Lightning's DDP launcher re-runs sys.argv[0]
+    script = ROOT / "train.py"
+    exec(compile(script.read_text(), str(script), "exec"), {"__name__": "__main__", "__file__": str(script)})
