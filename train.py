@@ -4,9 +4,11 @@
     python train.py                                                   # tiny world + mistral_tiny on CPU
     python train.py model=mistral_83m data=wikidata_synth trainer=gpu # the paper's run
     python train.py ckpt_path=last                                    # resume a killed run
+    python train.py task=editor method=mend                           # meta-train an editor on that model
+    python train.py task=editor method=mend ckpt_path=last            # resume a killed meta-training
 
-Returns the generative accuracy (the metric a sweep optimises). Errors the user can fix print one
-line and exit with status 2.
+Returns the generative accuracy (task=editor: the best val/edit_success), the metric a sweep optimises.
+Errors the user can fix print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def train(cfg: DictConfig) -> dict:
         if key in trainer_kwargs and isinstance(trainer_kwargs[key], int) and trainer_kwargs[key] == 0:
             raise EditlabError(f"trainer.{key}=0 makes no sense; use a positive number (or -1 for all GPUs)")
     run_dir = Path(to_absolute_path(cfg.run_dir))
-    logger = instantiate(cfg.logger)
     if cfg.task == "editor":
-        return _train_editor(cfg, world, run_dir, trainer_kwargs, [logger] if logger is not None else [])
+        return _train_editor(cfg, world, trainer_kwargs)
+    logger = instantiate(cfg.logger)
     return pretrain(
         world=world,
         arch=arch_from(model_cfg["arch"]) if model_cfg.get("arch") else None,
@@ -69,11 +71,12 @@ def train(cfg: DictConfig) -> dict:
     )
 
 
-def _train_editor(cfg: DictConfig, world, run_dir: Path, trainer_kwargs: dict, loggers: list) -> dict:
-    """task=editor: meta-train ``method`` on the checkpoint this config pretrains (editing/train_editor.py)."""
+def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
+    """task=editor: meta-train ``method`` on ``editor.checkpoint`` (editing/train_editor.py); the editor goes to
+    ``editor.out`` or, by default, next to the checkpoint where edit.py looks for it (default_editor_dir)."""
     from editlab.editing.registry import get_method
-    from editlab.editing.train_editor import train_editor
-    from editlab.editing.trainable import EditorTraining
+    from editlab.editing.train_editor import train_editor, training_dir
+    from editlab.editing.trainable import EditorTraining, default_editor_dir
     from editlab.utils.typed import from_dict
 
     if cfg.get("method") is None:
@@ -81,19 +84,30 @@ def _train_editor(cfg: DictConfig, world, run_dir: Path, trainer_kwargs: dict, l
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     ed = OmegaConf.to_container(cfg.editor, resolve=True)
     out, checkpoint = ed.pop("out"), Path(to_absolute_path(ed.pop("checkpoint")))
-    out = Path(to_absolute_path(out)) if out else run_dir / "editors" / method_cfg["name"]
+    out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, method_cfg["name"])
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
-    return train_editor(world, checkpoint, method, out, int(cfg.seed), from_dict(EditorTraining, ed, "editor"),
-                        OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, loggers,
-                        progress=bool(cfg.progress), overwrite=bool(cfg.overwrite))
+    training = from_dict(EditorTraining, ed, "editor")
+    # the logs belong to the editor's training run, not to the pretraining run in run_dir
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
+    if logger_cfg:
+        logger_cfg["save_dir"] = str(training_dir(out))
+        if logger_cfg.get("name") and "wandb" in str(logger_cfg.get("_target_")):
+            logger_cfg["name"] = f"{logger_cfg['name']}-{method.name}"
+    logger = instantiate(logger_cfg) if logger_cfg else None
+    return train_editor(world, checkpoint, method, out, int(cfg.seed), training,
+                        OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],
+                        progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(lambda: train(cfg), "resume with the same command and ckpt_path=last")
     if metrics and "editor" in metrics:
-        print(f"editor: {metrics['editor']} (base model {metrics['base_model_id']}); edit with editor_path=<it>")
-        return metrics.get("val/loss")
+        reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""
+        print(f"editor: {metrics['editor']}{reused} (base model {metrics['base_model_id']}; best validation at step "
+              f"{metrics.get('best_step')}: edit success {metrics.get('val/edit_success')}, locality "
+              f"{metrics.get('val/locality')}); edit.py finds it next to its checkpoint, else pass editor_path=<it>")
+        return metrics.get("val/edit_success")
     if metrics:
         reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""
         print(f"checkpoint: {metrics['checkpoint']}{reused}\ngenerative accuracy: {metrics['gen_acc']:.3f} "

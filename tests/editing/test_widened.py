@@ -145,7 +145,7 @@ def test_train_editor_on_a_checkpoint_records_its_model_id(tiny_lm, tmp_path):
     out = train_editor(world, ckpt, toys.ToyLearnedStep(), tmp_path / "editor", 0, training, cfg, progress=False)
     info = json.loads((tmp_path / "editor" / "editor.json").read_text())
     assert info["base_model_id"] == model_id(ckpt) == out["base_model_id"] and out["steps"] == 3
-    assert info["method"] == "toy_learned_step" and info["config"] == cfg and "val/loss" in info["metrics"]
+    assert info["method"] == "toy_learned_step" and info["config"] == cfg and "val/edit_success" in info["metrics"]
     again = train_editor(world, ckpt, toys.ToyLearnedStep(), tmp_path / "editor", 0, training, cfg, progress=False)
     assert again["reused"]
     with pytest.raises(EditlabError, match="nothing to train"):

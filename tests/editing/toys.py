@@ -131,12 +131,13 @@ class StepTrainer(L.LightningModule):
         self.names = method.param_names(base)
         self.log_step = nn.Parameter(torch.tensor(float(method.init_log_step)))
 
-    def meta_loss(self, cases: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss over the batch's edits, share of edits whose target tokens are all argmax after one step)."""
+    def meta_loss(self, cases: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean loss over the batch's edits, share of edits whose target tokens are all argmax after one step,
+        share of locality prompts whose next-token argmax the step left unchanged)."""
         reqs = [EditRequest.from_case(c) for c in cases]
         params = dict(self.base.named_parameters())
         w0 = [params[n].detach() for n in self.names]
-        losses, hits = [], []
+        losses, hits, kept = [], [], []
         for i, r in enumerate(reqs):
             batch = target_batch(self.enc, [r])
             others = [x for j, x in enumerate(reqs) if j != i] or [r]
@@ -154,20 +155,24 @@ class StepTrainer(L.LightningModule):
             with torch.no_grad():
                 logits = edited(input_ids=batch.ids, attention_mask=batch.mask).logits[0, :-1]
                 hits.append(float((logits.argmax(-1) == batch.ids[0, 1:])[batch.target[0, 1:]].all()))
-        return torch.stack(losses).mean(), torch.tensor(hits).mean()
+                loc_logits = edited(input_ids=loc.ids, attention_mask=loc.mask).logits[
+                    torch.arange(len(others)), loc.last_prompt]
+                kept.append((loc_logits.argmax(-1) == base_loc.argmax(-1)).float().mean())
+        return torch.stack(losses).mean(), torch.tensor(hits).mean(), torch.stack(kept).mean()
 
     def _call(self, ws: list[torch.Tensor]):
         return lambda **kw: functional_call(self.base, dict(zip(self.names, ws, strict=True)), args=(), kwargs=kw)
 
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
-        loss, acc = self.meta_loss(batch)
-        self.log_dict({"train/loss": loss, "train/edit_acc": acc, "train/log_step": self.log_step.detach()},
-                      batch_size=len(batch))
+        loss, acc, _ = self.meta_loss(batch)
+        self.log_dict({"train/loss": loss, "train/edit_success": acc, "train/log_step": self.log_step.detach()},
+                      batch_size=len(batch), sync_dist=True)
         return loss
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
-        loss, acc = self.meta_loss(batch)
-        self.log_dict({"val/loss": loss, "val/edit_acc": acc}, batch_size=len(batch))
+        loss, acc, kept = self.meta_loss(batch)
+        self.log_dict({"val/loss": loss, "val/edit_success": acc, "val/locality": kept}, batch_size=len(batch),
+                      sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([self.log_step], lr=self.lr)

@@ -33,6 +33,7 @@ from editlab.editing.export import export_edited
 from editlab.editing.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
 from editlab.editing.results import FINAL, PARTIAL, ResultsWriter
 from editlab.editing.session import Session
+from editlab.editing.trainable import TrainableEditor, resolve_editor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
@@ -72,6 +73,10 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     dev = _device(device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
+    if isinstance(method, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint
+        fallback = {"data": (run_config.get("data") or {}).get("name"),
+                    "model": (run_config.get("model") or {}).get("name"), "seed": run_config.get("model_seed")}
+        editor_path = resolve_editor(editor_path, method, checkpoint, mid, fallback)
     run_dir = Path(run_dir)
     state = prepare(run_dir, run_config, ignore=NON_RESULT_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
     if state == "done":

@@ -12,7 +12,9 @@ A trainable editor is an :class:`~editlab.editing.base.EditMethod` with three mo
   ``ctx.editor_path`` and refuses an editor trained on another model with the command that trains the
   right one.
 
-``python train.py task=editor method=<name>`` runs :func:`editlab.editing.train_editor.train_editor`.
+``python train.py task=editor method=<name>`` runs :func:`editlab.editing.train_editor.train_editor` and
+writes the editor to :func:`default_editor_dir` of the base checkpoint, where ``edit.py`` looks for it
+when ``editor_path`` is unset (:func:`resolve_editor`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from __future__ import annotations
 import json
 import random
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -38,6 +42,8 @@ from editlab.utils.atomic import atomic_directory
 EDITOR_WEIGHTS = "editor.safetensors"
 EDITOR_INFO = "editor.json"
 FORMAT = "editlab-editor-1"
+MONITOR = "val/edit_success"  # the validation edit metric: best checkpoint, early stopping
+LOGGED = ("train/loss", MONITOR, "val/locality")  # what every training module logs (TrainableEditor.training_module)
 
 
 @dataclass(frozen=True)
@@ -49,16 +55,23 @@ class EditorTraining:
         batch_size: edit cases per step.
         val_fraction: share of the meta split's subjects held out for validation.
         val_every: validate every this many steps.
+        patience: stop after this many validations without an improvement of ``val/edit_success``
+            (``null``: never stop early).
+        min_delta: the smallest rise of ``val/edit_success`` that counts as an improvement.
     """
 
     max_steps: int = 500
     batch_size: int = 8
     val_fraction: float = 0.1
     val_every: int = 100
+    patience: int | None = 5
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.val_every < 1:
             raise EditlabError("editor: max_steps, batch_size and val_every must be >= 1")
+        if (self.patience is not None and self.patience < 1) or self.min_delta < 0:
+            raise EditlabError("editor.patience must be >= 1 (or null: no early stopping) and editor.min_delta >= 0")
         if not 0 < self.val_fraction < 1:
             raise EditlabError("editor.val_fraction must be in (0, 1)")
 
@@ -73,21 +86,68 @@ def split_by_subject(cases: list[dict], val_fraction: float, seed: int) -> tuple
     return [c for c in cases if c["subject"] not in held], [c for c in cases if c["subject"] in held]
 
 
+class Shuffled(torch.utils.data.Dataset):
+    """``items`` addressed by (epoch, i): item ``i`` of a seeded permutation per epoch (for StreamBatches)."""
+
+    def __init__(self, items: list, seed: int) -> None:
+        self.items, self.seed = items, seed
+        self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        if epoch != self._epoch:
+            self._order = torch.randperm(len(self.items), generator=torch.Generator().manual_seed(self.seed * 7919
+                                                                                                 + epoch))
+            self._epoch = epoch
+        return self.items[int(self._order[i])]
+
+
 class MetaDataModule(L.LightningDataModule):
-    """Batches of meta-split case records (lists of dicts; the training module builds its tensors)."""
+    """Batches of meta-split case records (lists of dicts; the training module builds its tensors).
+
+    Training batches are global batch ``k`` = step ``k`` of a seeded stream (a new permutation per
+    epoch; lm.packing.StreamBatches), so they are the same under DDP (each rank takes its slice of
+    every global batch: ``batch_size`` is the global batch) and a resumed run continues with the batch
+    of its restored step. Validation cases are split over ranks (rank r takes every r-th).
+    """
 
     def __init__(self, cases: list[dict], batch_size: int, val_fraction: float, seed: int) -> None:
         super().__init__()
         self.train_cases, self.val_cases = split_by_subject(cases, val_fraction, seed)
         self.batch_size, self.seed = batch_size, seed
 
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def check(self, world_size: int = 1) -> None:
+        """The meta split must fill a global batch, which must split evenly over the ranks."""
+        n = len(self.train_cases)
+        if n < self.batch_size:
+            raise EditlabError(f"the meta split has {n} training cases, fewer than editor.batch_size="
+                               f"{self.batch_size}; use editor.batch_size<={n} or build a world with more meta cases "
+                               "(data.cases.n_meta_cases)")
+        if self.batch_size % world_size or len(self.val_cases) < world_size:
+            raise EditlabError(f"editor.batch_size={self.batch_size} must be a multiple of the {world_size} "
+                               f"processes (and the {len(self.val_cases)} validation cases at least one each)")
+
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_cases, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=list, drop_last=len(self.train_cases) >= self.batch_size)
+        from editlab.lm.packing import StreamBatches
+
+        rank, world = self._ranks()
+        self.check(world)
+        trainer = self.trainer
+        sampler = StreamBatches(len(self.train_cases), self.batch_size // world, rank, world,
+                                n_batches=trainer.max_steps if trainer is not None else len(self.train_cases),
+                                start=lambda: trainer.global_step if trainer is not None else 0)
+        return DataLoader(Shuffled(self.train_cases, self.seed), batch_sampler=sampler, collate_fn=list)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_cases, batch_size=self.batch_size, shuffle=False, collate_fn=list)
+        rank, world = self._ranks()
+        return DataLoader(self.val_cases[rank::world], batch_size=self.batch_size, shuffle=False, collate_fn=list)
 
 
 @dataclass
@@ -99,7 +159,13 @@ class TrainableEditor(EditMethod):
     @abstractmethod
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
-        """The LightningModule that meta-trains this editor on ``base`` (frozen) from batches of meta cases."""
+        """The LightningModule that meta-trains this editor on ``base`` (frozen) from batches of meta cases.
+
+        It logs :data:`LOGGED`: ``train/loss`` (the meta-loss) every step, and on the validation split
+        ``val/edit_success`` (share of edits whose target the edited model predicts; the best checkpoint
+        and early stopping follow it) and ``val/locality`` (share of locality predictions left unchanged),
+        with ``sync_dist=True`` so every DDP rank sees the same values.
+        """
 
     @abstractmethod
     def editor_state(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -118,9 +184,54 @@ class TrainableEditor(EditMethod):
         self.load_editor(read_editor(Path(ctx.editor_path), self.name, ctx.model_id))
 
 
+def default_editor_dir(checkpoint: Path, method: str) -> Path:
+    """Where ``train.py task=editor`` writes ``method``'s editor for the base model at ``checkpoint`` and where
+    ``edit.py`` looks for it: ``<checkpoint's run dir>/editors/<method>`` (the one definition of that path)."""
+    return Path(checkpoint).parent / "editors" / method
+
+
+def train_command(method: str, checkpoint: Path, fallback: dict) -> str:
+    """The exact ``python train.py task=editor ...`` that trains ``method``'s editor for ``checkpoint``.
+
+    data / model / seed come from the checkpoint's ``run_config.yaml`` (the pretraining run that made it),
+    else from ``fallback`` (``{"data": ..., "model": ..., "seed": ...}``, the edit run's config);
+    ``editor.checkpoint=`` is added when the checkpoint is not where that command's run writes its model.
+    """
+    import yaml
+
+    cfg_path = Path(checkpoint) / "run_config.yaml"
+    cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
+    data = (cfg.get("data") or {}).get("name") or fallback.get("data")
+    model = (cfg.get("model") or {}).get("name") or fallback.get("model")
+    seed = cfg.get("seed", fallback.get("seed"))
+    cmd = f"python train.py task=editor method={method} data={data} model={model} seed={seed}"
+    run_dir = cfg.get("run_dir")
+    if not run_dir or Path(run_dir).resolve() != Path(checkpoint).resolve().parent:
+        cmd += f" editor.checkpoint={checkpoint}"
+    return cmd
+
+
+def resolve_editor(editor_path: Path | None, method: TrainableEditor, checkpoint: Path, model_id: str,
+                   fallback: dict) -> Path:
+    """The editor directory ``edit.py`` uses: ``editor_path``, or :func:`default_editor_dir` of the checkpoint
+    when unset; checked whole (method, base model, readable files) so that bad input fails before editing,
+    with the exact train command (:func:`train_command`) in the error."""
+    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint, method.name)
+    command = train_command(method.name, checkpoint, fallback)
+    if not (path / EDITOR_INFO).is_file():
+        where = f"editor_path={path} holds no editor" if editor_path is not None else f"no trained editor at {path}"
+        then = "" if editor_path is None else " (then leave editor_path unset: edit.py finds it)"
+        raise EditlabError(f"method {method.name} needs a trained editor, but {where}; train it with: {command}{then}")
+    read_editor(path, method.name, model_id, command)
+    return path
+
+
 def save_editor(out: Path, method: TrainableEditor, state: dict[str, torch.Tensor], base_model_id: str,
-                config: dict, metrics: dict) -> Path:
-    """Write the editor checkpoint directory ``out`` atomically (safetensors + editor.json)."""
+                config: dict, metrics: dict, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write the editor checkpoint directory ``out`` atomically (safetensors + editor.json).
+
+    ``extra(tmp)`` writes more files into it (the meta-training curves) before it is published.
+    """
     from editlab.editing.export import method_hparams_of
 
     out = Path(out)
@@ -133,29 +244,48 @@ def save_editor(out: Path, method: TrainableEditor, state: dict[str, torch.Tenso
     with atomic_directory(out, base_model_id) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / EDITOR_WEIGHTS))
         (tmp / EDITOR_INFO).write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+        if extra is not None:
+            extra(tmp)
     return out
 
 
 def editor_info(path: Path) -> dict:
-    """``editor.json`` of an editor checkpoint directory (clear error if it is not one)."""
+    """``editor.json`` of an editor checkpoint directory (clear error if it is not one, or not readable)."""
     f = Path(path) / EDITOR_INFO
     if not f.is_file():
         raise EditlabError(f"{path} is not an editor checkpoint (no {EDITOR_INFO}); point editor_path to the "
                            "directory python train.py task=editor printed")
-    return json.loads(f.read_text())
+    try:
+        info = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EditlabError(f"{f} is corrupt ({str(exc).splitlines()[0]}); delete {path} and train the editor again "
+                           "with python train.py task=editor") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise EditlabError(f"{f} is not an editor checkpoint of format {FORMAT}; delete {path} and train the "
+                           "editor again with python train.py task=editor")
+    return info
 
 
-def read_editor(path: Path, method: str, model_id: str) -> dict[str, torch.Tensor]:
-    """The editor weights at ``path``, checked to belong to ``method`` and to the base model ``model_id``."""
+def read_editor(path: Path, method: str, model_id: str, command: str | None = None) -> dict[str, torch.Tensor]:
+    """The editor weights at ``path``, checked to belong to ``method`` and to the base model ``model_id``.
+
+    ``command``: the exact train command to name in an error (:func:`train_command`), when the caller knows it.
+    """
     info = editor_info(path)
     if info.get("method") != method:
         raise EditlabError(f"editor {path} was trained for method {info.get('method')}, not {method}; train one "
-                           f"with: python train.py task=editor method={method}")
+                           f"with: {command or f'python train.py task=editor method={method}'}")
     if info.get("base_model_id") != model_id:
         cfg = info.get("config") or {}
         hint = " ".join(f"{k}={v}" for k, v in (("data", (cfg.get("data") or {}).get("name")),
                                                    ("model", (cfg.get("model") or {}).get("name"))) if v)
+        command = command or (f"python train.py task=editor method={method} {hint + ' ' if hint else ''}"
+                              "seed=<the edited model's seed>")
         raise EditlabError(f"editor {path} was trained on model {info.get('base_model_id')}, but this run edits model "
-                           f"{model_id or '<unknown>'}; train an editor for it: python train.py task=editor "
-                           f"method={method} {hint + ' ' if hint else ''}seed=<the edited model's seed>")
-    return load_file(str(Path(path) / EDITOR_WEIGHTS))
+                           f"{model_id or '<unknown>'}; train an editor for it: {command}")
+    try:
+        return load_file(str(Path(path) / EDITOR_WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        command = command or f"python train.py task=editor method={method}"
+        raise EditlabError(f"{Path(path) / EDITOR_WEIGHTS} is corrupt or missing ({str(exc).splitlines()[0]}); "
+                           f"delete {path} and train it again with: {command}") from None

@@ -98,13 +98,19 @@ def sequential_curves(points: Sequence[dict], x: str = "edits") -> Figure:
     """Every numeric metric of ``curve.jsonl`` against the number of edits applied so far, one panel each."""
     if not points:
         raise EditlabError("curve.jsonl is empty; the sequential run wrote no evaluation points")
-    keys = _numeric_keys(points, x)
+    return curves(points, x, "number of edits")
+
+
+def curves(points: Sequence[dict], x: str, xlabel: str, keys: Sequence[str] | None = None) -> Figure:
+    """One panel per metric (``keys``, default every numeric one) against ``x``; points missing a metric are
+    skipped (a log row holds the metrics logged at its step: sequential curves, meta-training curves)."""
+    keys = list(keys) if keys is not None else _numeric_keys(points, x)
     fig, axes = _grid(len(keys))
     for ax, key in zip(axes, keys, strict=True):
         pts = [(p[x], p[key]) for p in points if isinstance(p.get(key), int | float)]
         ax.plot([a for a, _ in pts], [b for _, b in pts], marker=".")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("number of edits")
+        ax.set_xlabel(xlabel)
     fig.tight_layout()
     return fig
 

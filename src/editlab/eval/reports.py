@@ -7,7 +7,6 @@ arguments only: evaluate.py composes the config, opens the world and loads the m
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from editlab.eval.records import read_records
 from editlab.eval.report import editing_markdown, table4_markdown, table5_markdown, tidy_csv
 from editlab.eval.summary import summarize
 from editlab.utils.atomic import atomic_directory
+from editlab.utils.csvlog import read_csv_log
 from editlab.utils.jsonio import dumps, read_json, read_jsonl
 from editlab.utils.rundir import read_yaml
 from editlab.world.loading import World
@@ -48,11 +48,8 @@ def write_tables(directory: Path, summary: dict, meta: dict) -> None:
 
 def training_loss(csv_path: Path) -> list[tuple[float, float]]:
     """(tokens, train/loss) pairs of a pretraining run's CSV log (Lightning CSVLogger), if there is one."""
-    if not csv_path.is_file():
-        return []
-    with csv_path.open() as f:
-        return [(float(r["train/tokens"]), float(r["train/loss"])) for r in csv.DictReader(f)
-                if r.get("train/loss") and r.get("train/tokens")]
+    return [(p["train/tokens"], p["train/loss"]) for p in read_csv_log(csv_path)
+            if "train/loss" in p and "train/tokens" in p]
 
 
 def evaluate_run(run_dir: Path, out: Path, data: dict, max_panels: int) -> dict:

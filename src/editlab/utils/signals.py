@@ -5,7 +5,7 @@ Two regimes, because what is safe to interrupt differs:
 - outside a Lightning fit (world build, single/batch edits, reports), :func:`graceful_stop` turns the
   signal into :class:`Interrupted` at once; those stages write their outputs atomically or append
   whole records, so an exception anywhere leaves nothing that looks complete.
-- inside a Lightning fit (pretraining, sequential editing), an exception in the
+- inside a Lightning fit (pretraining, editor meta-training, sequential editing), an exception in the
   middle of an optimizer step would leave half-updated weights, so :class:`StopOnSignal` only notes
   the signal and acts at the next safe point (end of a training batch or of an epoch): it writes the
   resumable checkpoint atomically, then raises :class:`Interrupted`. It replaces Lightning's own
@@ -13,8 +13,7 @@ Two regimes, because what is safe to interrupt differs:
   status 0, so ``make`` would carry on) without a checkpoint.
 
 The entry points (:mod:`editlab.cli`) map :class:`Interrupted` to exit status ``128 + signum``.
-Editor meta-training (``train.py task=editor``) has no resumable state yet: a signal stops it at once
-(exit 143 / 130) and no editor checkpoint is written, so a re-run starts over.
+Editor meta-training (``train.py task=editor``) stops like pretraining (``ckpt_path=last`` resumes it).
 """
 
 from __future__ import annotations
@@ -101,6 +100,10 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.at == "batch":
+            if self.signum is not None:
+                # Lightning logs a step's metrics just after this hook: log them now, or the logs (and curves drawn
+                # from them) would miss the step that ends the run; a resume continues with the next one
+                trainer._logger_connector.update_train_step_metrics()
             self._maybe_stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
