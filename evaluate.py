@@ -3,6 +3,8 @@
     python evaluate.py run=outputs/edit/<run>          # <run>/report/: Table 4/5, editing metrics, Fig. 4, curves
     python evaluate.py checkpoint=<model dir>          # <model dir>/eval/: pre-edit scores on the world's cases
     python evaluate.py checkpoint=<dir> data=wikidata_synth n_cases=1000 out_dir=outputs/eval/base
+    python evaluate.py analysis=tracing                # causal tracing: heatmaps, best layer (conf/analysis/)
+    python evaluate.py analysis=hase analysis.method=rome
 
 The story: compose config -> (checkpoint mode: open the world, load the model) -> write the report
 (editlab.eval.reports; every report directory is replaced atomically). Returns the headline s1r1 accuracy.
@@ -19,12 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
+from editlab.utils.rundir import register_resolvers
+
+register_resolvers()  # a method config composed for an analysis may take ${editlab.traced_layer:...}
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Validate the config and run the mode it names; returns the report's location and headline numbers."""
     from editlab.eval.reports import evaluate_checkpoint, evaluate_run
 
+    if cfg.get("analysis") is not None:
+        return analyse(cfg)
     if (cfg.run is None) == (cfg.checkpoint is None):
         raise EditlabError("set exactly one of run=<edit run dir> or checkpoint=<model dir>")
     data = OmegaConf.to_container(cfg.data, resolve=True)
@@ -43,6 +50,31 @@ def evaluate(cfg: DictConfig) -> dict:
     return evaluate_checkpoint(load_checkpoint(ckpt, world.hash), world, ckpt, out,
                                None if cfg.n_cases is None else int(cfg.n_cases), int(cfg.batch_size),
                                str(cfg.protocol))
+
+
+def analyse(cfg: DictConfig) -> dict:
+    """``analysis=<name>``: compose the analysis and the hyper-parameters of the methods it edits with (as
+    edit.py composes them for this ``model``), open the world and the checkpoint, run it."""
+    from editlab.analysis.run import run_analysis
+    from editlab.editing.hparams import method_hparams
+    from editlab.lm.checkpoint import load_checkpoint
+    from editlab.world.loading import World
+
+    if cfg.run is not None:
+        raise EditlabError("analysis= analyses a checkpoint, not an edit run; drop run= (checkpoint= picks the model)")
+    settings = OmegaConf.to_container(cfg.analysis, resolve=True)
+    name, out_dir, default_ckpt = settings.pop("name"), settings.pop("out_dir"), settings.pop("checkpoint")
+    out = Path(to_absolute_path(str(cfg.out_dir or out_dir)))  # top-level out_dir= / checkpoint= win
+    ckpt = Path(to_absolute_path(str(cfg.checkpoint or default_ckpt)))
+    if not ckpt.is_dir():
+        raise EditlabError(f"no checkpoint at {ckpt}; train one with: python train.py data={cfg.data.name} "
+                           f"model={cfg.model.name} (or pass checkpoint=<dir>)")
+    names = list(settings.get("methods") or []) + ([settings["method"]] if settings.get("method") else [])
+    hparams = {m: method_hparams(m, str(cfg.model.name)) for m in names}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    world = World.from_config(data, to_absolute_path(data["cache_dir"]))
+    return run_analysis(name, settings, load_checkpoint(ckpt, world.hash), world, ckpt, out, hparams,
+                        Path(to_absolute_path(str(cfg.paths.stats))), bool(cfg.progress))
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
