@@ -118,3 +118,28 @@ def draw_groups(model: nn.Module, tok: PreTrainedTokenizerBase, world: World, n:
                            + (" whose four facts the model knows" if known_only else "")
                            + f", {n} asked; lower n_groups" + (" or set known_only=false" if known_only else ""))
     return out, skipped
+
+
+def case_fact(case: dict) -> Fact:
+    """The true fact ``s1 r1 o_true`` an edit case rewrites (o_true: the modal object of s1 r1)."""
+    return Fact(case["subject"], case["relation"], case["o_true"])
+
+
+def counterfactual_cases(model: nn.Module, tok: PreTrainedTokenizerBase, world: World, n: int,
+                         known_only: bool) -> list[dict]:
+    """The first ``n`` evaluation cases (the world's seeded order) whose request changes the answer
+    (``requested_object != o_true``), and whose true fact the model knows if ``known_only``."""
+    out = []
+    for case in world.cases("eval"):
+        if len(out) == n:
+            break
+        if case["requested_object"] == case["o_true"]:
+            continue
+        if known_only and not is_known(model, tok, case_fact(case)):
+            continue
+        out.append(case)
+    if len(out) < n:
+        raise EditlabError(f"the world has only {len(out)} counterfactual edit cases"
+                           + (" on facts the model knows" if known_only else "") + f", {n} asked; lower n_edits"
+                           + (" or set known_only=false" if known_only else ""))
+    return out
