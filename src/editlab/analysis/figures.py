@@ -88,21 +88,21 @@ def sparsity_and_hits(methods: Sequence[str], top_shares: dict[str, Sequence[flo
     return fig
 
 
-def effect_vs_success(effect: Sequence[float], success: Sequence[float], layers: Sequence[int], n_layers: int,
-                      title: str) -> Figure:
+def effect_vs_success(effect: Sequence[float], success: Sequence[float], layers: Sequence[int],
+                      layer_list: Sequence[int], title: str) -> Figure:
     """Scatter of edit success against the tracing effect, one colour per edited layer, and per-layer means."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     effect, success, layers = np.asarray(effect), np.asarray(success), np.asarray(layers)
-    for layer in range(n_layers):
+    for i, layer in enumerate(layer_list):
         m = layers == layer
-        a.scatter(effect[m], success[m], s=10, alpha=0.6, color=f"C{layer % 10}", label=f"layer {layer}")
+        a.scatter(effect[m], success[m], s=10, alpha=0.6, color=f"C{i % 10}", label=f"layer {layer}")
     a.set_xlabel("tracing effect at the layer (last subject token)")
     a.set_ylabel("edit success (rewrite score)")
     a.legend(fontsize=7)
     a.set_title(title, fontsize=9)
-    xs = list(range(n_layers))
-    b.plot(xs, [float(np.mean(success[layers == i])) for i in xs], marker="o", label="edit success")
-    b.plot(xs, [float(np.mean(effect[layers == i])) for i in xs], marker="s", label="tracing effect")
+    xs = list(layer_list)
+    b.plot(xs, [float(np.mean(success[layers == x])) for x in xs], marker="o", label="edit success (rewrite score)")
+    b.plot(xs, [float(np.mean(effect[layers == x])) for x in xs], marker="s", label="tracing effect")
     b.set_xlabel("layer")
     b.set_xticks(xs)
     b.legend(fontsize=7)
