@@ -199,7 +199,8 @@ def test_hase_edits_at_every_layer_and_restores_the_model(setup, tmp_path):
     model = setup[1]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = _run(setup, "hase", ["analysis.n_facts=2", "analysis.known_only=false", "analysis.method=ft_m",
-                               "analysis.trace.samples=2"], tmp_path / "hase", methods=("ft_m",))
+                               "analysis.layer_key=layer", "analysis.trace.samples=2"], tmp_path / "hase",
+               methods=("ft_m",))
     assert res["layers"] == [0, 1] and len(res["per_layer"]) == 2 and res["n"] == 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # every edit restored
     rows = (tmp_path / "hase" / "hase.csv").read_text().splitlines()

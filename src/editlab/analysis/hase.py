@@ -57,7 +57,7 @@ class HaseRun:
     """
 
     method: str = "rome"
-    layer_key: str = "layer"
+    layer_key: str = "layers"
     layers: list[int] | None = None
     n_facts: int = 50
     known_only: bool = True
