@@ -38,6 +38,7 @@ from editlab.errors import EditlabError
 from editlab.eval.scoring import encode_pairs, object_logprobs
 from editlab.lm.arch import adapter_for
 from editlab.utils.typed import from_dict
+from editlab.vocab import case_prompt
 from editlab.world.loading import World
 
 
@@ -126,7 +127,7 @@ def run_hase(model: nn.Module, world: World, ctx: EditContext, run: HaseRun, hpa
     for i, f in enumerate(tqdm(facts, desc="hase trace", unit="fact", disable=not progress)):
         last = fact_inputs(tok, f)[1][1] - 1
         effect[i] = trace_fact(model, tok, f, std, run.trace, [run.kind], [last]).ie[run.kind][layers, last]
-    prompts, objects = encode_pairs(tok, [f"{c['subject']} {c['relation']}" for c in cases],
+    prompts, objects = encode_pairs(tok, [case_prompt(c) for c in cases],
                                     [c["requested_object"] for c in cases])
     p_pre = object_logprobs(model, prompts, objects, tok.pad_token_id).exp().numpy()
     p_post = np.zeros((len(cases), len(layers)))
