@@ -80,7 +80,7 @@ def analyse(cfg: DictConfig) -> dict:
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(lambda: evaluate(cfg), "re-run the same command")
-    print(f"report: {metrics['report']} ({metrics['n']} cases)")
+    print(f"report: {metrics['report']} ({metrics['n']} {metrics.get('unit', 'cases')})")
     return metrics.get("all/post/s1r1_acc", metrics.get("all/pre/s1r1_acc"))
 
 

@@ -99,7 +99,7 @@ def test_tracing_writes_the_heatmap_and_a_layer_method_configs_can_take(setup, t
     out = tmp_path / "tracing"
     res = _run(setup, "tracing", ["analysis.n_facts=3", "analysis.known_only=false", "analysis.trace.samples=2",
                                   "analysis.trace.window=1"], out)
-    assert res == {**read_json(out / "result.json"), "report": str(out), "n": 3}
+    assert res == {**read_json(out / "result.json"), "report": str(out), "n": 3, "unit": "facts"}
     _check_tracing(out)
     layer = _cfg(["method=ft_m", f"method.hparams.layer=${{editlab.traced_layer:{out}/result.json}}"], "edit")
     assert OmegaConf.to_container(layer.method.hparams, resolve=True)["layer"] == res["best_layer"]
@@ -114,7 +114,7 @@ def test_tracing_cli(tiny_world, random_checkpoint, tmp_path):
                         "progress=false"], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"report: {out} (3 cases)" in r.stdout
+    assert f"report: {out} (3 facts)" in r.stdout
     _check_tracing(out)
     bad = subprocess.run([sys.executable, "evaluate.py", "analysis=tracing", f"checkpoint={tmp_path}/nothing",
                           f"data.cache_dir={tiny_world.dir.parent}"], cwd=ROOT, capture_output=True, text=True,

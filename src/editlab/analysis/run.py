@@ -34,7 +34,7 @@ def run_analysis(name: str, settings: dict, model: nn.Module, world: World, chec
         stats_root: ``paths.stats``; a method's statistics cache is ``<stats_root>/<model_id>``.
 
     Returns:
-        the result (``result.json``'s content) with ``report`` = ``out`` and ``n`` = facts or edits analysed.
+        the result (``result.json``'s content) with ``report`` = ``out``, ``n`` and ``unit`` (what was counted).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -50,12 +50,12 @@ def run_analysis(name: str, settings: dict, model: nn.Module, world: World, chec
         from editlab.analysis.trace_run import TracingRun, run_tracing
 
         res = run_tracing(model, tok, world, from_dict(TracingRun, settings, "analysis"), out, meta, progress)
-        return {**res, "n": res["n_facts"]}
+        return {**res, "n": res["n_facts"], "unit": "facts"}
     if name == "klob":
         from editlab.analysis.klob import KlobRun, run_klob
 
         res = run_klob(model, tok, world, from_dict(KlobRun, settings, "analysis"), out, meta, progress)
-        return {**res, "n": res["n_groups"]}
+        return {**res, "n": res["n_groups"], "unit": "dependency groups"}
     from editlab.editing.base import EditContext
 
     ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=Path(stats_root) / mid if mid else None,
@@ -64,8 +64,8 @@ def run_analysis(name: str, settings: dict, model: nn.Module, world: World, chec
         from editlab.analysis.delta_w import DeltaWRun, run_delta_w
 
         res = run_delta_w(model, world, ctx, from_dict(DeltaWRun, settings, "analysis"), hparams, out, meta, progress)
-        return {**res, "n": res["n_edits"]}
+        return {**res, "n": res["n_edits"], "unit": "edits per method"}
     from editlab.analysis.hase import HaseRun, run_hase
 
     res = run_hase(model, world, ctx, from_dict(HaseRun, settings, "analysis"), hparams, out, meta, progress)
-    return {**res, "n": res["n_facts"]}
+    return {**res, "n": res["n_facts"], "unit": "facts, each edited at every layer"}
