@@ -4,6 +4,8 @@
     python evaluate.py checkpoint=<model dir>          # <model dir>/eval/: pre-edit scores on the world's cases
     python evaluate.py checkpoint=<dir> data=wikidata_synth n_cases=1000 out_dir=outputs/eval/base
     python evaluate.py sweep=outputs/multirun/edit/<date>_<time>   # one table of every job of a multirun
+    python evaluate.py analysis=tracing                # causal tracing: heatmaps, best layer (conf/analysis/)
+    python evaluate.py analysis=hase analysis.method=rome
 
 The story: compose config -> (checkpoint mode: open the world, load the model) -> write the report
 (editlab.eval.reports; every report directory is replaced atomically). Returns the headline s1r1 accuracy.
@@ -20,12 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
+from editlab.utils.rundir import register_resolvers
+
+register_resolvers()  # a method config composed for an analysis may take ${editlab.traced_layer:...}
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Validate the config and run the mode it names; returns the report's location and headline numbers."""
     from editlab.eval.reports import evaluate_checkpoint, evaluate_run, evaluate_sweep
 
+    if cfg.get("analysis") is not None:
+        return analyse(cfg)
     if sum(cfg[k] is not None for k in ("run", "checkpoint", "sweep")) != 1:
         raise EditlabError("set exactly one of run=<edit run dir>, checkpoint=<model dir> or sweep=<multirun dir>")
     if cfg.sweep is not None:
@@ -50,14 +57,39 @@ def evaluate(cfg: DictConfig) -> dict:
                                str(cfg.protocol))
 
 
+def analyse(cfg: DictConfig) -> dict:
+    """``analysis=<name>``: compose the analysis and the hyper-parameters of the methods it edits with (as
+    edit.py composes them for this ``model``), open the world and the checkpoint, run it."""
+    from editlab.analysis.run import run_analysis
+    from editlab.editing.hparams import method_hparams
+    from editlab.lm.checkpoint import load_checkpoint
+    from editlab.world.loading import World
+
+    if cfg.run is not None:
+        raise EditlabError("analysis= analyses a checkpoint, not an edit run; drop run= (checkpoint= picks the model)")
+    settings = OmegaConf.to_container(cfg.analysis, resolve=True)
+    name, out_dir, default_ckpt = settings.pop("name"), settings.pop("out_dir"), settings.pop("checkpoint")
+    out = Path(to_absolute_path(str(cfg.out_dir or out_dir)))  # top-level out_dir= / checkpoint= win
+    ckpt = Path(to_absolute_path(str(cfg.checkpoint or default_ckpt)))
+    if not ckpt.is_dir():
+        raise EditlabError(f"no checkpoint at {ckpt}; train one with: python train.py data={cfg.data.name} "
+                           f"model={cfg.model.name} (or pass checkpoint=<dir>)")
+    names = list(settings.get("methods") or []) + ([settings["method"]] if settings.get("method") else [])
+    hparams = {m: method_hparams(m, str(cfg.model.name)) for m in names}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    world = World.from_config(data, to_absolute_path(data["cache_dir"]))
+    return run_analysis(name, settings, load_checkpoint(ckpt, world.hash), world, ckpt, out, hparams,
+                        Path(to_absolute_path(str(cfg.paths.stats))), bool(cfg.progress))
+
+
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_cli(lambda: evaluate(cfg), "re-run the same command")
-    if cfg.sweep is not None:
+    if cfg.get("analysis") is None and cfg.sweep is not None:
         print(f"report: {metrics['report']} ({metrics['n']} runs, {metrics['setups']} setups, "
               f"{metrics['missing']} missing; setups differ in {', '.join(metrics['keys'])})")
         return None
-    print(f"report: {metrics['report']} ({metrics['n']} cases)")
+    print(f"report: {metrics['report']} ({metrics['n']} {metrics.get('unit', 'cases')})")
     return metrics.get("all/post/s1r1_acc", metrics.get("all/pre/s1r1_acc"))
 
 

@@ -45,6 +45,7 @@ from transformers import PreTrainedTokenizerFast
 
 from editlab.cli import run_cli
 from editlab.editing.base import EditContext, EditRequest
+from editlab.editing.hparams import method_hparams  # what edit.py composes for model=<preset>
 from editlab.editing.registry import available, get_method
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
@@ -76,22 +77,6 @@ def load_model(world: World, model_dir: Path | None) -> tuple[torch.nn.Module, s
     if not (d / "editlab.json").is_file():
         raise EditlabError(f"no pretrained model at {d}; train one with `python train.py` or pass --model DIR")
     return load_checkpoint(d, world.hash).eval(), str(d)
-
-
-def method_hparams(name: str, preset: str | None) -> dict:
-    """``hparams`` of conf/method/<name>.yaml as edit.py composes them for ``model=<preset>`` (with
-    conf/method_model/<name>_<preset>.yaml where it exists); none: the paper's values.
-
-    Without a YAML file: {} (the class defaults).
-    """
-    path = ROOT / "conf/method" / f"{name}.yaml"
-    if not path.is_file():
-        return {}
-    if preset is None:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True).get("hparams") or {}
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="edit", overrides=[f"method={name}", f"model={preset}"])
-    return OmegaConf.to_container(cfg.method.hparams, resolve=True)
 
 
 def log(msg: str) -> None:

@@ -70,5 +70,5 @@ def test_bad_directories_are_one_clear_error(tmp_path):
         compare.find_runs(tmp_path)
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "0.json").write_text("{broken")
-    with pytest.raises(EditlabError, match=r"multirun job record .* is not valid JSON"):
+    with pytest.raises(EditlabError, match=r"malformed multirun job record file .*; delete it or re-run the multirun"):
         compare.find_runs(tmp_path)

@@ -81,7 +81,7 @@ def read_run(path: Path) -> Run:
     path = Path(path)
     if not (path / "metrics.json").is_file() or not (path / "run_config.yaml").is_file():
         raise EditlabError(f"{path} is not a finished edit run (needs metrics.json and run_config.yaml)")
-    metrics = read_json(path / "metrics.json", "an edit run's metrics.json")
+    metrics = read_json(path / "metrics.json", "re-run the edit", "edit run metrics")
     summary = metrics.get("summary") or {}
     allsub = summary.get("subsets", {}).get("all", {})
     stage = headline_stage(summary)
@@ -105,7 +105,7 @@ def find_runs(directory: Path) -> tuple[list[Run], list[str]]:
         raise EditlabError(f"{directory} is not a directory; pass sweep=<a multirun directory or a folder of runs>")
     jobs = sorted((directory / "jobs").glob("*.json"), key=lambda p: (len(p.stem), p.stem))
     if jobs:
-        dirs = [Path(read_json(j, "a multirun job record")["run_dir"]) for j in jobs]
+        dirs = [Path(read_json(j, "delete it or re-run the multirun", "multirun job record")["run_dir"]) for j in jobs]
     else:
         dirs = sorted(p.parent for p in directory.rglob("metrics.json") if (p.parent / "run_config.yaml").is_file())
     runs, missing = [], []

@@ -70,7 +70,7 @@ def evaluate_run(run_dir: Path, out: Path, data: dict, max_panels: int) -> dict:
     if not records:
         raise EditlabError(f"{run_dir}/results.jsonl is empty; re-run edit.py")
     has_metrics = (run_dir / "metrics.json").is_file()
-    metrics = read_json(run_dir / "metrics.json", "the run's metrics file") if has_metrics else {}
+    metrics = read_json(run_dir / "metrics.json", "re-run edit.py", "edit run metrics") if has_metrics else {}
     if (run_dir / "run_config.yaml").is_file():
         data = read_yaml(run_dir / "run_config.yaml").get("data", data)
     traced = [r for r in records if r.get("trace")][:max_panels]
@@ -117,7 +117,7 @@ def evaluate_checkpoint(model: torch.nn.Module, world: World, checkpoint: Path, 
                for i, (c, s) in enumerate(zip(cases, scores, strict=True))]
     summary = summarize({c["case_id"]: c for c in cases}, records, protocol=protocol)
     train_metrics = checkpoint.parent / "metrics.json"
-    curve = (read_json(train_metrics, "the pretraining run's metrics file").get("curve")
+    curve = (read_json(train_metrics, "re-run train.py", "pretraining metrics").get("curve")
              if train_metrics.is_file() else None)
 
     def write(tmp: Path) -> None:

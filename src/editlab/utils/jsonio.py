@@ -42,6 +42,18 @@ def write_json(path: Path, obj: Any, indent: int | None = 1) -> Path:
     return path
 
 
+def read_json(path: Path, fix: str = "re-run the command that wrote it", what: str = "") -> Any:
+    """The JSON value in ``path``; a missing or malformed file is one error naming ``what``, the file and ``fix``."""
+    path = Path(path)
+    kind = f"{what} file" if what else "JSON file"
+    if not path.is_file():
+        raise EditlabError(f"no {kind} at {path}; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EditlabError(f"malformed {kind} {path} ({exc.msg}); {fix}") from None
+
+
 def read_jsonl(path: Path, fix: str = "re-create the file", what: str = "") -> list[dict]:
     """Rows of a JSONL file (blank lines skipped); a malformed line is one error naming ``what`` (e.g.
     ``"results"``), the file, the line and ``fix``."""
@@ -56,13 +68,3 @@ def read_jsonl(path: Path, fix: str = "re-create the file", what: str = "") -> l
             raise EditlabError(f"malformed {kind} {path}:{n} ({exc.msg}); {fix}") from None
     return out
 
-
-def read_json(path: Path, what: str = "JSON file") -> Any:
-    """A JSON document; a missing or malformed file is one error naming ``what`` and the file."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EditlabError(f"{what} {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EditlabError(f"{what} {path} is not valid JSON ({exc}); delete it and re-create it") from None

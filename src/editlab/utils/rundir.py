@@ -27,16 +27,18 @@ from typing import Any, Literal
 import yaml
 
 from editlab.errors import EditlabError
-from editlab.utils.jsonio import read_jsonl, write_json
+from editlab.utils.jsonio import read_json, read_jsonl, write_json
 
 __all__ = ["LOCATION_KEYS", "NON_RESULT_KEYS", "RunState", "config_differences", "flatten", "job_subdir", "prepare",
-           "read_jsonl", "read_yaml", "record_multirun_job", "register_resolvers", "write_json", "write_yaml"]
+           "read_jsonl", "read_yaml", "record_multirun_job", "register_resolvers", "traced_layer", "write_json",
+           "write_yaml"]
 
 RunState = Literal["fresh", "resume", "done"]
 LOCATION_KEYS = ("paths", "run_dir")  # where things are, not what was run
 # display, device, threads, logging, the number returned to a sweeper: the same results either way
 NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads", "objective")
 JOB_SUBDIR = "editlab.job_subdir"
+TRACED_LAYER = "editlab.traced_layer"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
 
@@ -78,12 +80,30 @@ def record_multirun_job(run_dir: Path) -> Path | None:
     return write_json(Path(hc.sweep.dir) / "jobs" / f"{hc.job.num}.json", record)
 
 
+def traced_layer(path: str) -> int:
+    """The layer a causal-tracing result chose: ``best_layer`` of the ``result.json`` that
+    ``python evaluate.py analysis=tracing`` writes (editlab.analysis.trace_run), so a method config can say
+    ``layer: ${editlab.traced_layer:outputs/analysis/<data>/<model>-s0/tracing/result.json}``.
+
+    A relative path is taken from the working directory (Hydra does not change it). A missing or
+    malformed file, or one without ``best_layer``, is one error naming the command that writes it.
+    """
+    fix = "run python evaluate.py analysis=tracing (it writes <out_dir>/result.json) or fix the path"
+    result = read_json(Path(path), fix, "tracing result")
+    if not isinstance(result, dict) or not isinstance(result.get("best_layer"), int):
+        raise EditlabError(f"{path} has no integer best_layer (not a tracing result); {fix}")
+    return result["best_layer"]
+
+
 def register_resolvers() -> None:
-    """Register ``${editlab.job_subdir:}`` with OmegaConf (idempotent); call before Hydra resolves a config."""
+    """Register ``${editlab.job_subdir:}`` and ``${editlab.traced_layer:<result.json>}`` with OmegaConf
+    (idempotent); call before Hydra resolves a config."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(JOB_SUBDIR):
         OmegaConf.register_new_resolver(JOB_SUBDIR, job_subdir)
+    if not OmegaConf.has_resolver(TRACED_LAYER):
+        OmegaConf.register_new_resolver(TRACED_LAYER, traced_layer)
 
 
 def read_yaml(path: Path) -> dict:

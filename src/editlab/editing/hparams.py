@@ -1,0 +1,36 @@
+"""The hyper-parameters ``edit.py`` gives a method: conf/method/<name>.yaml, specialised for ``model=<preset>``
+by conf/method_model/<name>_<preset>.yaml (Hydra's specializing-config pattern). The one place that
+composes them outside edit.py itself (bench/edit.py, the analyses of evaluate.py), so a method is measured
+with the values it edits with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+
+
+def method_hparams(name: str, preset: str | None, conf_dir: Path = CONF) -> dict:
+    """``hparams`` of conf/method/<name>.yaml as edit.py composes them for ``model=<preset>`` (with
+    conf/method_model/<name>_<preset>.yaml where it exists); ``preset=None``: the method's own (paper) values.
+
+    Without a YAML file: {} (the class defaults). Inside a running Hydra app (evaluate.py) the app's
+    config search path is used, which is ``conf/`` for every entry point of this repository.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    path = Path(conf_dir) / "method" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    if preset is None:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True).get("hparams") or {}
+    overrides = [f"method={name}", f"model={preset}"]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="edit", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="edit", overrides=overrides)
+    return OmegaConf.to_container(cfg.method.hparams, resolve=True) or {}
