@@ -118,8 +118,9 @@ class Codebook:
 
     def lookup(self, x: torch.Tensor, replacement: str, override: tuple[int, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """For layer inputs ``x`` (B, T, d_in): (mask (B, T, 1) of the positions to replace, their values (B, T, d_out)),
-        or None when no position is in range (the layer stays untouched). ``override`` = (entry, value being trained).
+        """For layer inputs ``x`` (B, T, d_in): (mask (B, T, 1) of the positions to replace, their values
+        (B, T, d_out)), or None when no position is in range (the layer stays untouched). ``override`` = (entry,
+        value being trained).
 
         A position *matches* when its nearest key holds it within that key's radius. ``replacement`` (module
         docstring): ``last`` replaces matching positions; ``target`` also the positions after a match that
@@ -240,7 +241,8 @@ class Grace(EditMethod):
         enc = PromptEncoder(ctx.tokenizer)
         batch = target_batch(enc, requests).to(device)
         keys, outs, right = self._read(model, base.get_submodule(name), batch)
-        book = self.codebook.clone() if self.codebook is not None else Codebook.empty(keys.shape[-1], outs.shape[-1], device)
+        book = (self.codebook.clone() if self.codebook is not None
+                else Codebook.empty(keys.shape[-1], outs.shape[-1], device))
         wrapper = GraceWrapper(base, name, book, self.replacement)
         info: dict = {"skipped": 0, "actions": [], "steps": 0, "loss_initial": [], "loss_final": []}
         for i, req in enumerate(requests):
@@ -307,8 +309,7 @@ class Grace(EditMethod):
         if not state:
             self.codebook = None
             return base
-        self.codebook = Codebook.from_state(state)
+        book = Codebook.from_state(state)
         device = next(base.parameters()).device
-        self.codebook = Codebook(self.codebook.keys.to(device), self.codebook.values.to(device),
-                                 self.codebook.eps.to(device), self.codebook.targets)
-        return GraceWrapper(base, self.layer_name(base), self.codebook, self.replacement) if len(self.codebook) else base
+        self.codebook = Codebook(book.keys.to(device), book.values.to(device), book.eps.to(device), book.targets)
+        return GraceWrapper(base, self.layer_name(base), self.codebook, self.replacement) if len(book) else base
