@@ -4,6 +4,7 @@
     python bench/edit.py --quick             # smoke run (seconds)
     python bench/edit.py --model DIR --world DIR --rounds 5
     python bench/edit.py --threads 1 --parts scoring   # only the scorer comparison, one torch thread
+    python bench/edit.py --parts methods --methods grace,lora --batch-n 100
 
 Three parts, each figure a median (interleaved rounds for the scorer comparison, cases for the rest):
 
@@ -14,8 +15,13 @@ Three parts, each figure a median (interleaved rounds for the scorer comparison,
    one pass per probe type, greedy decoding by full forwards without KV cache, fp32), on the same cases,
    alternating in rounds. Both compute the same :class:`~editlab.eval.probes.CaseScores`; the largest
    probability difference and the share of equal greedy continuations are reported as a check.
-2. ``methods``: apply + restore time of every registered method (single mode, one case at a time), with
-   the hyper-parameters edit.py composes for ``model=<preset>`` (conf/method/ + conf/method_model/).
+2. ``methods``: for every registered method (or ``--methods a,b``), each in its own subprocess so that its
+   peak memory is its own, with the hyper-parameters edit.py composes for ``model=<preset>``
+   (conf/method/ + conf/method_model/): ms per edit (apply + restore, one request, median), edits/s at
+   batch 1 and at batch N (``--batch-n``, default 1000; methods whose class sets ``supports_batch``), peak
+   memory (CUDA max allocated, or peak RSS on CPU), ``prepare`` with an empty vs a warm statistics cache
+   (build vs cache hit), and for trainable editors a short meta-training (``--meta-steps``) wall time and
+   the editor's parameter count (:func:`bench_method`).
 3. ``extrapolated``: hours for 5000 LoRA edit cases, (a) the paper's protocol (the case's probes re-scored
    with the reference scorer after every one of the 40 LoRA steps) and (b) our default single-mode step
    (apply LoRA, score the case's probes post-edit with our core, locality on 100 fixed facts, restore;
@@ -32,8 +38,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,11 +57,13 @@ from editlab.cli import run_cli
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.hparams import method_hparams  # what edit.py composes for model=<preset>
 from editlab.editing.registry import available, get_method
+from editlab.editing.train_editor import fit_editor
+from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.eval.reference import reference_score_cases
-from editlab.lm.checkpoint import load_checkpoint
+from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.utils.hardware import describe
 from editlab.world.build import build_world
 from editlab.world.config import world_config
@@ -124,30 +136,106 @@ def bench_scoring(model, tok, enc: PromptEncoder, cases: list[dict], k: int, rou
     return out
 
 
-def bench_methods(model, ctx: EditContext, cases: list[dict], preset: str) -> dict:
-    """Part 2: median ms per apply + restore of each registered method, one case at a time."""
-    out = {}
-    for name in available():
-        try:
-            hp = method_hparams(name, preset)
-            method = get_method(name, hp)
-            m = copy.deepcopy(model)
-            t_prep = timed(lambda: method.prepare(m, ctx))  # noqa: B023 - called right here
-            times = []
-            for i, case in enumerate([cases[0], *cases]):  # the first case is a warm-up
-                torch.manual_seed(i)
-                t = time.perf_counter()
-                m = method.apply(m, [EditRequest.from_case(case)], ctx).restore()
-                if i:
-                    times.append(time.perf_counter() - t)
-        except (EditlabError, NotImplementedError, FileNotFoundError) as exc:
-            out[name] = {"error": str(exc).splitlines()[0]}
-            continue
-        ms = 1000 * statistics.median(times)
-        log(f"method {name}: {ms:.1f} ms/edit")
-        out[name] = {"ms_per_edit": round(ms, 3), "edits_per_s": round(1000 / ms, 2), "cases": len(times),
-                     "prepare_s": round(t_prep, 2), "hparams": hp or "class defaults (no conf/method yaml)"}
+def _peak_mb(device: torch.device) -> float:
+    """CUDA: torch.cuda.max_memory_allocated since the last reset; CPU: this process's peak RSS (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_method(name: str, model, tok, world: World, cases: list[dict], preset: str, batch_n: int,
+                 meta_steps: int, model_id: str, work: Path) -> dict:
+    """Everything part 2 measures for one method, in this process (run it in a fresh one: peak memory).
+
+    - ``prepare_cold_s`` / ``prepare_warm_s``: ``prepare`` with an empty and then a warm ``ctx.cache_dir``
+      (statistics build vs cache hit; a method that caches nothing shows about equal times);
+    - trainable editors: ``meta_train_s`` of ``fit_editor`` for ``meta_steps`` steps and ``editor_params`` (the
+      numbers in the editor checkpoint), then that editor is what ``prepare`` loads;
+    - ``ms_per_edit``: median apply + restore of one request (after one warm-up), ``edits_per_s`` its inverse;
+    - ``edits_per_s_batch``: ``batch_n`` requests in one apply + restore, for methods with ``supports_batch``;
+    - ``peak_mem_mb``: CUDA max allocated, or on CPU the peak RSS of this process (``peak_mem_increase_mb``:
+      beyond what it held after loading the model).
+    """
+    device = next(model.parameters()).device
+    rss0 = _peak_mb(torch.device("cpu"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    hp = method_hparams(name, preset)
+    out: dict = {"hparams": hp or "class defaults (no conf/method yaml)"}
+    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=work / "cache", seed=0, model_id=model_id)
+    method = get_method(name, hp)
+    out["supports_batch"] = bool(method.supports_batch)
+    if isinstance(method, TrainableEditor):
+        meta = world.cases("meta")
+        training = EditorTraining(max_steps=meta_steps, batch_size=4, val_fraction=0.2, val_every=meta_steps)
+        t = time.perf_counter()
+        state, metrics = fit_editor(method, copy.deepcopy(model), tok, meta[: max(40, 8 * meta_steps)], training,
+                                    seed=0)
+        out.update(meta_train_s=round(time.perf_counter() - t, 2), meta_train_steps=meta_steps,
+                   editor_params=sum(v.numel() for v in state.values()))
+        ctx.editor_path = save_editor(work / "editor", method, state, model_id, {"bench": "edit"}, metrics)
+    m = copy.deepcopy(model)
+    out["prepare_cold_s"] = round(timed(lambda: method.prepare(m, ctx)), 3)
+    warm = get_method(name, hp)
+    out["prepare_warm_s"] = round(timed(lambda: warm.prepare(m, ctx)), 3)
+    times = []
+    for i, case in enumerate([cases[0], *cases]):  # the first case is a warm-up
+        torch.manual_seed(i)
+        t = time.perf_counter()
+        m = method.apply(m, [EditRequest.from_case(case)], ctx).restore()
+        if i:
+            times.append(time.perf_counter() - t)
+    ms = 1000 * statistics.median(times)
+    out.update(ms_per_edit=round(ms, 3), edits_per_s=round(1000 / ms, 2), cases=len(times))
+    if method.supports_batch:
+        reqs = [EditRequest.from_case(c) for c in world.cases()[:batch_n]]
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        m = method.apply(m, reqs, ctx).restore()
+        out.update(batch_n=len(reqs), edits_per_s_batch=round(len(reqs) / (time.perf_counter() - t), 2))
+    peak = _peak_mb(device)
+    out.update(peak_mem_mb=round(peak, 1), peak_mem_kind="cuda_max_allocated" if device.type == "cuda" else "cpu_rss")
+    if device.type != "cuda":
+        out["peak_mem_increase_mb"] = round(peak - rss0, 1)
+    log(f"method {name}: {ms:.1f} ms/edit, prepare {out['prepare_cold_s']} s cold / {out['prepare_warm_s']} s warm")
     return out
+
+
+def bench_methods(names: list[str], args: argparse.Namespace) -> dict:
+    """Part 2: :func:`bench_method` for each method, each in its own subprocess (``--worker``), so that its
+    peak memory is its own and no method's state leaks into the next."""
+    out = {}
+    for name in names:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, *_forwarded(args)]
+        run = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        lines = run.stdout.strip().splitlines()
+        try:
+            out[name] = json.loads(lines[-1]) if run.returncode == 0 else {"error": f"worker exited {run.returncode}"}
+        except (IndexError, json.JSONDecodeError):
+            out[name] = {"error": "worker printed no JSON"}
+    return out
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The options a ``--worker`` subprocess needs to rebuild the parent's setup."""
+    flags = ["--preset", args.preset, "--batch-n", str(args.batch_n), "--meta-steps", str(args.meta_steps),
+             "--device", args.device]
+    for opt in ("world", "model", "threads"):
+        if getattr(args, opt) is not None:
+            flags += [f"--{opt}", str(getattr(args, opt))]
+    return flags + (["--quick"] if args.quick else [])
+
+
+def worker(name: str, args: argparse.Namespace, model, model_dir: str, tok, world: World, cases: list[dict]) -> dict:
+    """One method's measurements (the ``--worker`` subprocess); errors a user can fix become ``{"error": ...}``."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-edit-{name}-"))  # an empty statistics cache, removed afterwards
+    try:
+        return bench_method(name, model, tok, world, cases, args.preset, args.batch_n, args.meta_steps,
+                            model_id(Path(model_dir)), work)
+    except (EditlabError, NotImplementedError, FileNotFoundError) as exc:
+        return {"error": str(exc).splitlines()[0]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def bench_protocols(model, tok, enc: PromptEncoder, ctx: EditContext, world: World, cases: list[dict], k: int,
@@ -211,13 +299,30 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's default)")
     ap.add_argument("--parts", default="scoring,methods,extrapolated",
                     help="comma-separated parts to run (scoring, methods, extrapolated)")
+    ap.add_argument("--methods", default=None, help="comma-separated methods of part 2 (default: every registered one)")
+    ap.add_argument("--batch-n", type=int, default=None, help="requests in one apply for edits/s at batch N "
+                    "(default 1000; --quick: 16)")
+    ap.add_argument("--meta-steps", type=int, default=None, help="meta-training steps timed for trainable editors "
+                    "(default 20; --quick: 2)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when available)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one method of part 2
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if not parts or not parts <= {"scoring", "methods", "extrapolated"}:
         raise EditlabError(f"--parts {args.parts}: choose from scoring, methods, extrapolated (comma-separated)")
+    names = available() if args.methods is None else [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(names) - set(available()))
+    if unknown or not names:
+        raise EditlabError(f"--methods {args.methods}: unknown {unknown}; choose from {', '.join(available())}")
+    if args.device not in ("cpu", "cuda", "auto"):
+        raise EditlabError(f"--device {args.device}: use cpu, cuda or auto")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick
+    args.batch_n = args.batch_n or (16 if q else 1000)
+    args.meta_steps = args.meta_steps or (2 if q else 20)
     rounds = args.rounds or (1 if q else 3)
     n_score = args.score_cases or (16 if q else 100)
     n_method, n_paper, n_ours = (2, 1, 2) if q else (5, 2, 5)
@@ -225,14 +330,18 @@ def main(argv: list[str]) -> dict:
     world = World.open(args.world or default_world(), "wikidata_synth_tiny")
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
     model, model_dir = load_model(world, args.model)
-    enc = PromptEncoder(tok)
+    model = model.to(args.device)
     cases = world.cases()
+    if args.worker:
+        return worker(args.worker, args, model, model_dir, tok, world, cases[:n_method])
+    enc = PromptEncoder(tok)
     k = max_object_tokens(tok, world.info["objects"])
-    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=ROOT / ".cache/editlab/bench_edit", seed=0)
+    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=ROOT / ".cache/editlab/bench_edit", seed=0,
+                      model_id=model_id(Path(model_dir)))
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     out = {
         "bench": "edit",
-        "device": f"cpu x{torch.get_num_threads()} threads",
+        "device": f"{args.device} x{torch.get_num_threads()} threads",
         "hardware": describe(dtype),  # the scorer runs in the model's dtype (no autocast)
         "model": model_dir,
         "params": sum(p.numel() for p in model.parameters()),
@@ -244,7 +353,7 @@ def main(argv: list[str]) -> dict:
     if "scoring" in parts:
         out["scoring"] = bench_scoring(model, tok, enc, cases[:n_score], k, rounds, 4 if q else 20)
     if "methods" in parts:
-        out["methods"] = bench_methods(model, ctx, cases[:n_method], args.preset)
+        out["methods"] = bench_methods(names, args)
     if "extrapolated" in parts:
         out["extrapolated"] = bench_protocols(model, tok, enc, ctx, world, cases, k, n_paper, n_ours, 100,
                                               args.preset)
