@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/world.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/edit.py
+	$(PY) bench/launchers.py
 
 lint: setup
 	$(PY) -m ruff check .
