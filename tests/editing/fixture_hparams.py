@@ -20,9 +20,9 @@ TINY_LM: dict[str, dict] = {
     "adalora": {"lr": 1.0e-02},
     "ft_l": {"lr": 1.0e-02, "norm_constraint": 5.0e-02, "stop_loss": 0.05},
     "ft_m": {"layer": 1, "lr": 1.0e-02, "stop_loss": 0.05},
-    "rome": {"layers": [1], "stats_tokens": 20000},
-    "memit": {"layers": [0, 1], "stats_tokens": 20000},
-    "alphaedit": {"layers": [0, 1], "stats_tokens": 20000},
+    "rome": {"layers": [1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
+    "memit": {"layers": [0, 1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
+    "alphaedit": {"layers": [0, 1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
 }
 
 

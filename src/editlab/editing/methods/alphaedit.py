@@ -28,14 +28,14 @@ from torch import nn
 
 from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook
 from editlab.editing.locate.solve import alphaedit_update, null_space_projector
-from editlab.editing.methods.memit import MEMIT
+from editlab.editing.methods.memit import Band
 from editlab.editing.registry import register
 from editlab.errors import EditlabError
 
 
 @register
 @dataclass
-class AlphaEdit(MEMIT):
+class AlphaEdit(Band):
     """MEMIT with null-space projected updates and accumulated keys of earlier edits."""
 
     name = "alphaedit"

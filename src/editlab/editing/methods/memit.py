@@ -33,21 +33,14 @@ from editlab.editing.weights import get_module
 from editlab.errors import EditlabError
 
 
-@register
 @dataclass
-class MEMIT(LocateEdit):
-    """Batch editing over ``layers``; ``mom2_update_weight`` is lambda of Eq. 14."""
+class Band(LocateEdit):
+    """MEMIT's edit of a band of layers (targets, then ascending layer updates); :meth:`solve` is the per-layer
+    update (MEMIT's ridge here, AlphaEdit's projection in :mod:`editlab.editing.methods.alphaedit`)."""
 
-    name = "memit"
     clamp_norm_factor: float = 0.75
     steps: int = 25
     prefixes: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    mom2_update_weight: float = 15000.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.mom2_update_weight >= 0:
-            raise EditlabError(f"method {self.name}: mom2_update_weight (lambda) must be >= 0")
 
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
@@ -70,5 +63,22 @@ class MEMIT(LocateEdit):
 
     def solve(self, layer: int, name: str, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         """The layer's update (d_out, d_in) for template-averaged ``keys`` (n, d_in) and residuals (n, d_out)."""
+        raise NotImplementedError
+
+
+@register
+@dataclass
+class MEMIT(Band):
+    """Batch editing over ``layers``; ``mom2_update_weight`` is lambda of Eq. 14."""
+
+    name = "memit"
+    mom2_update_weight: float = 15000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.mom2_update_weight >= 0:
+            raise EditlabError(f"method {self.name}: mom2_update_weight (lambda) must be >= 0")
+
+    def solve(self, layer: int, name: str, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         factor = memit_system(self._cov[name], keys, self.mom2_update_weight)
         return memit_update(factor, keys, resid)
