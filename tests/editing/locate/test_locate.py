@@ -1,6 +1,6 @@
 """The locate-then-edit core and ROME / MEMIT / AlphaEdit (methods.md, "Locate-then-edit").
 
-On the tests' fixture model (tests/conftest.py ``tiny_lm``) with small statistics (20k tokens):
+On the tests' fixture model (tests/conftest.py ``tiny_lm``) with small statistics (5k tokens):
 
 - ROME's update has rank one and maps the template-averaged key k* to v* = W k* + delta;
 - MEMIT with one edit and one layer equals the ROME-style closed form r (C^-1 k)^T / (lambda + k^T C^-1 k);
@@ -31,7 +31,7 @@ from editlab.editing.weights import get_module, linear_weight
 from editlab.errors import EditlabError
 from tests.editing.fixture_hparams import fixture_hparams
 
-N_TOK = 20000
+N_TOK = 5000
 
 
 def _method(name: str, **kw):
@@ -75,7 +75,7 @@ def test_rome_update_is_rank_one_and_maps_the_averaged_key_to_the_target(setup):
     v_star = w0.double() @ k + tgt.delta[0].double()  # v* = W k* + delta
     assert torch.allclose(_weight(model, name).double() @ k, v_star, rtol=1e-4, atol=1e-4 * float(v_star.norm()))
     # the same averaged key in every term: the key read after the edit (same layer input) is k*
-    (k_after, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates)
+    (k_after, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates, m.fact_token)
     assert torch.allclose(k_after[0], tgt.key[0], atol=1e-5)
     handle.restore()
     assert torch.equal(_weight(model, name), w0)
@@ -90,7 +90,7 @@ def test_memit_one_edit_one_layer_is_the_rome_closed_form(setup):
     w0 = _weight(model, name).double()
     block = m.block(model, 1)
     tgt = optimise_targets(model, block, ctx.tokenizer, [req], m._templates, m.spec)
-    (k, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates)
+    (k, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates, m.fact_token)
     m.apply(model, [req], ctx)
     cov, k, r = m._cov[name], k[0].double(), tgt.delta[0].double()
     u = torch.linalg.solve(cov, k)  # C^-1 k
