@@ -14,7 +14,9 @@ takes seconds to minutes, so it is computed on first use and cached:
   one folder per model id, so two models never share a file; the module name carries the layer),
   written atomically (temporary sibling + rename: a killed run leaves no half file), reused by every run
   and method of that model. A file that does not load or does not match its key is an error naming it.
-  Without a cache directory or model id (tests, an unknown model) nothing is written.
+  Without a cache directory but with a model id the statistics are kept in memory for the process, keyed the
+  same way: they belong to the base model, so a method prepared again on an edited copy (a resumed stream)
+  gets the base's statistics, as it does from the disk cache. Without a model id nothing is kept.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ BATCH_DOCS = 32
 MAX_LEN = 256
 
 
+_MEMORY: dict[tuple[str, str, int], torch.Tensor] = {}
+
+
 def cache_path(ctx: EditContext, module: str, n_tokens: int) -> Path | None:
     """Where the statistic of ``module`` over ``n_tokens`` tokens is cached (None: not cached)."""
     if ctx.cache_dir is None or not ctx.model_id:
@@ -51,10 +56,13 @@ def covariances(model: nn.Module, modules: Sequence[str], ctx: EditContext, n_to
                 progress: bool = True) -> dict[str, torch.Tensor]:
     """``{module: C}`` with ``C = E[k k^T]`` (fp64, (d_in, d_in)) of each module's input, from cache or computed."""
     out: dict[str, torch.Tensor] = {}
+    memo = ctx.cache_dir is None and bool(ctx.model_id)
     for name in modules:
         path = cache_path(ctx, name, n_tokens)
         if path is not None and path.exists():
             out[name] = _load(path, name, n_tokens)
+        elif memo and (ctx.model_id, name, int(n_tokens)) in _MEMORY:
+            out[name] = _MEMORY[(ctx.model_id, name, int(n_tokens))]
     missing = [m for m in modules if m not in out]
     if missing:
         computed = compute(model, missing, ctx.world_dir, n_tokens, seed, progress)
@@ -62,6 +70,8 @@ def covariances(model: nn.Module, modules: Sequence[str], ctx: EditContext, n_to
             path = cache_path(ctx, name, n_tokens)
             if path is not None:
                 _save(path, cov, name, n_tokens)
+            elif memo:
+                _MEMORY[(ctx.model_id, name, int(n_tokens))] = cov
         out.update(computed)
     return out
 
