@@ -45,6 +45,18 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from editlab.errors import EditlabError
+
+
+class EditFailed(EditlabError):
+    """One edit could not be made (a subject not in its prompt, a non-finite target, a singular system).
+
+    A single or batch run stops with it like any :class:`~editlab.errors.EditlabError` (one line, exit 2);
+    the sequential protocol records the edit as failed (model unchanged) and the stream goes on. A method
+    raises it only *before* writing any weight, so a failed edit never leaves anything behind.
+    """
+
+
 StepHook = Callable[[int, nn.Module], None]
 """``on_step(step, model)``: called by iterative methods after each optimizer step (step counts from 1)
 with the model as it scores now (edit-step tracing, the paper's Figure 4)."""

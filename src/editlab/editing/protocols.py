@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from editlab.editing.base import unwrap
+from editlab.editing.base import EditFailed, EditHandle, EditMethod, unwrap
 from editlab.editing.results import ResultsWriter, write_jsonl
 from editlab.editing.session import Session
 from editlab.errors import EditlabError
@@ -114,9 +115,15 @@ class SequentialProtocol(L.LightningModule):
         b = self.current_epoch * self.batch_size
         cases = self.cases[b : b + self.batch_size]
         # no per-edit locality here: locality drift is measured at every evaluation point instead
-        handle, post, records = self.session.step(self.model, cases, b, self.pre[b : b + self.batch_size],
-                                                  self.pre_fluency[b : b + self.batch_size], "sequential",
-                                                  self.current_epoch, locality=False)
+        args = (cases, b, self.pre[b : b + self.batch_size], self.pre_fluency[b : b + self.batch_size], "sequential",
+                self.current_epoch)
+        try:
+            handle, post, records = self.session.step(self.model, *args, locality=False)
+        except EditFailed as exc:  # the method wrote nothing: record the edit as failed and go on with the stream
+            failed = replace(self.session, method=_Unchanged(reason=str(exc)))
+            handle, post, records = failed.step(self.model, *args, locality=False)
+            for rec in records:
+                rec["method"] = self.session.method.name
         self.model = handle.commit()
         self.prefix = handle.prefix
         for case in cases:  # the model holds the whole batch now, so the agent takes all of it before any gold
@@ -174,6 +181,17 @@ class SequentialProtocol(L.LightningModule):
         if self.curve_path.exists():
             rows = read_jsonl(self.curve_path, "delete it and the run's checkpoints/ to restart the stream")
             write_jsonl(self.curve_path, [r for r in rows if r["edits"] <= self.n_done], dumps)
+
+
+@dataclass
+class _Unchanged(EditMethod):
+    """Stands in for a method whose edit failed (:class:`~editlab.editing.base.EditFailed`): changes nothing and
+    puts the reason in the record's ``info.failed``, so the failure is scored (the model kept its answer)."""
+
+    reason: str = ""
+
+    def apply(self, model: nn.Module, requests: Sequence, ctx: Any, on_step: Any = None) -> EditHandle:
+        return EditHandle(model, info={"failed": self.reason})
 
 
 def _accuracy_now(cases: list[dict], scores: list[CaseScores]) -> dict[str, float]:

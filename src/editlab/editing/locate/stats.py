@@ -1,0 +1,155 @@
+"""Covariance statistics C = E[k k^T] of the keys (inputs) of edited modules over the world's corpus.
+
+ROME's ``layer_stats`` / MEMIT's ``mom2``: the second moment of the down-projection's inputs over
+pretraining text, the metric in which ROME's rank-one update is the least-squares optimum (ROME Eq. 2)
+and the preservation term of MEMIT (Eq. 11) and AlphaEdit's null space. On the synthetic corpus this
+takes seconds to minutes, so it is computed on first use and cached:
+
+- tokens: ``n_tokens`` real tokens (BOS + document, no padding) of whole documents drawn by a seeded
+  permutation of the corpus (the corpus files are ordered by subject), the last batch cut to the exact
+  count, so the statistic is a pure function of (model, module, n_tokens);
+- accumulation in fp64 (a sum of 1e6 rank-one terms in fp32 loses the small eigenvalues AlphaEdit's
+  null space is made of), all requested modules in one pass, with a progress bar;
+- cache: ``<ctx.cache_dir>/covariance/<module name>.n<n_tokens>.safetensors`` (``cache_dir`` is already
+  one folder per model id, so two models never share a file; the module name carries the layer),
+  written atomically (temporary sibling + rename: a killed run leaves no half file), reused by every run
+  and method of that model. A file that does not load or does not match its key is an error naming it.
+  Without a cache directory but with a model id the statistics are kept in memory for the process, keyed the
+  same way: they belong to the base model, so a method prepared again on an edited copy (a resumed stream)
+  gets the base's statistics, as it does from the disk cache. Without a model id nothing is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from editlab.editing.base import EditContext
+from editlab.errors import EditlabError
+from editlab.lm.packing import Corpus
+
+FORMAT = "editlab-covariance-1"
+BATCH_DOCS = 32
+MAX_LEN = 256
+
+
+_MEMORY: dict[tuple[str, str, int], torch.Tensor] = {}
+
+
+def cache_path(ctx: EditContext, module: str, n_tokens: int) -> Path | None:
+    """Where the statistic of ``module`` over ``n_tokens`` tokens is cached (None: not cached)."""
+    if ctx.cache_dir is None or not ctx.model_id:
+        return None
+    return Path(ctx.cache_dir) / "covariance" / f"{module}.n{int(n_tokens)}.safetensors"
+
+
+def covariances(model: nn.Module, modules: Sequence[str], ctx: EditContext, n_tokens: int, seed: int = 0,
+                progress: bool = True) -> dict[str, torch.Tensor]:
+    """``{module: C}`` with ``C = E[k k^T]`` (fp64, (d_in, d_in)) of each module's input, from cache or computed."""
+    out: dict[str, torch.Tensor] = {}
+    memo = ctx.cache_dir is None and bool(ctx.model_id)
+    for name in modules:
+        path = cache_path(ctx, name, n_tokens)
+        if path is not None and path.exists():
+            out[name] = _load(path, name, n_tokens)
+        elif memo and (ctx.model_id, name, int(n_tokens)) in _MEMORY:
+            out[name] = _MEMORY[(ctx.model_id, name, int(n_tokens))]
+    missing = [m for m in modules if m not in out]
+    if missing:
+        computed = compute(model, missing, ctx.world_dir, n_tokens, seed, progress)
+        for name, cov in computed.items():
+            path = cache_path(ctx, name, n_tokens)
+            if path is not None:
+                _save(path, cov, name, n_tokens)
+            elif memo:
+                _MEMORY[(ctx.model_id, name, int(n_tokens))] = cov
+        out.update(computed)
+    return out
+
+
+@torch.no_grad()
+def compute(model: nn.Module, modules: Sequence[str], world_dir: Path | None, n_tokens: int, seed: int = 0,
+            progress: bool = True) -> dict[str, torch.Tensor]:
+    """One pass over ``n_tokens`` corpus tokens accumulating ``sum k k^T`` in fp64 for every module."""
+    if n_tokens < 1:
+        raise EditlabError(f"covariance statistics need n_tokens >= 1 (got {n_tokens}); set the method's stats_tokens")
+    if world_dir is None or not (Path(world_dir) / "tokens.bin").exists():
+        raise EditlabError(f"covariance statistics are computed over the world's corpus, but {world_dir} has no "
+                           "tokens.bin; pass the built world's directory (python -m editlab.world data=...)")
+    corpus = Corpus.open(Path(world_dir))
+    device = next(model.parameters()).device
+    sums: dict[str, torch.Tensor] = {}
+    take: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_mod: nn.Module, args: tuple, _out) -> None:
+            x = args[0][take["mask"]].double()
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+        return hook
+
+    handles = [model.get_submodule(m).register_forward_hook(hook_for(m)) for m in modules]
+    order = np.random.default_rng(seed).permutation(corpus.n_docs)
+    seen, cursor = 0, 0
+    bar = tqdm(total=n_tokens, desc="covariance statistics", unit="tok", file=sys.stderr,
+               disable=not progress or None, leave=False)
+    try:
+        while seen < n_tokens:
+            if cursor >= len(order):
+                raise EditlabError(f"the corpus has fewer than stats_tokens={n_tokens} tokens ({seen}); "
+                                   "lower the method's stats_tokens")
+            docs = order[cursor : cursor + BATCH_DOCS]
+            cursor += len(docs)
+            seqs = [[corpus.bos_id, *corpus.tokens[corpus.offsets[d] : corpus.offsets[d + 1]].tolist()][:MAX_LEN]
+                    for d in docs]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), corpus.eos_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = True
+            need = n_tokens - seen
+            if int(mask.sum()) > need:  # cut the last batch to the exact count (row-major order)
+                keep = mask.flatten().cumsum(0) <= need
+                mask = (mask.flatten() & keep).view_as(mask)
+            take["mask"] = mask.to(device)
+            model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
+            got = int(mask.sum())
+            seen += got
+            bar.update(got)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+    return {m: (sums[m] / seen).cpu() for m in modules}
+
+
+def _save(path: Path, cov: torch.Tensor, module: str, n_tokens: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({"mom2": cov.contiguous()}, str(tmp),
+              metadata={"format": FORMAT, "module": module, "n_tokens": str(int(n_tokens))})
+    os.replace(tmp, path)
+
+
+def _load(path: Path, module: str, n_tokens: int) -> torch.Tensor:
+    fix = f"delete {path} to recompute it"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            cov = f.get_tensor("mom2")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise EditlabError(f"covariance statistics {path} are unreadable ({str(exc).splitlines()[0]}); {fix}") from None
+    if meta.get("format") != FORMAT or meta.get("module") != module or meta.get("n_tokens") != str(int(n_tokens)):
+        raise EditlabError(f"covariance statistics {path} were not written for {module} over {n_tokens} tokens; {fix}")
+    if cov.dtype != torch.float64 or cov.ndim != 2 or cov.shape[0] != cov.shape[1] or not torch.isfinite(cov).all():
+        raise EditlabError(f"covariance statistics {path} are not a finite square fp64 matrix; {fix}")
+    return cov

@@ -1,0 +1,235 @@
+"""The locate-then-edit core and ROME / MEMIT / AlphaEdit (methods.md, "Locate-then-edit").
+
+On the tests' fixture model (tests/conftest.py ``tiny_lm``) with small statistics (5k tokens):
+
+- ROME's update has rank one and maps the template-averaged key k* to v* = W k* + delta;
+- MEMIT with one edit and one layer equals the ROME-style closed form r (C^-1 k)^T / (lambda + k^T C^-1 k);
+- AlphaEdit leaves the module's output unchanged for keys in the preserved space (P k0 = 0), to float
+  precision, and keeps the keys of committed (not restored) edits as state;
+- cached statistics give bit-identical edits (and are not recomputed); a corrupt or singular cache,
+  a layer outside the model, a missing subject and a non-finite target give one clear error and leave
+  the weights untouched; inside a sequential stream a failed edit is recorded and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from editlab.editing import registry
+from editlab.editing.base import EditContext, EditFailed, EditRequest
+from editlab.editing.locate import stats
+from editlab.editing.locate.keys import average_io
+from editlab.editing.locate.prefixes import corpus_prefixes
+from editlab.editing.locate.solve import alphaedit_update, memit_system, memit_update, null_space_projector
+from editlab.editing.locate.targets import optimise_targets
+from editlab.editing.weights import get_module, linear_weight
+from editlab.errors import EditlabError
+from tests.editing.fixture_hparams import fixture_hparams
+
+N_TOK = 5000
+
+
+def _method(name: str, **kw):
+    return registry.get_method(name, {**fixture_hparams(name), "stats_tokens": N_TOK, **kw})
+
+
+@pytest.fixture
+def setup(tiny_lm):
+    model = copy.deepcopy(tiny_lm.model)
+    ctx = EditContext(tokenizer=tiny_lm.tok, world_dir=tiny_lm.world.dir, model_id="")
+    req = EditRequest.from_case(tiny_lm.world.cases[0])
+    return model, ctx, req
+
+
+def _weight(model, name: str) -> torch.Tensor:
+    return linear_weight(get_module(model, name)).detach().clone()
+
+
+def test_prefixes_are_deterministic_nonempty_and_counted_in_tokens(tiny_lm):
+    tok, wd = tiny_lm.tok, tiny_lm.world.dir
+    got = corpus_prefixes(tok, wd, [[5, 3], [10, 2]])
+    assert got == corpus_prefixes(tok, wd, [[5, 3], [10, 2]]) and len(got) == 5
+    assert all(p.strip(". ") for p in got)
+    lens = [len(tok(p.rstrip("."), add_special_tokens=False)["input_ids"]) for p in got]
+    assert all(n <= 6 for n in lens[:3]) and all(n >= 6 for n in lens[3:])  # decoded 5 vs 10 corpus tokens
+
+
+def test_rome_update_is_rank_one_and_maps_the_averaged_key_to_the_target(setup):
+    model, ctx, req = setup
+    m = _method("rome")
+    m.prepare(model, ctx)
+    (name,) = m._names
+    w0 = _weight(model, name)
+    # the kernel's own key and delta on the unedited model (the edit is deterministic: the method sees the same)
+    tgt = optimise_targets(model, get_module(model, name), ctx.tokenizer, [req], m._templates, m.spec)
+    handle = m.apply(model, [req], ctx)
+    delta_w = (_weight(model, name) - w0).double()
+    s = torch.linalg.svdvals(delta_w)
+    assert s[0] > 0 and s[1] / s[0] < 1e-5  # rank one (up to fp32 storage of the weight)
+    k = tgt.key[0].double()
+    v_star = w0.double() @ k + tgt.delta[0].double()  # v* = W k* + delta
+    assert torch.allclose(_weight(model, name).double() @ k, v_star, rtol=1e-4, atol=1e-4 * float(v_star.norm()))
+    # the same averaged key in every term: the key read after the edit (same layer input) is k*
+    (k_after, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates, m.fact_token)
+    assert torch.allclose(k_after[0], tgt.key[0], atol=1e-5)
+    handle.restore()
+    assert torch.equal(_weight(model, name), w0)
+
+
+def test_memit_one_edit_one_layer_is_the_rome_closed_form(setup):
+    model, ctx, req = setup
+    lam = 50.0
+    m = _method("memit", layers=[1], mom2_update_weight=lam)
+    m.prepare(model, ctx)
+    (name,) = m._names
+    w0 = _weight(model, name).double()
+    block = m.block(model, 1)
+    tgt = optimise_targets(model, block, ctx.tokenizer, [req], m._templates, m.spec)
+    (k, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates, m.fact_token)
+    m.apply(model, [req], ctx)
+    cov, k, r = m._cov[name], k[0].double(), tgt.delta[0].double()
+    u = torch.linalg.solve(cov, k)  # C^-1 k
+    expected = r[:, None] * u[None, :] / (lam + u @ k)  # Sherman-Morrison of (lam C + k k^T)^-1
+    got = _weight(model, name).double() - w0
+    assert torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_solvers_rank_one_memit_and_null_space():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 12, generator=g, dtype=torch.float64) * torch.logspace(0, -4, 12, dtype=torch.float64)
+    cov = x.T @ x / 500
+    keys = torch.randn(3, 12, generator=g, dtype=torch.float64)
+    resid = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    # MEMIT: the update solves (lambda C + K K^T) Delta^T = K R^T
+    d = memit_update(memit_system(cov, keys, 2.0), keys, resid)
+    assert torch.allclose((2.0 * cov + keys.T @ keys) @ d.T, keys.T @ resid, atol=1e-9)
+    # AlphaEdit: Delta k0 = 0 for every k0 the projector annihilates (the preserved keys)
+    proj, null = null_space_projector(cov, 1e-3)
+    assert 0 < null < 12
+    d = alphaedit_update(proj, keys, resid, torch.zeros(12, 12, dtype=torch.float64), 1.0)
+    vals, vecs = torch.linalg.eigh(cov)
+    keep = vecs[:, vals >= 1e-3 * vals.max()]
+    assert torch.allclose(d @ keep, torch.zeros(7, keep.shape[1], dtype=torch.float64), atol=1e-10)
+
+
+def test_alphaedit_keeps_preserved_outputs_and_commits_keys(setup, tiny_lm):
+    model, ctx, req = setup
+    m = _method("alphaedit")
+    m.prepare(model, ctx)
+    module = get_module(model, m._names[-1])
+    vals, vecs = torch.linalg.eigh(m._cov[m._names[-1]])
+    keep = vecs[:, vals >= m.nullspace_threshold * vals.max()].float().T  # keys in the preserved space
+    with torch.no_grad():
+        before = module(keep)
+    handle = m.apply(model, [req], ctx)
+    with torch.no_grad():
+        after = module(keep)
+        changed = float((_weight(model, m._names[-1]) - linear_weight(module).detach()).abs().max())
+    assert torch.allclose(after, before, atol=1e-5 * float(before.abs().max()))
+    assert m.state_dict() == {}  # nothing joins the preserved keys before a commit
+    handle.restore()
+    assert m.state_dict() == {} and changed == 0.0
+    m.apply(model, [req], ctx).commit()
+    state = m.state_dict()
+    assert sorted(state) == [f"key_gram.{layer}" for layer in m._layers]
+    assert all(v.dtype == torch.float64 and torch.linalg.matrix_rank(v) == 1 for v in state.values())
+
+
+def test_cached_statistics_give_bit_identical_edits(setup, tmp_path, monkeypatch):
+    model, ctx, req = setup
+    ctx.cache_dir, ctx.model_id = tmp_path, "fixture"
+    m = _method("rome")
+    m.prepare(model, ctx)
+    (name,) = m._names
+    path = stats.cache_path(ctx, name, N_TOK)
+    assert path is not None and path.is_file() and not list(path.parent.glob(".*tmp"))
+    first = m.apply(model, [req], ctx)
+    w_first = _weight(model, name)
+    first.restore()
+
+    def no_recompute(*a, **k):
+        raise AssertionError("cached statistics were recomputed")
+
+    monkeypatch.setattr(stats, "compute", no_recompute)
+    again = _method("rome")
+    again.prepare(model, ctx)
+    again.apply(model, [req], ctx)
+    assert torch.equal(_weight(model, name), w_first)
+    assert stats.cache_path(EditContext(tokenizer=ctx.tokenizer, cache_dir=tmp_path), name, N_TOK) is None  # no id
+
+
+def test_bad_statistics_are_one_clear_error(setup, tmp_path):
+    model, ctx, _ = setup
+    ctx.cache_dir, ctx.model_id = tmp_path, "fixture"
+    m = _method("rome")
+    name = f"model.layers.{m.layers[0]}.mlp.down_proj"
+    path = stats.cache_path(ctx, name, N_TOK)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(EditlabError, match=r"unreadable.*delete"):
+        m.prepare(model, ctx)
+    d = linear_weight(get_module(model, name)).shape[1]
+    save_file({"mom2": torch.zeros(d, d, dtype=torch.float64)}, str(path),
+              metadata={"format": stats.FORMAT, "module": name, "n_tokens": str(N_TOK)})
+    with pytest.raises(EditlabError, match="singular"):
+        m.prepare(model, ctx)
+    with pytest.raises(EditlabError, match="out of range"):
+        _method("rome", layers=[9]).prepare(model, ctx)
+    with pytest.raises(EditlabError, match=r"world_dir|tokens\.bin"):
+        _method("memit").prepare(model, EditContext(tokenizer=ctx.tokenizer))
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "alphaedit"])
+def test_failed_edits_leave_the_weights_untouched(setup, name):
+    model, ctx, req = setup
+    m = _method(name)
+    m.prepare(model, ctx)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(EditFailed, match="subject"):
+        m.apply(model, [EditRequest(" ", req.relation, req.target, "bad")], ctx)
+    norm = model.get_submodule("model.norm")
+    with torch.no_grad():
+        norm.weight[0] = float("nan")  # the model's outputs, hence the target vector, are not finite
+    with pytest.raises(EditFailed, match="non-finite"):
+        m.apply(model, [req], ctx)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k != "model.norm.weight")
+    assert all(torch.isfinite(linear_weight(get_module(model, n))).all() for n in m._names)
+
+
+def test_a_failed_edit_in_a_sequential_stream_is_recorded_and_the_stream_goes_on(tiny_world, ckpt, tmp_path,
+                                                                                   monkeypatch):
+    from editlab.editing.config import EditsConfig, MetricsConfig
+    from editlab.editing.experiment import edit_run
+    from editlab.editing.methods import rome
+    from editlab.world.loading import World
+    from tests.editing.test_toy_protocols import _trainer
+
+    calls = []
+    real = rome.optimise_targets
+
+    def nan_on_second(*a, **k):
+        out = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            out.delta = torch.full_like(out.delta, float("nan"))
+        return out
+
+    monkeypatch.setattr(rome, "optimise_targets", nan_on_second)
+    method = registry.get_method("rome", {"layers": [0], "stats_tokens": 2000, "prefixes": [[5, 2]], "steps": 2})
+    run = tmp_path / "run"
+    edit_run(world=World.open(tiny_world.dir), checkpoint=ckpt, method=method,
+             edits=EditsConfig(n=3, mode="sequential", eval_every=3), metrics=MetricsConfig(n_locality=5, n_samples=0),
+             run_dir=run, seed=0, run_config={"t": 1}, device="cpu", progress=False, trainer=_trainer(),
+             cache_root=tmp_path / "stats")
+    recs = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 3 and [("failed" in r["info"]) for r in recs] == [False, True, False]
+    assert "non-finite" in recs[1]["info"]["failed"] and recs[1]["method"] == "rome"
+    from editlab.lm.checkpoint import load_weights
+
+    assert all(torch.isfinite(p).all() for p in load_weights(run / "model").parameters())
