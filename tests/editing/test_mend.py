@@ -115,7 +115,7 @@ def _val_metrics(module: MendTrainer, dm: MetaDataModule) -> dict[str, float]:
 
 def test_short_meta_training_improves_validation_edits(tiny_lm):
     """A few dozen meta-training steps on the fixture raise val edit success above the untrained editor's."""
-    hp = {**fixture_hparams("mend"), "edit_steps": 1}
+    hp = fixture_hparams("mend")
     cases = tiny_lm.world.meta_cases[:200]
     training = EditorTraining(max_steps=30, batch_size=8, val_fraction=0.2, val_every=30)
     dm = MetaDataModule(cases, 8, 0.2, 0)
@@ -138,7 +138,7 @@ def test_short_meta_training_improves_validation_edits(tiny_lm):
 def test_gpt2_meta_trains_saves_loads_and_edits(tiny_world, tmp_path):
     tok = _tok(tiny_world)
     model = _random("gpt2", tok)
-    hp = {"rank": 8, "alpha_init": 1e-2, "lr": 1e-3, "lr_alpha": 1e-3, "edit_steps": 3}
+    hp = {"rank": 8, "alpha_init": 1e-2, "lr": 1e-3, "lr_alpha": 1e-3}
     method = registry.get_method("mend", hp)
     training = EditorTraining(max_steps=3, batch_size=4, val_fraction=0.2, val_every=3)
     state, metrics = fit_editor(method, copy.deepcopy(model), tok, tiny_world.meta_cases[:40], training, seed=0)
@@ -176,8 +176,8 @@ def test_mend_refuses_without_editor_or_for_other_layers(tiny_world, tmp_path):
     other = registry.get_method("mend", {"rank": 8, "layers": [-1]})
     with pytest.raises(EditlabError, match="does not fit this model's layers"):
         other.prepare(model, EditContext(tokenizer=tok, model_id="m", editor_path=out))
-    with pytest.raises(EditlabError, match="edit_steps"):
-        registry.get_method("mend", {"edit_steps": 0})
+    with pytest.raises(EditlabError, match="rank >= 1"):
+        registry.get_method("mend", {"rank": 0})
 
 
 def test_meta_training_step_leaves_the_base_model_untouched(tiny_world):

@@ -163,10 +163,6 @@ class Mend(TrainableEditor):
         lr: Adam learning rate of the editor network.
         lr_alpha: Adam learning rate of the per-layer steps (their own parameter group).
         c_edit, c_loc: weights of the edit NLL and of the locality KL in the meta-loss.
-        edit_steps: editor steps per edit. The paper edits in one step (1); more steps re-read the gradient
-            factors on the model as edited so far and apply the editor again, until the target NLL is below
-            ``stop_loss`` (for a model whose editor cannot reach the target in one step; not the paper).
-        stop_loss: stop editing once the mean target NLL per request is below this (0: always ``edit_steps``).
     """
 
     name = "mend"
@@ -179,8 +175,6 @@ class Mend(TrainableEditor):
     lr_alpha: float = 1.0e-4
     c_edit: float = 0.1
     c_loc: float = 1.0
-    edit_steps: int = 1
-    stop_loss: float = 0.0
     editor: GradientEditor | None = field(default=None, init=False, repr=False, compare=False)
     _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -189,8 +183,6 @@ class Mend(TrainableEditor):
             raise EditlabError("method mend: rank >= 1, n_hidden >= 0, lr > 0 and lr_alpha >= 0")
         if self.c_edit < 0 or self.c_loc < 0 or not self.modules:
             raise EditlabError("method mend: c_edit, c_loc >= 0 and at least one module role")
-        if self.edit_steps < 1 or self.stop_loss < 0:
-            raise EditlabError("method mend: edit_steps >= 1 and stop_loss >= 0")
 
     def module_names(self, model: nn.Module) -> list[str]:
         return module_names(model, self.modules, self.layers)
@@ -232,23 +224,16 @@ class Mend(TrainableEditor):
         device = next(model.parameters()).device
         self.editor.to(device).eval()
         batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(device)
-        first, done, norms = None, 0, [0.0]
-        for step in range(1, self.edit_steps + 1):
-            factors = record_factors(model, names, batch)
-            loss = float(factors.loss) / len(requests)
-            first = loss if first is None else first
-            if loss < self.stop_loss:
-                break
-            with torch.no_grad():
-                for i, name in enumerate(names):
-                    u, delta = factors.of(name)
-                    upd = self.editor.update(i, u, delta)
-                    linear_weight(get_module(model, name)).add_(upd.to(saved[weight_param_name(name)].dtype))
-                    norms.append(float(upd.norm()))
-            done = step
-            if on_step is not None:
-                on_step(step, model)
+        factors = record_factors(model, names, batch)
         with torch.no_grad():
+            norms = []
+            for i, name in enumerate(names):
+                u, delta = factors.of(name)
+                upd = self.editor.update(i, u, delta)
+                linear_weight(get_module(model, name)).add_(upd.to(saved[weight_param_name(name)].dtype))
+                norms.append(float(upd.norm()))
             final = float(target_nll(model, batch))
-        return EditHandle(model, touched=saved, info={"steps": done, "loss_initial": first, "loss_final": final,
-                                                      "update_norm": max(norms)})
+        if on_step is not None:
+            on_step(1, model)
+        return EditHandle(model, touched=saved, info={"steps": 1, "loss_initial": float(factors.loss) / len(requests),
+                                                      "loss_final": final, "update_norm": max(norms)})
