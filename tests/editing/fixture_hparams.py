@@ -27,7 +27,11 @@ TINY_LM: dict[str, dict] = {
     "rome": {"layers": [1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
     "memit": {"layers": [0, 1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
     "alphaedit": {"layers": [0, 1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
+    "mend": {"rank": 64, "alpha_init": 3.0e-03, "lr": 1.0e-03, "lr_alpha": 1.0e-04},
 }
+
+EDITOR_TRAINING: dict[str, dict] = {}
+"""Meta-training settings of the contract matrix's briefly trained editors, per method (default: 12 steps of 4)."""
 
 
 def fixture_hparams(name: str) -> dict:

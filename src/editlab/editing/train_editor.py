@@ -160,7 +160,7 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     L.seed_everything(seed, workers=True, verbose=False)
     module = method.training_module(base, tokenizer, training)
     module.strict_loading = False  # FrozenOut: the frozen base is not in the checkpoints
-    dm = MetaDataModule(cases, training.batch_size, training.val_fraction, seed)
+    dm = MetaDataModule(cases, training.batch_size, training.val_fraction, seed, training.data_options())
     dm.check()
     ckpt_dir = Path(work_dir) / "checkpoints"
     log = ValidationLog(method.name)

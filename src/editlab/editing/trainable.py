@@ -3,9 +3,10 @@
 A trainable editor is an :class:`~editlab.editing.base.EditMethod` with three more pieces:
 
 - :meth:`TrainableEditor.training_module`: the LightningModule that meta-trains it on a base model;
-- :class:`MetaDataModule`: edit cases of the world's ``meta`` split (subjects disjoint from the
-  evaluation cases, world.md), split into train/val by a seeded shuffle of *subjects*, so no
-  validation edit shares a subject with a training edit;
+- :class:`MetaDataModule`: meta-training examples (editing/meta_data.py: the edit, its equivalents,
+  locality facts) of the world's ``meta`` split (subjects disjoint from the evaluation cases, world.md),
+  split into train/val by a seeded shuffle of *subjects*, so no validation edit shares a subject with a
+  training edit (nor a locality fact);
 - an editor checkpoint directory (:func:`save_editor` / :func:`read_editor`): ``editor.safetensors`` +
   ``editor.json`` recording the method, its hyper-parameters, the training config and the ``model_id``
   of the base model it was trained on. :meth:`TrainableEditor.prepare` loads it from
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.base import EditContext, EditMethod
+from editlab.editing.meta_data import MetaBatch, MetaDataOptions, meta_examples
 from editlab.errors import EditlabError
 from editlab.utils.atomic import atomic_directory
 
@@ -58,6 +60,8 @@ class EditorTraining:
         patience: stop after this many validations without an improvement of ``val/edit_success``
             (``null``: never stop early).
         min_delta: the smallest rise of ``val/edit_success`` that counts as an improvement.
+        n_locality: locality facts per example (editing/meta_data.py).
+        soft_downstream: add downstream facts with the agent's posterior as soft targets.
     """
 
     max_steps: int = 500
@@ -66,6 +70,8 @@ class EditorTraining:
     val_every: int = 100
     patience: int | None = 5
     min_delta: float = 0.0
+    n_locality: int = 4
+    soft_downstream: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -74,6 +80,11 @@ class EditorTraining:
             raise EditlabError("editor.patience must be >= 1 (or null: no early stopping) and editor.min_delta >= 0")
         if not 0 < self.val_fraction < 1:
             raise EditlabError("editor.val_fraction must be in (0, 1)")
+        self.data_options()  # validated here, where the config is read
+
+    def data_options(self) -> MetaDataOptions:
+        """How the meta-training examples are built."""
+        return MetaDataOptions(self.n_locality, self.soft_downstream)
 
 
 def split_by_subject(cases: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -106,17 +117,24 @@ class Shuffled(torch.utils.data.Dataset):
 
 
 class MetaDataModule(L.LightningDataModule):
-    """Batches of meta-split case records (lists of dicts; the training module builds its tensors).
+    """Batches (:class:`~editlab.editing.meta_data.MetaBatch`) of meta-training examples; the training module
+    builds its tensors.
 
     Training batches are global batch ``k`` = step ``k`` of a seeded stream (a new permutation per
     epoch; lm.packing.StreamBatches), so they are the same under DDP (each rank takes its slice of
     every global batch: ``batch_size`` is the global batch) and a resumed run continues with the batch
     of its restored step. Validation cases are split over ranks (rank r takes every r-th).
+
+    Examples of each split are built from that split's cases only, so locality facts of a training
+    example never belong to a validation subject.
     """
 
-    def __init__(self, cases: list[dict], batch_size: int, val_fraction: float, seed: int) -> None:
+    def __init__(self, cases: list[dict], batch_size: int, val_fraction: float, seed: int,
+                 options: MetaDataOptions | None = None) -> None:
         super().__init__()
-        self.train_cases, self.val_cases = split_by_subject(cases, val_fraction, seed)
+        options = options or MetaDataOptions()
+        train, val = split_by_subject(cases, val_fraction, seed)
+        self.train_cases, self.val_cases = meta_examples(train, options, seed), meta_examples(val, options, seed)
         self.batch_size, self.seed = batch_size, seed
 
     def _ranks(self) -> tuple[int, int]:
@@ -143,11 +161,11 @@ class MetaDataModule(L.LightningDataModule):
         sampler = StreamBatches(len(self.train_cases), self.batch_size // world, rank, world,
                                 n_batches=trainer.max_steps if trainer is not None else len(self.train_cases),
                                 start=lambda: trainer.global_step if trainer is not None else 0)
-        return DataLoader(Shuffled(self.train_cases, self.seed), batch_sampler=sampler, collate_fn=list)
+        return DataLoader(Shuffled(self.train_cases, self.seed), batch_sampler=sampler, collate_fn=MetaBatch)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._ranks()
-        return DataLoader(self.val_cases[rank::world], batch_size=self.batch_size, shuffle=False, collate_fn=list)
+        return DataLoader(self.val_cases[rank::world], batch_size=self.batch_size, shuffle=False, collate_fn=MetaBatch)
 
 
 @dataclass

@@ -1,0 +1,239 @@
+"""MEND: Model Editor Networks with Gradient Decomposition (Mitchell et al. 2022, "Fast Model Editing at Scale").
+
+An edit is one forward/backward pass of the edit loss (the target NLL of ``"s r" -> o*``) on the model,
+whose per-token gradient factors ``(u, delta)`` of each edited Linear (default: both MLP matrices,
+roles ``mlp_in`` and ``mlp_out``, of the last 3 blocks) a meta-learned editor maps to a weight change
+``W' = W - alpha_l sum_i delta~_i u~_i^T`` (editing/hyper/: one identity-initialised low-rank network
+per weight shape, shared across layers with per-layer scale and shift, running normalisation of
+``[u; delta]``, a learned step per layer).
+
+The editor is meta-trained (``python train.py task=editor method=mend``) on the world's meta split
+(editing/meta_data.py): for each example the edited weights are applied functionally
+(``torch.func.functional_call``, the base model is never written) and the meta-loss is
+``c_edit * NLL(equivalents | edited) + c_loc * KL(p_base || p_edited)`` on locality facts of other
+subjects (c_edit 0.1, c_loc 1.0, the paper's values), optionally with the agent's posterior as soft
+targets on downstream facts (``editor.soft_downstream``). The editor network and the steps are
+optimised by Adam in two parameter groups (``lr``, ``lr_alpha``), as the paper's separate optimiser of
+the step sizes. The update is written in place on the real weights at edit time (snapshot restore is
+bit-exact; ``commit`` keeps it: sequential editing applies the editor to the model as it is now).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import nn
+from torch.func import functional_call
+from transformers import PreTrainedTokenizerBase
+
+from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook, snapshot
+from editlab.editing.hyper.editor import GradientEditor
+from editlab.editing.hyper.factors import Factors, record_factors
+from editlab.editing.loss import TargetBatch, target_batch, target_nll
+from editlab.editing.meta_data import MetaBatch, MetaExample, Target
+from editlab.editing.registry import register
+from editlab.editing.trainable import EditorTraining, TrainableEditor
+from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
+from editlab.errors import EditlabError
+from editlab.eval.probes import PromptEncoder
+
+
+def edited_weights(editor: GradientEditor, base: nn.Module, modules: Sequence[str], factors: Factors,
+                   row: int | None) -> dict[str, torch.Tensor]:
+    """Parameter name -> edited weight (storage orientation) of the request ``row`` (None: all rows)."""
+    out = {}
+    for i, name in enumerate(modules):
+        module = get_module(base, name)
+        u, delta = factors.of(name, row)
+        upd = editor.update(i, u, delta).to(module.weight.dtype)  # (d_out, d_in)
+        out[weight_param_name(name)] = module.weight + (upd.T if is_transposed(module) else upd)
+    return out
+
+
+def object_logits(logits: torch.Tensor, batch: TargetBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at the positions that predict object tokens (N, V), the object tokens (N,))."""
+    pos = batch.target[:, 1:]
+    return logits[:, :-1][pos], batch.ids[:, 1:][pos]
+
+
+def argmax_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
+    """(B,) whether every object token of each row is the argmax given the gold prefix."""
+    pos = batch.target[:, 1:]
+    ok = (logits[:, :-1].argmax(-1) == batch.ids[:, 1:]) | ~pos
+    return ok.all(-1)
+
+
+class MendTrainer(L.LightningModule):
+    """Meta-trains a :class:`GradientEditor` on a frozen base model (MEND's meta-loss, see the module docstring)."""
+
+    def __init__(self, method: Mend, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.method, self.enc = method, PromptEncoder(tokenizer)
+        self.base = base.requires_grad_(False).eval()
+        self.modules_ = method.module_names(base)
+        self.editor = method.build_editor(base)
+
+    def train(self, mode: bool = True) -> MendTrainer:
+        super().train(mode)
+        self.base.eval()  # the base LM is frozen; only the editor switches modes (its running statistics)
+        return self
+
+    def _call(self, params: dict[str, torch.Tensor], batch: TargetBatch) -> torch.Tensor:
+        return functional_call(self.base, params, args=(), kwargs={"input_ids": batch.ids, "attention_mask": batch.mask,
+                                                                   "use_cache": False}).logits.float()
+
+    def example_loss(self, ex: MetaExample, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(meta-loss of one example under its edited weights ``params``, its metrics)."""
+        m = self.method
+        n_eq, soft = len(ex.equivalents), [(s, o) for s in ex.soft for o in s.objects]
+        rows = list(ex.equivalents) + [Target(s.prompt, o) for s, o in soft] + list(ex.locality)
+        batch = target_batch(self.enc, rows).to(self.device)
+        with torch.no_grad():
+            base = self.base(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits.float()
+        edited = self._call(params, batch)
+        logp = torch.log_softmax(edited, -1)
+        tok_lp = logp[:, :-1].gather(-1, batch.ids[:, 1:, None])[..., 0] * batch.target[:, 1:]
+        seq_lp = tok_lp.sum(-1)  # (R,) log p(object | prompt) per row
+        edit = -seq_lp[:n_eq].mean()
+        if soft:
+            probs = torch.tensor([p for s in ex.soft for p in s.probs], device=self.device)
+            edit = edit - (probs * seq_lp[n_eq: n_eq + len(soft)]).sum() / len(ex.soft)
+        loc = slice(n_eq + len(soft), None)
+        lb, le = object_logits(base[loc], _rows(batch, loc)), object_logits(edited[loc], _rows(batch, loc))
+        pb, qe = torch.log_softmax(lb[0], -1), torch.log_softmax(le[0], -1)
+        kl = (pb.exp() * (pb - qe)).sum(-1).mean()
+        loss = m.c_edit * edit + m.c_loc * kl
+        last = batch.last_prompt[loc]
+        r = torch.arange(len(ex.locality), device=self.device)
+        kept = (base[loc][r, last].argmax(-1) == edited[loc][r, last].argmax(-1)).float().mean()
+        hits = argmax_hits(edited[:n_eq].detach(), _rows(batch, slice(0, n_eq)))
+        return loss, {"edit_loss": edit.item(), "loc_kl": kl.item(), "edit_success": float(hits[0]),
+                      "tf_success": float(hits[1:].float().mean()) if n_eq > 1 else float("nan"),
+                      "locality": float(kept)}
+
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean meta-loss over the batch's examples (one edit each, the base model's gradient factors)."""
+        reqs = [ex.request for ex in batch]
+        factors = record_factors(self.base, self.modules_, target_batch(self.enc, reqs).to(self.device))
+        losses, stats = [], []
+        for i, ex in enumerate(batch):
+            loss, s = self.example_loss(ex, edited_weights(self.editor, self.base, self.modules_, factors, i))
+            losses.append(loss)
+            stats.append(s)
+        mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        return torch.stack(losses).mean(), mean
+
+    def training_step(self, batch: MetaBatch, batch_idx: int) -> torch.Tensor:
+        loss, s = self.meta_loss(batch)
+        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in s.items()}, batch_size=len(batch))
+        self.log("train/alpha_mean", self.editor.alpha.detach().mean(), batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: MetaBatch, batch_idx: int) -> None:
+        with torch.inference_mode(False), torch.enable_grad():  # the edit needs the LM's gradient factors
+            loss, s = self.meta_loss(batch)
+        self.log("val/loss", loss.detach(), batch_size=len(batch))
+        self.log_dict({f"val/{k}": v for k, v in s.items()}, batch_size=len(batch), prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        nets = [p for n, p in self.editor.named_parameters() if n != "alpha"]
+        return torch.optim.Adam([{"params": nets, "lr": self.method.lr},
+                                 {"params": [self.editor.alpha], "lr": self.method.lr_alpha}])
+
+
+def _rows(batch: TargetBatch, rows: slice) -> TargetBatch:
+    return TargetBatch(batch.ids[rows], batch.mask[rows], batch.target[rows], batch.last_prompt[rows])
+
+
+@register
+@dataclass
+class Mend(TrainableEditor):
+    """MEND (see the module docstring).
+
+    Attributes:
+        modules: roles (editlab.lm.arch) or templates of the edited Linear layers.
+        layers: blocks (negative counts from the last).
+        rank: rank of the editor's low-rank blocks (capped at d_in + d_out).
+        n_hidden: hidden blocks of the editor (the paper: 1, i.e. two residual blocks).
+        alpha_init: initial per-layer step (the paper's ``edit_lr``).
+        lr: Adam learning rate of the editor network.
+        lr_alpha: Adam learning rate of the per-layer steps (their own parameter group).
+        c_edit, c_loc: weights of the edit NLL and of the locality KL in the meta-loss.
+    """
+
+    name = "mend"
+    modules: list[str] = field(default_factory=lambda: ["mlp_in", "mlp_out"])
+    layers: list[int] = field(default_factory=lambda: [-3, -2, -1])
+    rank: int = 1920
+    n_hidden: int = 1
+    alpha_init: float = 1.0e-4
+    lr: float = 1.0e-6
+    lr_alpha: float = 1.0e-4
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    editor: GradientEditor | None = field(default=None, init=False, repr=False, compare=False)
+    _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.n_hidden < 0 or not self.lr > 0 or not self.lr_alpha >= 0:
+            raise EditlabError("method mend: rank >= 1, n_hidden >= 0, lr > 0 and lr_alpha >= 0")
+        if self.c_edit < 0 or self.c_loc < 0 or not self.modules:
+            raise EditlabError("method mend: c_edit, c_loc >= 0 and at least one module role")
+
+    def module_names(self, model: nn.Module) -> list[str]:
+        return module_names(model, self.modules, self.layers)
+
+    def build_editor(self, model: nn.Module) -> GradientEditor:
+        """An untrained editor for ``model``'s edited layers (identity networks, steps at ``alpha_init``)."""
+        shapes = [tuple(linear_weight(get_module(model, n)).shape) for n in self.module_names(model)]
+        return GradientEditor(shapes, self.rank, self.n_hidden, self.alpha_init)
+
+    def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                        training: EditorTraining) -> L.LightningModule:
+        return MendTrainer(self, base, tokenizer)
+
+    def editor_state(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.editor.state_dict().items()}
+
+    def load_editor(self, state: dict[str, torch.Tensor]) -> None:
+        self._weights = dict(state)
+
+    def prepare(self, model: nn.Module, ctx: EditContext) -> None:
+        """Load the trained editor (checked against ``ctx.model_id``) into a network shaped for ``model``."""
+        super().prepare(model, ctx)
+        editor = self.build_editor(model)
+        try:
+            editor.load_state_dict(self._weights)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise EditlabError(f"editor {ctx.editor_path} does not fit this model's layers ({first}...); edit with the "
+                               "modules/layers/rank it was trained with (its editor.json)") from None
+        self.editor = editor.eval()
+
+    def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
+              on_step: StepHook | None = None) -> EditHandle:
+        if self.editor is None:
+            raise EditlabError("method mend has no trained editor; pass editor_path=<the directory python train.py "
+                               "task=editor method=mend wrote>")
+        names = self.module_names(model)
+        saved = snapshot(model, [weight_param_name(n) for n in names])
+        device = next(model.parameters()).device
+        self.editor.to(device).eval()
+        batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(device)
+        factors = record_factors(model, names, batch)
+        with torch.no_grad():
+            norms = []
+            for i, name in enumerate(names):
+                u, delta = factors.of(name)
+                upd = self.editor.update(i, u, delta)
+                linear_weight(get_module(model, name)).add_(upd.to(saved[weight_param_name(name)].dtype))
+                norms.append(float(upd.norm()))
+            final = float(target_nll(model, batch))
+        if on_step is not None:
+            on_step(1, model)
+        return EditHandle(model, touched=saved, info={"steps": 1, "loss_initial": float(factors.loss) / len(requests),
+                                                      "loss_final": final, "update_norm": max(norms)})
