@@ -172,8 +172,8 @@ def test_a_module_that_does_not_log_the_metrics_is_one_clear_error(tiny_world, t
             return Silent(base, [0.5])
 
     with pytest.raises(EditlabError, match="did not log val/locality"):
-        fit_editor(Quiet(), load_checkpoint_(trained_ckpt), None, tiny_world.meta_cases[:40],
-                   EditorTraining(max_steps=2, val_every=2, **FAST), seed=0)
+        fit_editor(Quiet(), load_checkpoint_(trained_ckpt), None, tiny_world.meta_cases[:80],
+                   EditorTraining(max_steps=2, val_every=2, **{**FAST, "val_fraction": 0.2}), seed=0)
 
 
 def load_checkpoint_(ckpt: Path):
@@ -184,24 +184,25 @@ def load_checkpoint_(ckpt: Path):
 
 def test_a_meta_split_smaller_than_the_batch_is_one_clear_error(tiny_world, trained_ckpt):
     with pytest.raises(EditlabError, match=r"meta split has \d+ training cases, fewer than editor.batch_size=64"):
-        fit_editor(Scripted(), load_checkpoint_(trained_ckpt), None, tiny_world.meta_cases[:30],
-                   EditorTraining(max_steps=2, batch_size=64, val_every=2), seed=0)
+        fit_editor(Scripted(), load_checkpoint_(trained_ckpt), None, tiny_world.meta_cases[:60],
+                   EditorTraining(max_steps=2, batch_size=64, val_every=2, val_fraction=0.2), seed=0)
 
 
-def test_ranks_split_every_global_batch_and_a_resume_starts_at_its_step():
+def test_ranks_split_every_global_batch_and_a_resume_starts_at_its_step(tiny_world):
     """The data side of DDP and resume: rank r's batch k is its slice of the single-process batch k."""
     from types import SimpleNamespace
 
-    cases = [{"subject": f"s{i // 2}", "i": i} for i in range(40)]
+    cases = tiny_world.meta_cases[:40]
+    index = {c["case_id"]: i for i, c in enumerate(cases)}
     dm = MetaDataModule(cases, 4, 0.25, seed=0)
 
     def batches(rank: int, world: int, start: int = 0) -> list[list[int]]:
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, max_steps=20, global_step=start)
-        return [[c["i"] for c in b] for b in dm.train_dataloader()]
+        return [[index[ex.request.case_id] for ex in b] for b in dm.train_dataloader()]
 
     single = batches(0, 1)
     assert len(single) == 20 and all(len(b) == 4 for b in single)
-    per_epoch = len(dm.train_cases) // 4  # 7 full batches of the 30 training cases, then a new permutation
+    per_epoch = len(dm.train_cases) // 4  # full batches of the training cases, then a new permutation
     assert len({i for b in single[:per_epoch] for i in b}) == per_epoch * 4  # no case twice within an epoch
     assert [a + b for a, b in zip(batches(0, 2), batches(1, 2), strict=True)] == single
     assert batches(0, 1, start=9) == single[9:]

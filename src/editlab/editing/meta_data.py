@@ -147,7 +147,7 @@ def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) ->
         others = [f for f, s in pool if s != c["subject"]]
         if not others:
             raise EditlabError("the meta split needs cases of at least 2 subjects per train/val split for "
-                               "locality examples; build a world with more meta cases or lower editor.val_fraction")
+                               "locality examples; build a world with more meta cases or change editor.val_fraction")
         rng = random.Random(f"{seed}:{c['case_id']}")
         k = min(options.n_locality, len(others))
         out.append(MetaExample(EditRequest.from_case(c), equivalents(c), tuple(rng.sample(others, k)),
