@@ -97,18 +97,19 @@ def subject(request, tiny_lm) -> Subject:
     return _SUBJECTS[kind]
 
 
-_EDITORS: dict[str, Path] = {}
+_EDITORS: dict[tuple[str, str], Path] = {}
 
 
 def _editor(sub: Subject, method: TrainableEditor, tmp_root: Path) -> Path:
-    """A briefly meta-trained editor for ``sub`` (trained once per model and session)."""
-    if sub.kind not in _EDITORS:
+    """A briefly meta-trained editor of ``method`` for ``sub`` (trained once per method, model and session)."""
+    key = (method.name, sub.kind)
+    if key not in _EDITORS:
         base = copy.deepcopy(sub.model)
         training = EditorTraining(max_steps=12, batch_size=4, val_fraction=0.2, val_every=12)
         state, metrics = fit_editor(method, base, sub.tok, sub.world.meta_cases[:80], training, seed=0)
-        _EDITORS[sub.kind] = save_editor(tmp_root / f"editor-{sub.kind}", method, state, sub.model_id,
-                                         {"test": sub.kind}, metrics)
-    return _EDITORS[sub.kind]
+        _EDITORS[key] = save_editor(tmp_root / f"editor-{method.name}-{sub.kind}", method, state, sub.model_id,
+                                    {"test": sub.kind}, metrics)
+    return _EDITORS[key]
 
 
 @pytest.fixture
