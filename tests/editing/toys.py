@@ -39,6 +39,7 @@ from editlab.editing.base import (
     unwrap,
 )
 from editlab.editing.loss import target_batch, target_nll
+from editlab.editing.meta_data import MetaBatch
 from editlab.editing.trainable import EditorTraining, TrainableEditor
 from editlab.editing.weights import module_names, weight_param_name
 from editlab.errors import EditlabError
@@ -131,9 +132,9 @@ class StepTrainer(L.LightningModule):
         self.names = method.param_names(base)
         self.log_step = nn.Parameter(torch.tensor(float(method.init_log_step)))
 
-    def meta_loss(self, cases: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    def meta_loss(self, examples: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss over the batch's edits, share of edits whose target tokens are all argmax after one step)."""
-        reqs = [EditRequest.from_case(c) for c in cases]
+        reqs = [ex.request for ex in examples]
         params = dict(self.base.named_parameters())
         w0 = [params[n].detach() for n in self.names]
         losses, hits = [], []
@@ -159,13 +160,13 @@ class StepTrainer(L.LightningModule):
     def _call(self, ws: list[torch.Tensor]):
         return lambda **kw: functional_call(self.base, dict(zip(self.names, ws, strict=True)), args=(), kwargs=kw)
 
-    def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: MetaBatch, batch_idx: int) -> torch.Tensor:
         loss, acc = self.meta_loss(batch)
         self.log_dict({"train/loss": loss, "train/edit_acc": acc, "train/log_step": self.log_step.detach()},
                       batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+    def validation_step(self, batch: MetaBatch, batch_idx: int) -> None:
         loss, acc = self.meta_loss(batch)
         self.log_dict({"val/loss": loss, "val/edit_acc": acc}, batch_size=len(batch))
 

@@ -30,7 +30,7 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     """Meta-train ``method`` on ``base`` over meta ``cases``; returns (editor weights, final metrics)."""
     L.seed_everything(seed, workers=True, verbose=False)
     module = method.training_module(base, tokenizer, training)
-    dm = MetaDataModule(cases, training.batch_size, training.val_fraction, seed)
+    dm = MetaDataModule(cases, training.batch_size, training.val_fraction, seed, training.data_options())
     # validation every ``val_every`` optimizer steps across epochs (check_val_every_n_epoch=None)
     kwargs = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {}), "max_steps": training.max_steps,
               "max_epochs": -1, "val_check_interval": training.val_every, "check_val_every_n_epoch": None,

@@ -3,9 +3,10 @@
 A trainable editor is an :class:`~editlab.editing.base.EditMethod` with three more pieces:
 
 - :meth:`TrainableEditor.training_module`: the LightningModule that meta-trains it on a base model;
-- :class:`MetaDataModule`: edit cases of the world's ``meta`` split (subjects disjoint from the
-  evaluation cases, world.md), split into train/val by a seeded shuffle of *subjects*, so no
-  validation edit shares a subject with a training edit;
+- :class:`MetaDataModule`: meta-training examples (editing/meta_data.py: the edit, its equivalents,
+  locality facts) of the world's ``meta`` split (subjects disjoint from the evaluation cases, world.md),
+  split into train/val by a seeded shuffle of *subjects*, so no validation edit shares a subject with a
+  training edit (nor a locality fact);
 - an editor checkpoint directory (:func:`save_editor` / :func:`read_editor`): ``editor.safetensors`` +
   ``editor.json`` recording the method, its hyper-parameters, the training config and the ``model_id``
   of the base model it was trained on. :meth:`TrainableEditor.prepare` loads it from
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.base import EditContext, EditMethod
+from editlab.editing.meta_data import MetaBatch, MetaDataOptions, meta_examples
 from editlab.errors import EditlabError
 from editlab.utils.atomic import atomic_directory
 
@@ -49,18 +51,27 @@ class EditorTraining:
         batch_size: edit cases per step.
         val_fraction: share of the meta split's subjects held out for validation.
         val_every: validate every this many steps.
+        n_locality: locality facts per example (editing/meta_data.py).
+        soft_downstream: add downstream facts with the agent's posterior as soft targets.
     """
 
     max_steps: int = 500
     batch_size: int = 8
     val_fraction: float = 0.1
     val_every: int = 100
+    n_locality: int = 4
+    soft_downstream: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.val_every < 1:
             raise EditlabError("editor: max_steps, batch_size and val_every must be >= 1")
         if not 0 < self.val_fraction < 1:
             raise EditlabError("editor.val_fraction must be in (0, 1)")
+        self.data_options()  # validated here, where the config is read
+
+    def data_options(self) -> MetaDataOptions:
+        """How the meta-training examples are built."""
+        return MetaDataOptions(self.n_locality, self.soft_downstream)
 
 
 def split_by_subject(cases: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -74,20 +85,28 @@ def split_by_subject(cases: list[dict], val_fraction: float, seed: int) -> tuple
 
 
 class MetaDataModule(L.LightningDataModule):
-    """Batches of meta-split case records (lists of dicts; the training module builds its tensors)."""
+    """Batches (:class:`~editlab.editing.meta_data.MetaBatch`) of meta-training examples; the training module
+    builds its tensors.
 
-    def __init__(self, cases: list[dict], batch_size: int, val_fraction: float, seed: int) -> None:
+    Examples of each split are built from that split's cases only, so locality facts of a training
+    example never belong to a validation subject.
+    """
+
+    def __init__(self, cases: list[dict], batch_size: int, val_fraction: float, seed: int,
+                 options: MetaDataOptions | None = None) -> None:
         super().__init__()
-        self.train_cases, self.val_cases = split_by_subject(cases, val_fraction, seed)
+        options = options or MetaDataOptions()
+        train, val = split_by_subject(cases, val_fraction, seed)
+        self.train_cases, self.val_cases = meta_examples(train, options, seed), meta_examples(val, options, seed)
         self.batch_size, self.seed = batch_size, seed
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train_cases, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=list, drop_last=len(self.train_cases) >= self.batch_size)
+                          collate_fn=MetaBatch, drop_last=len(self.train_cases) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_cases, batch_size=self.batch_size, shuffle=False, collate_fn=list)
+        return DataLoader(self.val_cases, batch_size=self.batch_size, shuffle=False, collate_fn=MetaBatch)
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""Meta-training examples of trainable editors (MEND, MALMEN, SERAC) from the world's ``meta`` split.
+
+methods.md ("Meta-learned editors"): each example holds the edit, what must change with it and what
+must not. In this formal language there are no paraphrases, so per meta case (world.md section 6;
+its subject belongs to the meta split, disjoint from every evaluation case's subject):
+
+- ``request``: the edit ``s r -> o*`` (:class:`~editlab.editing.base.EditRequest`);
+- ``equivalents``: prompts whose answer the edit must set: the request itself (``"s r"`` -> ``o*``) and its
+  TF sentence (``'"s r o*" is'`` -> ``true``), both rendered by :mod:`editlab.vocab`;
+- ``soft`` (only with ``soft_downstream``): the downstream fact ``s r2`` the edit moves in the agent,
+  with the agent's posterior after the edit as soft targets over the objects the case records for it
+  (its original modal object and the agent's new argmax); empty when the edit leaves ``s r2`` alone;
+- ``locality``: facts of *other* subjects of the same split (``"s' r'"`` -> its modal object), drawn with
+  a seed per example, whose predictions the edit must leave unchanged.
+
+The facts of a split's subjects are read off its own cases (each case records its subject's
+``s r`` and ``s r2`` facts with their modal objects), so the train and validation splits (disjoint
+subjects, :func:`~editlab.editing.trainable.split_by_subject`) never share a locality fact, and no
+file beyond the cases is needed. Same cases + seed -> the same examples.
+
+Each :class:`Target` has ``prompt`` and ``target`` like an edit request, so
+:func:`editlab.editing.loss.target_batch` tokenises equivalents and locality facts exactly as the
+evaluation scores them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from editlab.editing.base import EditRequest
+from editlab.errors import EditlabError
+from editlab.vocab import TRUE, prompt, request_tf_prompt
+
+
+@dataclass(frozen=True)
+class Target:
+    """A prompt and the object it should be answered with (``target_batch`` takes it like a request)."""
+
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
+class SoftTarget:
+    """A prompt with a distribution over objects: the agent's posterior after the edit."""
+
+    prompt: str
+    objects: tuple[str, ...]
+    probs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class MetaExample:
+    """One meta-training example (see the module docstring)."""
+
+    request: EditRequest
+    equivalents: tuple[Target, ...]
+    locality: tuple[Target, ...]
+    soft: tuple[SoftTarget, ...] = ()
+
+    @property
+    def subject(self) -> str:
+        return self.request.subject
+
+
+class MetaBatch:
+    """A batch of examples, opaque to Lightning.
+
+    Lightning moves batches to the device by recursing into lists and dataclasses and rebuilding them,
+    which a frozen dataclass refuses; the examples are text, the training module tokenises them on its
+    device, so the batch is handed over as it is.
+    """
+
+    def __init__(self, examples: Sequence[MetaExample]) -> None:
+        self.examples = list(examples)
+
+    def __iter__(self) -> Iterator[MetaExample]:
+        return iter(self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> MetaExample:
+        return self.examples[i]
+
+
+@dataclass(frozen=True)
+class MetaDataOptions:
+    """How examples are built (``train.yaml``'s ``editor`` node carries these).
+
+    Attributes:
+        n_locality: locality facts per example (facts of other subjects of the same split).
+        soft_downstream: add the downstream fact with the agent's posterior as soft targets.
+    """
+
+    n_locality: int = 4
+    soft_downstream: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_locality < 1:
+            raise EditlabError("editor.n_locality must be >= 1 (the locality term needs examples)")
+
+
+def equivalents(case: dict) -> tuple[Target, ...]:
+    """The request ``"s r" -> o*`` and its TF sentence ``'"s r o*" is' -> true``."""
+    return (Target(prompt(case["subject"], case["relation"]), case["requested_object"]),
+            Target(request_tf_prompt(case), TRUE))
+
+
+def subject_facts(case: dict) -> list[tuple[str, Target]]:
+    """(subject, fact) of the case's own subject as the case records them: ``s r`` and ``s r2`` with their
+    original (modal) objects."""
+    out = []
+    for p in case["probes"]:
+        if p["kind"] in ("s1r1", "s1r2") and p.get("target") == "original":
+            out.append((p["subject"], Target(p["prompt"], p["object"])))
+    return out
+
+
+def downstream(case: dict) -> tuple[SoftTarget, ...]:
+    """The ``s r2`` fact with the agent's posterior after the edit, if the edit moves it (else empty).
+
+    The case records the posterior (``p_post``) of the objects it probes at ``s r2`` (the original modal
+    object and the new argmax); an edit of a relation that is not ``r2``'s upstream leaves every
+    ``p_post`` equal to ``p_pre``, and then the fact is no downstream fact of this edit.
+    """
+    probes = [p for p in case["probes"] if p["kind"] == "s1r2"]
+    if not probes or all(abs(p["p_post"] - p["p_pre"]) < 1e-12 for p in probes):
+        return ()
+    seen: dict[str, float] = {}
+    for p in probes:
+        seen.setdefault(p["object"], float(p["p_post"]))
+    return (SoftTarget(probes[0]["prompt"], tuple(seen), tuple(seen.values())),)
+
+
+def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) -> list[MetaExample]:
+    """The examples of ``cases`` (one split), locality facts drawn from the split's other subjects."""
+    facts: dict[Target, str] = {}
+    for c in cases:
+        for subj, fact in subject_facts(c):
+            facts.setdefault(fact, subj)
+    pool = sorted(facts.items(), key=lambda kv: (kv[1], kv[0].prompt, kv[0].target))
+    out = []
+    for c in cases:
+        others = [f for f, s in pool if s != c["subject"]]
+        if not others:
+            raise EditlabError("the meta split needs cases of at least 2 subjects per train/val split for "
+                               "locality examples; build a world with more meta cases or lower editor.val_fraction")
+        rng = random.Random(f"{seed}:{c['case_id']}")
+        k = min(options.n_locality, len(others))
+        out.append(MetaExample(EditRequest.from_case(c), equivalents(c), tuple(rng.sample(others, k)),
+                               downstream(c) if options.soft_downstream else ()))
+    return out
