@@ -15,8 +15,9 @@ import torch
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, unwrap
 from editlab.editing.loss import target_batch
+from editlab.editing.meta_data import MetaDataOptions, meta_examples
 from editlab.editing.methods.serac_model import SeracWrapper, prepend
-from editlab.editing.methods.serac_train import queries
+from editlab.editing.methods.serac_train import queries, query_batch
 from editlab.editing.trainable import EditorTraining
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
@@ -89,23 +90,24 @@ def test_in_scope_positions_read_the_counterfactual_model_and_the_rest_the_base(
 def test_routes_in_scope_and_out_of_scope_queries_as_trained(tiny_lm):
     """Classifier trained on a toy memory of 8 edits (~25 s): the request prompt of every stored edit routes to
     that edit, and the read positions (last prompt token, answer tokens) of the equivalents route to their
-    edit and those of the hard negatives (same subject other relation, other subject same relation) to the
-    base model, each at >= 95% (an untrained classifier: about 60%)."""
+    edit and those of the out-of-scope queries (locality facts; hard negatives: same subject other relation,
+    other subject same relation) to the base model, each at >= 95% (an untrained classifier: about 60%)."""
     cases = tiny_lm.world.meta_cases[:8]
+    examples = meta_examples(cases, MetaDataOptions(), seed=0)
     method = registry.get_method("serac", {"lr_cls": 1.0e-2, "c_loc": 0.0})
     module = method.training_module(copy.deepcopy(tiny_lm.model), tiny_lm.tok, EditorTraining())
     module.cf.requires_grad_(False)  # the classifier alone: routing is what is tested here
     opt = torch.optim.AdamW(module.classifier.parameters(), lr=method.lr_cls)
     torch.manual_seed(0)
     for _ in range(STEPS):
-        module.losses(cases)["loss"].backward()
+        module.losses(examples)["loss"].backward()
         opt.step()
         opt.zero_grad()
     method.load_editor(method.editor_state(module))
     wrapper = method.apply(tiny_lm.model, [EditRequest.from_case(c) for c in cases], _ctx(tiny_lm)).model
-    qs = queries(cases)
-    edit_of = {(c["subject"], c["relation"]): i for i, c in enumerate(cases)}
-    batch = target_batch(PromptEncoder(tiny_lm.tok), qs)
+    qs = queries(examples)
+    edit_of = {ex.request.prompt: i for i, ex in enumerate(examples)}
+    batch = query_batch(PromptEncoder(tiny_lm.tok), qs)
     route = _route(wrapper, batch.ids, batch.mask)
     t = torch.arange(batch.ids.shape[1])
     right = {True: [], False: []}
@@ -113,8 +115,8 @@ def test_routes_in_scope_and_out_of_scope_queries_as_trained(tiny_lm):
         read = (t >= batch.last_prompt[i]) & batch.mask[i].bool()
         want = edit_of.get(q.about, -1)  # a hard negative of one edit may be another stored edit's own fact
         right[want >= 0] += (route[i, read] == want).tolist()
-        if q.prompt == f"{cases[q.case]['subject']} {cases[q.case]['relation']}":
-            assert route[i, batch.last_prompt[i]] == q.case, q.prompt
+        if q.prompt == examples[q.example].request.prompt:
+            assert route[i, batch.last_prompt[i]] == q.example, q.prompt
     share = {k: sum(v) / len(v) for k, v in right.items()}
     assert share[True] >= 0.95 and share[False] >= 0.95, share
 
