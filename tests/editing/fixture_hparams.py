@@ -20,6 +20,7 @@ TINY_LM: dict[str, dict] = {
     "adalora": {"lr": 1.0e-02},
     "ft_l": {"lr": 1.0e-02, "norm_constraint": 5.0e-02, "stop_loss": 0.05},
     "ft_m": {"layer": 1, "lr": 1.0e-02, "stop_loss": 0.05},
+    "serac": {"lr_cf": 1.0e-03, "lr_cls": 1.0e-02},  # the contract meta-trains 12 steps
 }
 
 
