@@ -22,7 +22,7 @@ from editlab.editing.trainable import EditorTraining
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 
-STEPS = 120
+STEPS = 250
 
 
 def _ctx(lm) -> EditContext:
