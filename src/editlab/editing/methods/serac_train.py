@@ -1,0 +1,179 @@
+"""Meta-training of SERAC (``python train.py task=editor method=serac``): the scope classifier and the
+counterfactual model, on the world's meta split (subjects disjoint from every evaluation case).
+
+Per meta-training example (editing/meta_data.py: an edit ``s r -> o*``) the queries are
+
+- in scope: the example's equivalents, the request ``"s r"`` (answer ``o*``) and its TF sentence
+  ``'"s r o*" is'`` (answer ``true``);
+- out of scope: its locality facts (other subjects, with their modal objects), and hard negatives
+  built from the batch: the same subject with another relation of the batch ``"s r'"`` and another
+  subject of the batch with the same relation ``"s' r"`` (prompts without an answer);
+- every query of the batch's other examples (in-batch negatives).
+
+A query is about the fact ``"s r"`` it asks; it is in the scope of every stored edit of that fact.
+
+**Classifier loss**: balanced binary cross-entropy over (query position, stored edit) pairs at the
+positions whose predictions are read (the last prompt token and the answer's tokens, teacher forced):
+positive where the query is about the edit's fact (same ``(subject, relation)``), negative otherwise;
+the mean over positives and the mean over negatives weigh one half each. Earlier positions carry no
+label (a prefix ``"s"`` is also a prefix of the hard negative ``"s r2"``).
+
+**Counterfactual loss**: the NLL of each equivalent's answer given ``BOS "s r o*." BOS query`` (the
+wrapper's input format), plus ``c_loc`` times KL(base || counterfactual) at the answer positions of the
+out-of-scope queries (answer positions, or the last prompt token of a bare prompt) given the same edit
+prefix: a query the classifier misroutes still gets the base answer.
+
+Validation runs the real :class:`~editlab.editing.methods.serac_model.SeracWrapper` with the whole
+validation batch in memory: ``val/edit_success`` is the share of requests whose every answer token is
+the argmax (teacher forced), ``val/locality`` the share of locality facts whose argmax answer tokens are
+the base model's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import lightning as L
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editlab.editing.loss import TargetBatch
+from editlab.editing.meta_data import MetaExample
+from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, embed_prompts, hidden_states, prepend
+from editlab.eval.probes import PromptEncoder
+from editlab.vocab import prompt
+
+if TYPE_CHECKING:
+    from editlab.editing.methods.serac import SERAC
+
+
+@dataclass(frozen=True)
+class Query:
+    """A prompt with its answer ("" = none), the fact ``"s r"`` it asks about, and whose edit it belongs to."""
+
+    prompt: str
+    target: str
+    about: str
+    example: int
+    positive: bool
+
+
+def queries(examples: Sequence[MetaExample], n_hard: int = 2) -> list[Query]:
+    """The in-scope queries, locality facts and hard negatives of a batch (see the module docstring)."""
+    subjects = sorted({ex.request.subject for ex in examples})
+    relations = sorted({ex.request.relation for ex in examples})
+    out: list[Query] = []
+    for i, ex in enumerate(examples):
+        r = ex.request
+        out += [Query(t.prompt, t.target, r.prompt, i, True) for t in ex.equivalents]
+        out += [Query(t.prompt, t.target, t.prompt, i, False) for t in ex.locality]
+        hard = [prompt(r.subject, x) for x in relations if x != r.relation][:n_hard]
+        hard += [prompt(x, r.relation) for x in subjects if x != r.subject][:n_hard]
+        out += [Query(h, "", h, i, False) for h in hard]
+    return out
+
+
+def query_batch(enc: PromptEncoder, qs: Sequence[Query]) -> TargetBatch:
+    """Right-padded ``BOS prompt answer`` rows (the evaluation's tokenisation; a query without answer is its
+    prompt alone); ``target`` marks the answer tokens."""
+    prompts = enc.prompts([("", q.prompt) for q in qs])
+    answers = [a if q.target else [] for q, a in zip(qs, enc.objects([q.target or "x" for q in qs]), strict=True)]
+    ids, mask = prepend(prompts, answers, enc.tok.pad_token_id)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        target[i, len(p): len(p) + len(a)] = True
+    return TargetBatch(ids, mask, target, torch.tensor([len(p) - 1 for p in prompts]))
+
+
+class SeracTrainer(L.LightningModule):
+    """Trains ``cf`` (a copy of the base model) and ``classifier`` on a frozen ``base``."""
+
+    def __init__(self, method: SERAC, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.method, self.tok, self.enc = method, tokenizer, PromptEncoder(tokenizer)
+        self.base = base.requires_grad_(False).eval()
+        self.cf = copy.deepcopy(base).requires_grad_(True)
+        self.classifier = method.new_classifier(base)
+
+    def train(self, mode: bool = True) -> SeracTrainer:
+        """The base model stays in eval mode (frozen); the trained parts follow ``mode``."""
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, examples: Sequence[MetaExample]) -> dict[str, torch.Tensor]:
+        reqs = [ex.request for ex in examples]
+        qs = queries(examples)
+        batch = query_batch(self.enc, qs).to(self.device)
+        pad = self.tok.pad_token_id
+        with torch.no_grad():
+            base_out = hidden_states(self.base, batch.ids, batch.mask)
+        keys = embed_prompts(self.base, self.classifier, self.enc.prompts([("", r.prompt) for r in reqs]), pad)
+        scores = self.classifier.score(self.classifier.embed(base_out.hidden_states, batch.mask), keys)  # (Q, T, N)
+        same = torch.tensor([[q.about == r.prompt for r in reqs] for q in qs], device=self.device)  # (Q, N)
+        t = torch.arange(batch.ids.shape[1], device=self.device)
+        read = (t[None] >= batch.last_prompt[:, None]) & batch.mask.bool()  # last prompt token and the answer's
+        pos = read[:, :, None] & same[:, None, :]
+        neg = read[:, :, None] & ~same[:, None, :]
+        bce = nn.functional.binary_cross_entropy_with_logits
+        cls_loss = 0.5 * (bce(scores[pos], torch.ones_like(scores[pos]))
+                          + bce(scores[neg], torch.zeros_like(scores[neg])))
+
+        prefixes = cf_prefix_ids(self.tok, reqs)
+        rows = [batch.ids[i, : int(batch.mask[i].sum())].tolist() for i in range(len(qs))]
+        ids, mask = prepend([prefixes[q.example] for q in qs], rows, pad)
+        cf_logp = torch.log_softmax(self.cf(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                            use_cache=False).logits.float(), -1)
+        shift = torch.tensor([len(prefixes[q.example]) for q in qs], device=self.device)
+        # predicting positions (t predicts token t + 1): the answer's, or the last prompt token of a bare prompt
+        pred = batch.target[:, 1:].clone()
+        bare = ~pred.any(-1)
+        pred[bare.nonzero()[:, 0], batch.last_prompt[bare]] = True
+        r_i, t_i = pred.nonzero(as_tuple=True)
+        cf_lp = cf_logp[r_i, t_i + shift[r_i]]  # (K, V)
+        positive = torch.tensor([q.positive for q in qs], device=self.device)[r_i]
+        nll = -cf_lp.gather(-1, batch.ids[r_i, t_i + 1][:, None])[:, 0]
+        base_lp = torch.log_softmax(base_out.logits[r_i, t_i].float(), -1)
+        kl = (base_lp.exp() * (base_lp - cf_lp)).sum(-1)
+        n_pos = max(1, sum(q.positive for q in qs))
+        cf_loss = nll[positive].sum() / n_pos + self.method.c_loc * kl[~positive].mean()
+        with torch.no_grad():
+            acc = ((scores[pos] > 0).float().mean() + (scores[neg] <= 0).float().mean()) / 2
+        return {"loss": cls_loss + cf_loss, "cls_loss": cls_loss, "cf_loss": cf_loss, "scope_acc": acc}
+
+    def training_step(self, batch: Sequence[MetaExample], batch_idx: int) -> torch.Tensor:
+        out = self.losses(list(batch))
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, batch_size=len(batch))
+        return out["loss"]
+
+    # ------------------------------------------------------------------ validation through the wrapper
+    @torch.no_grad()
+    def validation_step(self, batch: Sequence[MetaExample], batch_idx: int) -> None:
+        examples = list(batch)
+        out = self.losses(examples)
+        reqs = [ex.request for ex in examples]
+        pad = self.tok.pad_token_id
+        keys = embed_prompts(self.base, self.classifier, self.enc.prompts([("", r.prompt) for r in reqs]), pad)
+        wrapper = SeracWrapper(self.base, self.cf, self.classifier, keys, cf_prefix_ids(self.tok, reqs),
+                               self.method.threshold)
+        qs = [q for q in queries(examples) if q.target]  # teacher forced: queries with an answer
+        tb = query_batch(self.enc, qs).to(self.device)
+        edited = wrapper(input_ids=tb.ids, attention_mask=tb.mask).logits[:, :-1].argmax(-1)
+        base = self.base(input_ids=tb.ids, attention_mask=tb.mask).logits[:, :-1].argmax(-1)
+        at = tb.target[:, 1:]
+        success = [bool((edited[i] == tb.ids[i, 1:])[at[i]].all()) for i, q in enumerate(qs)
+                   if q.positive and q.prompt == reqs[q.example].prompt]
+        kept = [bool((edited[i] == base[i])[at[i]].all()) for i, q in enumerate(qs) if not q.positive]
+        self.log_dict({"val/loss": out["loss"], "val/scope_acc": out["scope_acc"],
+                       "val/edit_success": sum(success) / max(1, len(success)),
+                       "val/locality": sum(kept) / max(1, len(kept))}, batch_size=len(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([{"params": self.cf.parameters(), "lr": self.method.lr_cf},
+                                  {"params": self.classifier.parameters(), "lr": self.method.lr_cls}],
+                                 weight_decay=0.0)
