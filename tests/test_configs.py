@@ -174,3 +174,25 @@ def test_multirun_job_directory_name_stays_short():
     with _multirun_job(cfg):
         name = cfg.run_dir.rsplit("/", 1)[1]
     assert len(name) <= 200 and name.startswith("edits.split=xxx")
+
+
+def test_methods_table_experiment_lists_every_registered_method():
+    cfg = _compose("edit", ["experiment=methods_table"], hydra=True)
+    listed = str(cfg.hydra.sweeper.params.method).split(",")
+    assert sorted(listed) == sorted(registry.available()) and cfg.edits.n == 200
+
+
+@pytest.mark.parametrize("primary", ["train", "edit"])
+def test_paper_experiment_composes_the_paper_run(primary):
+    cfg = _compose(primary, ["experiment=paper_table4"])
+    assert cfg.data.name == "wikidata_synth" and cfg.model.name == "mistral_83m"
+    assert cfg.model.recipe.token_budget == 1e9
+    if primary == "edit":
+        assert (cfg.method.name, cfg.edits.n, cfg.edits.weight) == ("lora", 5000, "n_prime")
+
+
+def test_optuna_search_tunes_on_the_meta_split():
+    cfg = _compose("edit", ["hparams_search=lora_optuna"], hydra=True)
+    assert cfg.edits.split == "meta" and cfg.objective.name == "locality_at_success"
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.n_trials == 12
+    assert set(cfg.hydra.sweeper.params) == {"method.hparams.lr", "method.hparams.steps", "method.hparams.stop_loss"}
