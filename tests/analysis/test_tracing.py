@@ -56,14 +56,21 @@ def test_window_is_romes_centred_window_clipped_to_the_model():
     assert window(1, 10, 4) == range(0, 4) and window(2, 1, 4) == range(2, 3)
 
 
+# Float tolerance: the clean row and the restored rows share one batch, but a multi-threaded GEMM may block rows
+# differently (the full suite runs with torch's default threads; seen on the Llama fixture at ~1e-9 absolute), so
+# "zero" and "the clean probability" hold to a relative 1e-5 of the clean probability, not bit for bit; the
+# corruption itself moves the probability by more than 1e-3 relative (100x the tolerance).
+REL = 1e-5
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_zero_noise_gives_exactly_zero_indirect_effect(arch, tok, fact):
+def test_zero_noise_gives_zero_indirect_effect(arch, tok, fact):
     model = _model(arch, tok)
     tr = trace_fact(model, tok, fact, 0.0, TraceSettings(samples=3, window=2, batch_size=40),
                     positions=range(len(fact_inputs(tok, fact)[0])))
-    assert tr.p_corrupted == tr.p_clean
+    assert tr.p_corrupted == pytest.approx(tr.p_clean, rel=REL)
     for kind, grid in tr.ie.items():
-        assert grid.shape == (3, len(tr.ids)) and np.all(grid == 0.0), kind
+        assert grid.shape == (3, len(tr.ids)) and np.abs(grid).max() <= REL * tr.p_clean, kind
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -74,8 +81,8 @@ def test_restoring_every_clean_state_gives_the_clean_probability(arch, tok, fact
     every = [("hidden", layer, t) for layer in range(3) for t in range(len(ids))]
     last_block = [("hidden", 2, t) for t in range(len(ids))]
     p_clean, p = restored_probs(model, ids, span, target, noise, [[], every, last_block], batch_size=7)
-    assert p[0] != p_clean  # the noise does corrupt this random model's answer
-    assert p[1] == p_clean and p[2] == p_clean
+    assert abs(p[0] - p_clean) > 1e-3 * p_clean  # the noise does corrupt this random model's answer
+    assert p[1] == pytest.approx(p_clean, rel=REL) and p[2] == pytest.approx(p_clean, rel=REL)
 
 
 def _reference(model, ids, span, target, noise, kind: str, layers: range, token: int) -> float:
