@@ -32,6 +32,10 @@ def test_setups_means_and_student_t_intervals(tmp_path):
         _run(tmp_path, f"lora-{seed}", "lora", 1e-3, seed, v)
     _run(tmp_path, "lora-hi", "lora", 1e-2, 0, 0.4)
     _run(tmp_path, "rome", "rome", 1e-3, 0, 1.0, stage="final")  # a sequential run: its final stage is used
+    d = _run(tmp_path, "ice", "ice", 1e-3, 0, 0.3)  # another method's own defaults do not name setups
+    cfg = yaml.safe_load((d / "run_config.yaml").read_text())
+    cfg["method"]["hparams"] = {"template": "sentence"}
+    (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
     runs, missing = compare.find_runs(tmp_path)
     comp = compare.compare(runs, missing)
     assert comp.keys == ["method.name", "method.hparams.lr"]  # seed aggregated; locations/display ignored
@@ -42,13 +46,14 @@ def test_setups_means_and_student_t_intervals(tmp_path):
     assert rows[("lora", 1e-3)]["seeds"] == 3
     assert rows[("lora", 1e-2)]["s1r1 acc"] == (pytest.approx(0.4), None)
     assert rows[("rome", 1e-3)]["s1r1 acc"][0] == 1.0
+    assert rows[("ice", "<unset>")]["s1r1 acc"][0] == pytest.approx(0.3)
     assert rows[("lora", 1e-3)]["ms/edit"][0] == pytest.approx(20.0)
     assert rows[("lora", 1e-3)]["fluency"] == (None, None)  # NaN is no value, not a number in the mean
     md = compare.comparison_markdown(comp)
     assert "| lora | 0.001 | 3 | 100.0 ± 0.0 | 70.0 ± 49.7 |" in md
     csv_lines = compare.comparison_csv(comp).splitlines()
     assert csv_lines[0] == "method.name,method.hparams.lr,metric,group,higher_is_better,mean,ci95,seeds"
-    assert len(csv_lines) == 1 + 3 * len(compare.METRICS)
+    assert len(csv_lines) == 1 + 4 * len(compare.METRICS)
 
 
 def test_multirun_jobs_define_the_runs_and_unfinished_jobs_are_listed(tmp_path):

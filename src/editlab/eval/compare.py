@@ -133,12 +133,24 @@ def interval95(xs: list[float]) -> tuple[float, float | None]:
 def compare(runs: list[Run], missing: list[str] | None = None) -> Comparison:
     """Group ``runs`` by the config keys that differ between them (seed excepted); mean and 95% interval per metric.
 
-    The method name is always a key (a one-method table still says which method it is).
+    The method name is always a key (a one-method table still says which method it is); ``method.*`` keys count
+    only where runs of the same method differ in them, so a table of many methods is not a list of every
+    method's defaults.
     """
     all_keys = sorted({k for r in runs for k in r.config})
-    differing = [k for k in all_keys if k not in SEED_KEYS
-                 and len({repr(r.config.get(k, "<unset>")) for r in runs}) > 1]
-    keys = ["method.name"] + [k for k in differing if k != "method.name"]
+    by_method: dict[str, list[Run]] = {}
+    for r in runs:
+        by_method.setdefault(str(r.config.get("method.name")), []).append(r)
+
+    def differs(k: str, group: list[Run]) -> bool:
+        return len({repr(r.config.get(k, "<unset>")) for r in group}) > 1
+
+    # a method's own hyper-parameters name a setup only where runs OF THAT METHOD differ in them (the defaults of
+    # two methods differ by nature); every other key wherever two runs differ
+    differing = [k for k in all_keys if k not in SEED_KEYS and k != "method.name"
+                 and (any(differs(k, g) for g in by_method.values()) if k.startswith("method.")
+                      else differs(k, runs))]
+    keys = ["method.name", *differing]
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(tuple(repr(r.config.get(k, "<unset>")) for k in keys), []).append(r)
@@ -173,8 +185,8 @@ def comparison_markdown(comp: Comparison) -> str:
         cells += [_cell(row[c], c) for c, *_ in METRICS]  # type: ignore[arg-type]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", "Rates in %, post-edit (sequential runs: after the whole stream), mean ± 95% Student-t half-width "
-             "over seeds. Coherence columns: mean |p_LM - p_agent| (lower is better); locality KL in nats; "
-             "fluency: n-gram entropy in bits."]
+             "over seeds. Coherence columns: mean |p_LM - p_agent| x 100 (lower is better); locality KL in nats; "
+             "fluency: n-gram entropy in bits; – : not measured (e.g. metrics.n_samples=0)."]
     if comp.missing:
         notes.append(f"Missing (no metrics.json: failed or unfinished): {', '.join(comp.missing)}")
     return "\n".join(lines + notes) + "\n"

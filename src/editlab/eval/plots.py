@@ -6,6 +6,7 @@ tests can inspect axes and lines, and :func:`save` writes and closes it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,8 +179,10 @@ def metric_bars(labels: Sequence[str], columns: Sequence[str],
         ax.bar(xs, means, width, yerr=errs, capsize=2, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(columns))], columns, rotation=20, fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.legend(fontsize=7, ncols=max(1, len(labels) // 6))
+    with warnings.catch_warnings():  # many setups: matplotlib warns that the legend cannot fit; the figure is fine
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     return fig
 
 
