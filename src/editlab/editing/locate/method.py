@@ -48,14 +48,15 @@ class LocateEdit(EditMethod):
     module: str = "mlp_out"
     prefixes: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
     stats_tokens: int = 100_000
-    lr: float = 0.5
-    steps: int = 20
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    stop_loss: float = 5e-2
-    essence: str = "is a"
-    fact_token: str = "subject_last"
+    # the target optimisation's values: one set of defaults, TargetSpec's (locate/targets.py)
+    lr: float = TargetSpec.lr
+    steps: int = TargetSpec.steps
+    kl_factor: float = TargetSpec.kl_factor
+    weight_decay: float = TargetSpec.weight_decay
+    clamp_norm_factor: float = TargetSpec.clamp_norm_factor
+    stop_loss: float = TargetSpec.stop_loss
+    essence: str = TargetSpec.essence
+    fact_token: str = TargetSpec.fact_token
 
     def __post_init__(self) -> None:
         if not self.layers:
