@@ -62,22 +62,26 @@ def tiny_world(tmp_path_factory) -> BuiltWorld:
     return load_built(report.directory, cfg)
 
 
-@pytest.fixture(scope="session")
-def random_checkpoint(tiny_world, tmp_path_factory) -> Path:
-    """A small random Mistral exported as a checkpoint of the tiny world (pipeline tests need no training)."""
+def export_random_model(world, out: Path, run_config: dict | None = None) -> Path:
+    """A small random Mistral (seed 0) of ``world``'s vocabulary exported to ``out`` (tests need no training)."""
     import torch
 
     from editlab.lm.checkpoint import export_checkpoint
     from editlab.lm.presets import Arch, build_model
 
-    meta = json.loads((tiny_world.dir / "tokens.json").read_text())
+    meta = json.loads((world.dir / "tokens.json").read_text())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(Arch(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2), meta["vocab_size"], meta["bos_id"], meta["eos_id"],
                             meta["pad_id"])
-    return export_checkpoint(model, tiny_world.dir, tmp_path_factory.mktemp("ckpt") / "model", {},
-                             tiny_world.world["hash"], {})
+    return export_checkpoint(model, world.dir, out, run_config or {}, world.world["hash"], {})
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tiny_world, tmp_path_factory) -> Path:
+    """A small random Mistral exported as a checkpoint of the tiny world."""
+    return export_random_model(tiny_world, tmp_path_factory.mktemp("ckpt") / "model")
 
 
 @pytest.fixture

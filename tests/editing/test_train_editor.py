@@ -39,9 +39,9 @@ from editlab.editing.trainable import (
 )
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import export_checkpoint, model_id
-from editlab.lm.presets import Arch, build_model
 from editlab.utils.csvlog import log_files, read_csv_log
 from editlab.world.loading import World
+from tests.conftest import export_random_model
 from tests.editing import toys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,15 +107,9 @@ def _w_after(steps: int) -> float:
 @pytest.fixture(scope="module")
 def trained_ckpt(tiny_world, tmp_path_factory) -> Path:
     """A small random Mistral exported as ``<run>/model`` with the run config train.py would record."""
-    meta = json.loads((tiny_world.dir / "tokens.json").read_text())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(Arch(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2), meta["vocab_size"], meta["bos_id"], meta["eos_id"],
-                            meta["pad_id"])
     run = tmp_path_factory.mktemp("train") / "wikidata_synth_tiny" / "mistral_tiny-s3"
     cfg = {"data": {"name": "wikidata_synth_tiny"}, "model": {"name": "mistral_tiny"}, "seed": 3, "run_dir": str(run)}
-    return export_checkpoint(model, tiny_world.dir, run / "model", cfg, tiny_world.world["hash"], {})
+    return export_random_model(tiny_world, run / "model", cfg)
 
 
 FAST = {"val_fraction": 0.02, "batch_size": 2}

@@ -30,14 +30,12 @@ from tqdm.auto import tqdm
 from editlab.analysis.facts import case_fact, counterfactual_cases
 from editlab.analysis.figures import effect_vs_success
 from editlab.analysis.outputs import csv_text, write_analysis
-from editlab.analysis.patching import KINDS
-from editlab.analysis.tracing import TraceSettings, embedding_std, fact_inputs, trace_fact
+from editlab.analysis.tracing import TraceSettings, check_traced_settings, embedding_std, fact_inputs, trace_fact
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.registry import get_method
 from editlab.errors import EditlabError
 from editlab.eval.scoring import encode_pairs, object_logprobs
 from editlab.lm.arch import adapter_for
-from editlab.utils.typed import from_dict
 from editlab.vocab import case_prompt
 from editlab.world.loading import World
 
@@ -67,12 +65,9 @@ class HaseRun:
     trace: TraceSettings = field(default_factory=TraceSettings)
 
     def __post_init__(self) -> None:
-        if isinstance(self.trace, dict):
-            object.__setattr__(self, "trace", from_dict(TraceSettings, self.trace, "analysis.trace"))
+        check_traced_settings(self, "kind")
         if int(self.n_facts) < 2:
             raise EditlabError(f"analysis.n_facts={self.n_facts} must be >= 2 (a correlation needs two points)")
-        if self.kind not in KINDS:
-            raise EditlabError(f"analysis.kind={self.kind} must be one of {', '.join(KINDS)}")
 
 
 def at_layer(hparams: dict, key: str, layer: int, method: str) -> dict:

@@ -30,11 +30,9 @@ from transformers import PreTrainedTokenizerBase
 from editlab.analysis.facts import ROLES, Group, draw_groups
 from editlab.analysis.figures import similarity_curves
 from editlab.analysis.outputs import csv_text, write_analysis
-from editlab.analysis.patching import KINDS
-from editlab.analysis.tracing import TraceSettings, embedding_std, fact_inputs, trace_fact
+from editlab.analysis.tracing import TraceSettings, check_traced_settings, embedding_std, fact_inputs, trace_fact
 from editlab.errors import EditlabError
 from editlab.lm.arch import adapter_for
-from editlab.utils.typed import from_dict
 from editlab.world.loading import World
 
 COMPARISONS: tuple[str, ...] = ("consistency", *ROLES)
@@ -62,12 +60,9 @@ class KlobRun:
     trace: TraceSettings = field(default_factory=TraceSettings)
 
     def __post_init__(self) -> None:
-        if isinstance(self.trace, dict):
-            object.__setattr__(self, "trace", from_dict(TraceSettings, self.trace, "analysis.trace"))
+        check_traced_settings(self, "kind")
         if int(self.n_groups) < 1:
             raise EditlabError(f"analysis.n_groups={self.n_groups} must be >= 1")
-        if self.kind not in KINDS:
-            raise EditlabError(f"analysis.kind={self.kind} must be one of {', '.join(KINDS)}")
 
 
 def top_layers(effect: np.ndarray, k: int) -> frozenset[int]:

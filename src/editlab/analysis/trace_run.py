@@ -34,10 +34,17 @@ from editlab.analysis.facts import draw_facts, world_facts
 from editlab.analysis.figures import trace_heatmaps
 from editlab.analysis.outputs import csv_text, write_analysis
 from editlab.analysis.patching import KINDS
-from editlab.analysis.tracing import Fact, FactTrace, TraceSettings, embedding_std, trace_fact, window
+from editlab.analysis.tracing import (
+    Fact,
+    FactTrace,
+    TraceSettings,
+    check_traced_settings,
+    embedding_std,
+    trace_fact,
+    window,
+)
 from editlab.errors import EditlabError
 from editlab.lm.arch import adapter_for
-from editlab.utils.typed import from_dict
 from editlab.world.loading import World
 
 CATEGORIES: tuple[str, ...] = ("first subject token", "middle subject tokens", "last subject token",
@@ -65,12 +72,9 @@ class TracingRun:
     trace: TraceSettings = field(default_factory=TraceSettings)
 
     def __post_init__(self) -> None:
-        if isinstance(self.trace, dict):
-            object.__setattr__(self, "trace", from_dict(TraceSettings, self.trace, "analysis.trace"))
+        check_traced_settings(self, "best_kind")
         if int(self.n_facts) < 1:
             raise EditlabError(f"analysis.n_facts={self.n_facts} must be >= 1")
-        if self.best_kind not in KINDS:
-            raise EditlabError(f"analysis.best_kind={self.best_kind} must be one of {', '.join(KINDS)}")
 
 
 def category_positions(span: tuple[int, int], n_tokens: int) -> list[list[int]]:

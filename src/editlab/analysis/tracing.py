@@ -60,6 +60,18 @@ class TraceSettings:
                 raise EditlabError(f"trace.{key}={getattr(self, key)} must be >= 1")
 
 
+def check_traced_settings(settings: object, kind_key: str) -> None:
+    """The checks every tracing analysis's settings share: its ``trace`` node (a config dict becomes
+    :class:`TraceSettings`, on the frozen dataclass ``settings``) and the restoration kind ``kind_key`` names."""
+    from editlab.utils.typed import from_dict
+
+    if isinstance(settings.trace, dict):
+        object.__setattr__(settings, "trace", from_dict(TraceSettings, settings.trace, "analysis.trace"))
+    kind = getattr(settings, kind_key)
+    if kind not in KINDS:
+        raise EditlabError(f"analysis.{kind_key}={kind} must be one of {', '.join(KINDS)}")
+
+
 @dataclass(frozen=True)
 class Fact:
     """A fact to trace: the prompt ``"subject relation"`` and the object whose first token is read."""

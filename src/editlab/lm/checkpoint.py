@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from editlab.errors import EditlabError
 from editlab.utils.atomic import atomic_directory
+from editlab.utils.jsonio import read_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 INFO = "editlab.json"
@@ -71,10 +72,7 @@ def checkpoint_info(directory: Path) -> dict:
     path = Path(directory) / INFO
     if not path.is_file():
         raise EditlabError(f"{directory} is not an editlab checkpoint (no {INFO}); point to a train.py export")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EditlabError(f"corrupt {path}: {exc}; re-export the checkpoint") from None
+    return read_json(path, "re-export the checkpoint", "checkpoint info")
 
 
 def model_id(directory: Path) -> str:
