@@ -6,7 +6,7 @@ import pytest
 
 from editlab.editing.base import EditRequest
 from editlab.editing.loss import target_batch
-from editlab.editing.meta_data import MetaDataOptions, Target, meta_examples
+from editlab.editing.meta_data import MetaDataOptions, Target, meta_examples, with_target
 from editlab.editing.trainable import EditorTraining, MetaDataModule
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
@@ -38,6 +38,28 @@ def test_examples_hold_the_edit_its_equivalents_and_other_subjects_facts(tiny_wo
             assert modal[fact.prompt] == fact.target  # the fact's modal object, what the base model learnt
     # the world's promise the examples rely on: meta subjects are not evaluation subjects
     assert not split_subjects & {c["subject"] for c in tiny_world.cases}
+
+
+def test_alternatives_are_other_objects_of_the_relation_and_with_target_rebuilds_the_equivalents(tiny_world):
+    cases = tiny_world.meta_cases[:120]
+    examples = meta_examples(cases, MetaDataOptions(soft_downstream=True), seed=0)
+    named: dict[str, set[str]] = {}
+    for c in cases:  # every object the split's cases name for a relation (requested, or the fact's own)
+        named.setdefault(c["relation"], set()).update(
+            [c["requested_object"]] + [p["object"] for p in c["probes"] if p["kind"] == "s1r1"])
+    modal = _modal(tiny_world)
+    assert any(len(ex.alternatives) >= 3 for ex in examples)
+    for case, ex in zip(cases, examples, strict=True):
+        s, r = case["subject"], case["relation"]
+        assert set(ex.alternatives) <= named[r] and modal[prompt(s, r)] not in ex.alternatives
+        assert list(ex.alternatives) == sorted(set(ex.alternatives))
+        if not ex.alternatives:
+            continue
+        o = ex.alternatives[-1]
+        swapped = with_target(ex, o)
+        assert swapped.request == EditRequest(s, r, o, case["case_id"])
+        assert swapped.equivalents == (Target(prompt(s, r), o), Target(tf_prompt(s, r, o), TRUE))
+        assert swapped.locality == ex.locality and swapped.soft == () and swapped.alternatives == ex.alternatives
 
 
 def test_examples_are_seeded(tiny_world):

@@ -180,3 +180,26 @@ def test_untrained_serac_is_one_clear_error(tiny_lm):
         method.apply(tiny_lm.model, [EditRequest.from_case(tiny_lm.world.cases[0])], _ctx(tiny_lm))
     with pytest.raises(EditlabError, match="threshold"):
         registry.get_method("serac", {"threshold": 1.5})
+
+
+def test_meta_training_swaps_objects_for_alternatives_seeded_by_the_step(tiny_lm):
+    from editlab.editing.methods.serac_train import SeracTrainer
+
+    examples = [ex for ex in meta_examples(tiny_lm.world.meta_cases[:80], MetaDataOptions(), seed=0)
+                if ex.alternatives][:16]
+    trainer = SeracTrainer(registry.get_method("serac", {"resample": 0.5}), tiny_lm.model, tiny_lm.tok)
+    torch.manual_seed(3)
+    first = trainer.swapped(examples)
+    assert first == trainer.swapped(examples)  # same seed and step -> the same draw (a resume repeats it)
+    changed = [a for a, b in zip(first, examples, strict=True) if a != b]
+    assert 0 < len(changed) < len(examples)
+    for new, old in zip(first, examples, strict=True):
+        assert new.request.prompt == old.request.prompt and new.locality == old.locality
+        assert new == old or new.request.target in old.alternatives
+    torch.manual_seed(4)
+    assert trainer.swapped(examples) != first  # another seed, another draw
+    trainer.method.resample = 0.0
+    assert trainer.swapped(examples) == examples
+    trainer.method.resample = 1.0
+    assert all(new.request.target in old.alternatives for new, old in zip(trainer.swapped(examples), examples,
+                                                                          strict=True))

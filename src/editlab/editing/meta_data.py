@@ -11,7 +11,10 @@ its subject belongs to the meta split, disjoint from every evaluation case's sub
   with the agent's posterior after the edit as soft targets over the objects the case records for it
   (its original modal object and the agent's new argmax); empty when the edit leaves ``s r2`` alone;
 - ``locality``: facts of *other* subjects of the same split (``"s' r'"`` -> its modal object), drawn with
-  a seed per example, whose predictions the edit must leave unchanged.
+  a seed per example, whose predictions the edit must leave unchanged;
+- ``alternatives``: the other objects the split's cases name for the request's relation (requested or
+  modal objects, the case's own modal object excluded): counterfactual objects an editor's training may
+  swap in (:func:`with_target`) so that it cannot learn a split's few hundred edits by heart.
 
 The facts of a split's subjects are read off its own cases (each case records its subject's
 ``s r`` and ``s r2`` facts with their modal objects), so the train and validation splits (disjoint
@@ -27,11 +30,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from editlab.editing.base import EditRequest
 from editlab.errors import EditlabError
-from editlab.vocab import TRUE, prompt, request_tf_prompt
+from editlab.vocab import TRUE, tf_prompt
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class MetaExample:
     equivalents: tuple[Target, ...]
     locality: tuple[Target, ...]
     soft: tuple[SoftTarget, ...] = ()
+    alternatives: tuple[str, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -103,10 +107,17 @@ class MetaDataOptions:
             raise EditlabError("editor.n_locality must be >= 1 (the locality term needs examples)")
 
 
-def equivalents(case: dict) -> tuple[Target, ...]:
+def equivalents(request: EditRequest) -> tuple[Target, ...]:
     """The request ``"s r" -> o*`` and its TF sentence ``'"s r o*" is' -> true``."""
-    return (Target(prompt(case["subject"], case["relation"]), case["requested_object"]),
-            Target(request_tf_prompt(case), TRUE))
+    return (Target(request.prompt, request.target),
+            Target(tf_prompt(request.subject, request.relation, request.target), TRUE))
+
+
+def with_target(example: MetaExample, obj: str) -> MetaExample:
+    """``example`` with the edit's object replaced by ``obj`` (equivalents rebuilt; no soft targets, which the
+    agent computed for the original object)."""
+    request = replace(example.request, target=obj)
+    return replace(example, request=request, equivalents=equivalents(request), soft=())
 
 
 def subject_facts(case: dict) -> list[tuple[str, Target]]:
@@ -142,6 +153,10 @@ def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) ->
         for subj, fact in subject_facts(c):
             facts.setdefault(fact, subj)
     pool = sorted(facts.items(), key=lambda kv: (kv[1], kv[0].prompt, kv[0].target))
+    objects: dict[str, set[str]] = {}
+    for c in cases:
+        objects.setdefault(c["relation"], set()).update(
+            [c["requested_object"]] + [p["object"] for p in c["probes"] if p["kind"] == "s1r1"])
     out = []
     for c in cases:
         others = [f for f, s in pool if s != c["subject"]]
@@ -150,6 +165,9 @@ def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) ->
                                "locality examples; build a world with more meta cases or change editor.val_fraction")
         rng = random.Random(f"{seed}:{c['case_id']}")
         k = min(options.n_locality, len(others))
-        out.append(MetaExample(EditRequest.from_case(c), equivalents(c), tuple(rng.sample(others, k)),
-                               downstream(c) if options.soft_downstream else ()))
+        request = EditRequest.from_case(c)
+        modal = {p["object"] for p in c["probes"] if p["kind"] == "s1r1" and p.get("target") == "original"}
+        out.append(MetaExample(request, equivalents(request), tuple(rng.sample(others, k)),
+                               downstream(c) if options.soft_downstream else (),
+                               tuple(sorted(objects[c["relation"]] - modal))))
     return out

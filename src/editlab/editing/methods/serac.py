@@ -55,6 +55,9 @@ class SERAC(TrainableEditor):
         c_loc: weight of the counterfactual model's KL to the base model on out-of-scope queries
             (hard negatives and locality facts) seen with an edit prepended, so a misrouted query still
             gets the base model's answer; 0 = the paper's objective (in-scope NLL only).
+        resample: meta-training: probability that an example's object is swapped for another object of its
+            relation in a step (serac_train.py), so the counterfactual model learns to read the edit rather
+            than the meta split's edits by heart; 0 = the examples as they are.
     """
 
     name = "serac"
@@ -68,6 +71,7 @@ class SERAC(TrainableEditor):
     lr_cf: float = 1.0e-4
     lr_cls: float = 1.0e-3
     c_loc: float = 1.0
+    resample: float = 0.5
     weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False)
     keys: torch.Tensor | None = field(default=None, init=False, repr=False)
     prefixes: list[list[int]] = field(default_factory=list, init=False, repr=False)
@@ -76,6 +80,8 @@ class SERAC(TrainableEditor):
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
             raise EditlabError(f"method serac: threshold={self.threshold} must be in (0, 1)")
+        if not 0 <= self.resample <= 1:
+            raise EditlabError(f"method serac: resample={self.resample} must be a probability in [0, 1]")
         if self.hidden < 1 or self.dim < 1 or self.init_scale <= 0:
             raise EditlabError("method serac: hidden, dim and init_scale must be positive")
 

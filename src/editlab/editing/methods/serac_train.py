@@ -18,6 +18,14 @@ positive where the query is about the edit's fact (same ``(subject, relation)``)
 the mean over positives and the mean over negatives weigh one half each. Earlier positions carry no
 label (a prefix ``"s"`` is also a prefix of the hard negative ``"s r2"``).
 
+**Counterfactual objects**: in each training step an example's object ``o*`` is swapped, with probability
+``resample``, for another object the split names for its relation (``MetaExample.alternatives``; the
+request's TF equivalent follows). A meta split holds a few hundred edits; without the swap the
+counterfactual model learns their objects by heart (measured on the tiny model: 0.99 greedy success on
+training edits, 0.76 on held-out ones) instead of reading the prefix. The swap draws from a generator
+seeded by the run's seed and the step, so a resumed run draws what the uninterrupted one did.
+Validation always uses the examples as they are.
+
 **Counterfactual loss**: the NLL of each equivalent's answer given ``BOS "s r o*." BOS query`` (the
 wrapper's input format), plus ``c_loc`` times KL(base || counterfactual) at the answer positions of the
 out-of-scope queries (answer positions, or the last prompt token of a bare prompt) given the same edit
@@ -42,7 +50,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.loss import TargetBatch
-from editlab.editing.meta_data import MetaExample
+from editlab.editing.meta_data import MetaExample, with_target
 from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, embed_prompts, hidden_states, prepend
 from editlab.eval.probes import PromptEncoder
 from editlab.vocab import prompt
@@ -146,8 +154,17 @@ class SeracTrainer(L.LightningModule):
             acc = ((scores[pos] > 0).float().mean() + (scores[neg] <= 0).float().mean()) / 2
         return {"loss": cls_loss + cf_loss, "cls_loss": cls_loss, "cf_loss": cf_loss, "scope_acc": acc}
 
+    def swapped(self, examples: Sequence[MetaExample]) -> list[MetaExample]:
+        """``examples`` with each object swapped for an alternative with probability ``method.resample`` (see
+        the module docstring), drawn from a generator seeded by the run's seed and the global step."""
+        g = torch.Generator().manual_seed(torch.initial_seed() + self.global_step)
+        swap = torch.rand(len(examples), generator=g) < self.method.resample
+        picks = torch.randint(1 << 30, (len(examples),), generator=g).tolist()
+        return [with_target(ex, ex.alternatives[k % len(ex.alternatives)]) if s and ex.alternatives else ex
+                for ex, s, k in zip(examples, swap.tolist(), picks, strict=True)]
+
     def training_step(self, batch: Sequence[MetaExample], batch_idx: int) -> torch.Tensor:
-        out = self.losses(list(batch))
+        out = self.losses(self.swapped(list(batch)))
         self.log_dict({f"train/{k}": v for k, v in out.items()}, batch_size=len(batch))
         return out["loss"]
 
