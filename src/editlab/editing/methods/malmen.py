@@ -45,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook, snapshot
 from editlab.editing.hyper.factors import record_keys
-from editlab.editing.hyper.meta_loss import meta_losses
+from editlab.editing.hyper.meta_loss import mean_stats, meta_losses, without_edited_facts
 from editlab.editing.hyper.ridge import RidgeEditor, RidgeSolution, chunks
 from editlab.editing.loss import target_batch, target_nll
 from editlab.editing.meta_data import MetaBatch
@@ -115,6 +115,7 @@ class MalmenTrainer(L.LightningModule):
         agg = aggregate(m, self.editor, self.base, self.modules_, self.enc, [ex.request for ex in batch],
                         observe=backward)
         leaves = {n: agg.shift(n).requires_grad_(backward) for n in self.modules_}
+        examples = without_edited_facts(batch.examples)
         total, stats = 0.0, []
         for s in chunks(len(batch), m.lm_batch):
             params = {}
@@ -123,7 +124,7 @@ class MalmenTrainer(L.LightningModule):
                 params[weight_param_name(n)] = module.weight + (leaves[n].T if is_transposed(module)
                                                                 else leaves[n]).to(module.weight.dtype)
             with torch.set_grad_enabled(backward):
-                losses, st = meta_losses(self.base, params, self.enc, batch.examples[s], m.c_edit, m.c_loc,
+                losses, st = meta_losses(self.base, params, self.enc, examples[s], m.c_edit, m.c_loc,
                                          self.device)
                 loss = torch.stack(losses).sum() / len(batch)
             if backward:
@@ -133,7 +134,7 @@ class MalmenTrainer(L.LightningModule):
         if backward:
             for i, n in enumerate(self.modules_):
                 self.editor.backward(i, agg.keys[n], agg.grads[n], agg.solutions[n], leaves[n].grad.T, m.net_batch)
-        return total, {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        return total, mean_stats(stats)
 
     def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
         opt = self.optimizers()
