@@ -195,7 +195,8 @@ def _check_flat(peaks: dict[int, int], cache: dict[int, int], whole: int) -> Non
 
 def test_peak_memory_is_flat_in_the_number_of_edits(tiny_world):
     """Meta-training step (the split backward included), 10 vs 250 edits: the peak grows only by the recorded
-    token rows (measured: 16.1 MiB at 10 edits, 18.0 at 100, 20.5 at 1000 with 2.3 MiB of rows)."""
+    token rows (slow variant, measured: 15.4 MiB at 10 edits, 16.5 at 100, 13.9 at 1000 with 1.8 MiB of rows;
+    one unsplit LM pass over 40 edits: 80.4 MiB)."""
     _check_flat(*_memory_profile(tiny_world, (10, 250)))
 
 
