@@ -28,6 +28,8 @@ TINY_LM: dict[str, dict] = {
     "memit": {"layers": [0, 1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
     "alphaedit": {"layers": [0, 1], "stats_tokens": 5000, "prefixes": [[5, 2]], "fact_token": "last"},
     "mend": {"rank": 64, "alpha_init": 3.0e-03, "lr": 1.0e-03, "lr_alpha": 1.0e-04},
+    "malmen": {"layers": [-4, -3, -2, -1], "rank": 64, "alpha_init": 1.0e-02, "lr": 1.0e-03, "lr_alpha": 1.0e-04,
+               "lm_batch": 8},
     "serac": {"lr_cf": 1.0e-03, "lr_cls": 1.0e-02},  # the contract meta-trains 12 steps
 }
 

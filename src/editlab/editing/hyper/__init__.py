@@ -6,5 +6,8 @@
 - :mod:`~editlab.editing.hyper.mlp`: the identity-initialised residual low-rank blocks with per-layer
   scale and shift;
 - :mod:`~editlab.editing.hyper.editor`: one editor network per weight shape, shared across the layers of
-  that shape, with a learned step per layer: ``W' = W - alpha_l sum_i delta~_i u~_i^T``.
+  that shape, with a learned step per layer: ``W' = W - alpha_l sum_i delta~_i u~_i^T``;
+- :mod:`~editlab.editing.hyper.ridge`: MALMEN's aggregation of many edits' value shifts by ridge least squares
+  (learned log-lambda per layer) and its closed-form backward;
+- :mod:`~editlab.editing.hyper.meta_loss`: the meta-loss (equivalents NLL + locality KL) both editors train on.
 """

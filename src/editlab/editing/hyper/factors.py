@@ -83,3 +83,33 @@ def record_factors(model: nn.Module, modules: Sequence[str], batch: TargetBatch)
             h.remove()
     return Factors(us, {n: g.detach().float() for n, g in zip(modules, grads, strict=True)}, gradient_rows(batch),
                    loss.detach())
+
+
+def answer_rows(batch: TargetBatch) -> torch.Tensor:
+    """(B, T) positions whose output predicts an object token (the last prompt token and every object token
+    but the last): MALMEN's keys (the official code's ``token: ans``)."""
+    rows = torch.zeros_like(batch.target)
+    rows[:, :-1] = batch.target[:, 1:]
+    return rows
+
+
+def record_keys(model: nn.Module, modules: Sequence[str], batch: TargetBatch,
+                chunk: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per module, the keys ``u`` (N, d_in) and value gradients ``delta`` (N, d_out) at the answer rows
+    (:func:`answer_rows`) of every request of ``batch``, recorded ``chunk`` requests at a time.
+
+    The LM's forward/backward memory is that of one chunk; what is kept grows with the number of
+    edits only by these N token rows (the official code caches the same tensors on disk).
+    """
+    keys: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+    grads: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+    for start in range(0, batch.ids.shape[0], chunk):
+        width = int(batch.mask[start: start + chunk].sum(1).max())  # this chunk's own padding only
+        part = TargetBatch(batch.ids[start: start + chunk, :width], batch.mask[start: start + chunk, :width],
+                           batch.target[start: start + chunk, :width], batch.last_prompt[start: start + chunk])
+        f = record_factors(model, modules, part)
+        rows = answer_rows(part)
+        for n in modules:
+            keys[n].append(f.u[n][rows])
+            grads[n].append(f.delta[n][rows])
+    return {n: torch.cat(v) for n, v in keys.items()}, {n: torch.cat(v) for n, v in grads.items()}

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 from torch import nn
-from torch.func import functional_call
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook, snapshot
 from editlab.editing.hyper.editor import GradientEditor
 from editlab.editing.hyper.factors import Factors, record_factors
-from editlab.editing.loss import TargetBatch, target_batch, target_nll
-from editlab.editing.meta_data import MetaBatch, MetaExample, Target
+from editlab.editing.hyper.meta_loss import meta_losses
+from editlab.editing.loss import target_batch, target_nll
+from editlab.editing.meta_data import MetaBatch, MetaExample
 from editlab.editing.registry import register
 from editlab.editing.trainable import EditorTraining, TrainableEditor
 from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
@@ -53,19 +53,6 @@ def edited_weights(editor: GradientEditor, base: nn.Module, modules: Sequence[st
     return out
 
 
-def object_logits(logits: torch.Tensor, batch: TargetBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits at the positions that predict object tokens (N, V), the object tokens (N,))."""
-    pos = batch.target[:, 1:]
-    return logits[:, :-1][pos], batch.ids[:, 1:][pos]
-
-
-def argmax_hits(logits: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
-    """(B,) whether every object token of each row is the argmax given the gold prefix."""
-    pos = batch.target[:, 1:]
-    ok = (logits[:, :-1].argmax(-1) == batch.ids[:, 1:]) | ~pos
-    return ok.all(-1)
-
-
 class MendTrainer(L.LightningModule):
     """Meta-trains a :class:`GradientEditor` on a frozen base model (MEND's meta-loss, see the module docstring)."""
 
@@ -81,38 +68,11 @@ class MendTrainer(L.LightningModule):
         self.base.eval()  # the base LM is frozen; only the editor switches modes (its running statistics)
         return self
 
-    def _call(self, params: dict[str, torch.Tensor], batch: TargetBatch) -> torch.Tensor:
-        return functional_call(self.base, params, args=(), kwargs={"input_ids": batch.ids, "attention_mask": batch.mask,
-                                                                   "use_cache": False}).logits.float()
-
     def example_loss(self, ex: MetaExample, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """(meta-loss of one example under its edited weights ``params``, its metrics)."""
-        m = self.method
-        n_eq, soft = len(ex.equivalents), [(s, o) for s in ex.soft for o in s.objects]
-        rows = list(ex.equivalents) + [Target(s.prompt, o) for s, o in soft] + list(ex.locality)
-        batch = target_batch(self.enc, rows).to(self.device)
-        with torch.no_grad():
-            base = self.base(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits.float()
-        edited = self._call(params, batch)
-        logp = torch.log_softmax(edited, -1)
-        tok_lp = logp[:, :-1].gather(-1, batch.ids[:, 1:, None])[..., 0] * batch.target[:, 1:]
-        seq_lp = tok_lp.sum(-1)  # (R,) log p(object | prompt) per row
-        edit = -seq_lp[:n_eq].mean()
-        if soft:
-            probs = torch.tensor([p for s in ex.soft for p in s.probs], device=self.device)
-            edit = edit - (probs * seq_lp[n_eq: n_eq + len(soft)]).sum() / len(ex.soft)
-        loc = slice(n_eq + len(soft), None)
-        lb, le = object_logits(base[loc], _rows(batch, loc)), object_logits(edited[loc], _rows(batch, loc))
-        pb, qe = torch.log_softmax(lb[0], -1), torch.log_softmax(le[0], -1)
-        kl = (pb.exp() * (pb - qe)).sum(-1).mean()
-        loss = m.c_edit * edit + m.c_loc * kl
-        last = batch.last_prompt[loc]
-        r = torch.arange(len(ex.locality), device=self.device)
-        kept = (base[loc][r, last].argmax(-1) == edited[loc][r, last].argmax(-1)).float().mean()
-        hits = argmax_hits(edited[:n_eq].detach(), _rows(batch, slice(0, n_eq)))
-        return loss, {"edit_loss": edit.item(), "loc_kl": kl.item(), "edit_success": float(hits[0]),
-                      "tf_success": float(hits[1:].float().mean()) if n_eq > 1 else float("nan"),
-                      "locality": float(kept)}
+        losses, stats = meta_losses(self.base, params, self.enc, [ex], self.method.c_edit, self.method.c_loc,
+                                    self.device)
+        return losses[0], stats[0]
 
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean meta-loss over the batch's examples (one edit each, the base model's gradient factors)."""
@@ -143,10 +103,6 @@ class MendTrainer(L.LightningModule):
         nets = [p for n, p in self.editor.named_parameters() if n != "alpha"]
         return torch.optim.Adam([{"params": nets, "lr": self.method.lr},
                                  {"params": [self.editor.alpha], "lr": self.method.lr_alpha}])
-
-
-def _rows(batch: TargetBatch, rows: slice) -> TargetBatch:
-    return TargetBatch(batch.ids[rows], batch.mask[rows], batch.target[rows], batch.last_prompt[rows])
 
 
 @register
