@@ -26,7 +26,7 @@ from editlab.editing import registry
 from editlab.editing.base import EditContext, EditFailed, EditRequest
 from editlab.editing.locate import stats
 from editlab.editing.locate.keys import average_io
-from editlab.editing.locate.passes import frozen_blocks
+from editlab.editing.locate.passes import TailPass, frozen_blocks
 from editlab.editing.locate.prefixes import corpus_prefixes
 from editlab.editing.locate.solve import alphaedit_update, memit_system, memit_update, null_space_projector
 from editlab.editing.locate.targets import TargetSpec, optimise_targets
@@ -118,10 +118,20 @@ def _random_arch(kind: str, tok) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("kind", ["mistral", "gpt2", "llama"])
-def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind):
+def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatch):
     """TailPass (prefix cache, rows aligned at the subject, frozen blocks replayed, head only where read) is the
     same computation as the full forward: same delta, h and key for the MLP output (ROME) and the residual stream
-    (MEMIT), at the subject's last token and at the prompt's last token, over requests of different lengths."""
+    (MEMIT), at the subject's last token and at the prompt's last token, over requests of different lengths.
+    The steps take the lean path (the blocks called directly) on all three architectures."""
+    lean: list[bool] = []
+    first = TailPass._first
+
+    def spy(self):
+        out = first(self)
+        lean.append(self.lean)
+        return out
+
+    monkeypatch.setattr(TailPass, "_first", spy)
     tok = tiny_lm.tok
     model = tiny_lm.model if kind == "mistral" else _random_arch(kind, tok)
     reqs = [EditRequest.from_case(c) for c in tiny_lm.world.cases[:3]]
@@ -138,6 +148,7 @@ def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind):
             assert float(fast.delta.norm()) > 0
             for a, b in ((fast.delta, full.delta), (fast.h, full.h), (fast.key, full.key)):
                 assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), (kind, fact_token)
+    assert len(lean) == 4 and all(lean)
 
 
 def test_solvers_rank_one_memit_and_null_space():

@@ -84,7 +84,10 @@ def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokeniz
     if bad or not torch.isfinite(h).all() or not torch.isfinite(key).all():
         raise EditFailed(f"non-finite target vector for edit(s) {bad[:3] or 'of this batch'}; the model's outputs are "
                          "not finite there (check the checkpoint, or lower the method's lr)")
-    info = {"target_nll_final": float(nll.mean()), "delta_norm": float(delta.norm(dim=1).mean())}
+    norm, cap = delta.norm(dim=1), spec.clamp_norm_factor * h.norm(dim=1)
+    info = {"target_nll_final": float(nll.mean()), "delta_norm": float(norm.mean()),
+            "clamped": float((norm >= 0.999 * cap).float().mean()),  # share held at the norm clamp (diagnostic)
+            "steps": max(p[4] for p in parts)}
     return Targets(delta.detach(), h, key, info)
 
 
@@ -125,10 +128,12 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=spec.lr)
     with torch.enable_grad():
+        steps = 0
         for _ in range(spec.steps):
             done = nll.detach() < spec.stop_loss
             if bool(done.all()):
                 break
+            steps += 1
             nll, kl_lp, _ = forward(delta)
             kl = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
             decay = spec.weight_decay * delta.norm(dim=1) / h_norm**2
@@ -141,4 +146,4 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
                 norms = delta.norm(dim=1)
                 cap = spec.clamp_norm_factor * h_norm
                 delta.mul_(torch.where(norms > cap, cap / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None])
-    return delta.detach(), h, key, nll.detach()
+    return delta.detach(), h, key, nll.detach(), steps
