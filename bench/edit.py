@@ -152,6 +152,7 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
     - trainable editors: ``meta_train_s`` of ``fit_editor`` for ``meta_steps`` steps and ``editor_params`` (the
       numbers in the editor checkpoint), then that editor is what ``prepare`` loads;
     - ``ms_per_edit``: median apply + restore of one request (after one warm-up), ``edits_per_s`` its inverse;
+      ``cpu_ms_per_edit``: the same in this process's CPU time (what it takes without waiting on a loaded machine);
     - ``edits_per_s_batch``: ``batch_n`` requests in one apply + restore, for methods with ``supports_batch``;
     - ``peak_mem_mb``: CUDA max allocated, or on CPU the peak RSS of this process (``peak_mem_increase_mb``:
       beyond what it held after loading the model).
@@ -178,15 +179,18 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
     out["prepare_cold_s"] = round(timed(lambda: method.prepare(m, ctx)), 3)
     warm = get_method(name, hp)
     out["prepare_warm_s"] = round(timed(lambda: warm.prepare(m, ctx)), 3)
-    times = []
+    times, cpu = [], []
     for i, case in enumerate([cases[0], *cases]):  # the first case is a warm-up
         torch.manual_seed(i)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         m = method.apply(m, [EditRequest.from_case(case)], ctx).restore()
         if i:
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     ms = 1000 * statistics.median(times)
-    out.update(ms_per_edit=round(ms, 3), edits_per_s=round(1000 / ms, 2), cases=len(times))
+    out.update(ms_per_edit=round(ms, 3), edits_per_s=round(1000 / ms, 2), cases=len(times),
+               cpu_ms_per_edit=round(1000 * statistics.median(cpu), 3))  # this process's CPU time: on a loaded
+    # machine, what one thread would take alone (the wall figure then includes waiting for a core)
     if method.supports_batch:
         reqs = [EditRequest.from_case(c) for c in world.cases()[:batch_n]]
         torch.manual_seed(0)

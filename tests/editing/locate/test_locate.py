@@ -6,6 +6,8 @@ On the tests' fixture model (tests/conftest.py ``tiny_lm``) with small statistic
 - MEMIT with one edit and one layer equals the ROME-style closed form r (C^-1 k)^T / (lambda + k^T C^-1 k);
 - AlphaEdit leaves the module's output unchanged for keys in the preserved space (P k0 = 0), to float
   precision, and keeps the keys of committed (not restored) edits as state;
+- the fast target optimisation (only the tails above the edited module, :class:`TailPass`) gives the plain
+  full-pass target vectors, keys and outputs to float precision, on Mistral, GPT-2 and Llama;
 - cached statistics give bit-identical edits (and are not recomputed); a corrupt or singular cache,
   a layer outside the model, a missing subject and a non-finite target give one clear error and leave
   the weights untouched; inside a sequential stream a failed edit is recorded and the stream goes on.
@@ -24,9 +26,10 @@ from editlab.editing import registry
 from editlab.editing.base import EditContext, EditFailed, EditRequest
 from editlab.editing.locate import stats
 from editlab.editing.locate.keys import average_io
+from editlab.editing.locate.passes import TailPass, frozen_blocks
 from editlab.editing.locate.prefixes import corpus_prefixes
 from editlab.editing.locate.solve import alphaedit_update, memit_system, memit_update, null_space_projector
-from editlab.editing.locate.targets import optimise_targets
+from editlab.editing.locate.targets import TargetSpec, optimise_targets
 from editlab.editing.weights import get_module, linear_weight
 from editlab.errors import EditlabError
 from tests.editing.fixture_hparams import fixture_hparams
@@ -97,6 +100,55 @@ def test_memit_one_edit_one_layer_is_the_rome_closed_form(setup):
     expected = r[:, None] * u[None, :] / (lam + u @ k)  # Sherman-Morrison of (lam C + k k^T)^-1
     got = _weight(model, name).double() - w0
     assert torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+
+
+def _random_arch(kind: str, tok) -> torch.nn.Module:
+    """An untrained GPT-2 (Conv1D) or Llama of the fixture's width (the equality below needs no training)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if kind == "gpt2":
+            return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_inner=64, n_layer=3, n_head=2,
+                                              n_positions=128, tie_word_embeddings=False, **ids)).eval()
+        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
+                                            max_position_embeddings=128, **ids)).eval()
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gpt2", "llama"])
+def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatch):
+    """TailPass (prefix cache, rows aligned at the subject, frozen blocks replayed, head only where read) is the
+    same computation as the full forward: same delta, h and key for the MLP output (ROME) and the residual stream
+    (MEMIT), at the subject's last token and at the prompt's last token, over requests of different lengths.
+    The steps take the lean path (the blocks called directly) on all three architectures."""
+    lean: list[bool] = []
+    first = TailPass._first
+
+    def spy(self):
+        out = first(self)
+        lean.append(self.lean)
+        return out
+
+    monkeypatch.setattr(TailPass, "_first", spy)
+    tok = tiny_lm.tok
+    model = tiny_lm.model if kind == "mistral" else _random_arch(kind, tok)
+    reqs = [EditRequest.from_case(c) for c in tiny_lm.world.cases[:3]]
+    assert len({len(tok(r.subject)["input_ids"]) for r in reqs} | {len(tok(r.target)["input_ids"]) for r in reqs}) > 1
+    templates = ["", *corpus_prefixes(tok, tiny_lm.world.dir, [[5, 1], [10, 1]])]
+    blocks = model.get_submodule("transformer.h" if kind == "gpt2" else "model.layers")
+    mlp_out = blocks[1].mlp.c_proj if kind == "gpt2" else blocks[1].mlp.down_proj
+    assert frozen_blocks(model, mlp_out) == [blocks[0]] and frozen_blocks(model, blocks[1]) == list(blocks[:2])
+    for module in (mlp_out, blocks[1]):
+        for fact_token in ("subject_last", "last"):
+            spec = TargetSpec(lr=0.5, steps=4, stop_loss=0.0, fact_token=fact_token)
+            fast = optimise_targets(model, module, tok, reqs, templates, spec)
+            full = optimise_targets(model, module, tok, reqs, templates, spec, fast=False)
+            assert float(fast.delta.norm()) > 0
+            for a, b in ((fast.delta, full.delta), (fast.h, full.h), (fast.key, full.key)):
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), (kind, fact_token)
+    assert len(lean) == 4 and all(lean)
 
 
 def test_solvers_rank_one_memit_and_null_space():

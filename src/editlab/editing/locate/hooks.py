@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 
-def _main(output):
+def main_tensor(output):
     """The hidden-state tensor of a module output (a block may return a tuple whose first item it is)."""
     return output[0] if isinstance(output, tuple) else output
 
@@ -36,7 +36,7 @@ def read_at(module: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> Iterat
 
     def hook(_mod: nn.Module, args: tuple, output) -> None:
         got["input"] = args[0][rows, cols]
-        got["output"] = _main(output)[rows, cols]
+        got["output"] = main_tensor(output)[rows, cols]
 
     handle = module.register_forward_hook(hook)
     try:
@@ -56,7 +56,7 @@ def add_at(module: nn.Module, rows: torch.Tensor, cols: torch.Tensor, delta: tor
     got: dict[str, torch.Tensor] = {}
 
     def hook(_mod: nn.Module, _args: tuple, output):
-        hidden = _main(output)
+        hidden = main_tensor(output)
         got["output"] = hidden[rows, cols].detach()
         hidden = hidden.index_put((rows, cols), hidden[rows, cols] + delta.to(hidden.dtype))
         return _replace(output, hidden)

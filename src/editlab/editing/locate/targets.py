@@ -19,7 +19,9 @@ subject's last token of the essence prompt ``"{subject} <essence>"`` (ROME's ``"
 Many requests are optimised together (MEMIT computes thousands of targets): each request has its own
 ``delta`` row and its own loss terms, the total loss is their sum and Adam is element-wise, so this is
 exactly independent optimisation per request (a finished request's row is frozen), at the cost of
-one batched forward pass per step instead of one per request.
+one batched forward pass per step instead of one per request. That pass computes only what ``delta``
+changes: the rows' tails from the subject position on, above the edited module, with the output head
+only where the loss reads it (:mod:`editlab.editing.locate.passes`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.base import EditFailed, EditRequest
-from editlab.editing.locate.hooks import add_at, read_at
 from editlab.editing.locate.keys import per_request_mean
+from editlab.editing.locate.passes import FullPass, TailPass
 from editlab.editing.locate.rows import build_rows, concat
 
 CHUNK_REQUESTS = 64
@@ -66,9 +68,14 @@ class Targets:
 
 
 def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase,
-                     requests: Sequence[EditRequest], templates: Sequence[str], spec: TargetSpec) -> Targets:
-    """``delta`` per request on ``module``'s output at the subject's last token (see the module docstring)."""
-    parts = [_chunk(model, module, tok, requests[a : a + CHUNK_REQUESTS], templates, spec)
+                     requests: Sequence[EditRequest], templates: Sequence[str], spec: TargetSpec,
+                     fast: bool = True) -> Targets:
+    """``delta`` per request on ``module``'s output at the subject's last token (see the module docstring).
+
+    ``fast`` computes each step's forward pass with :class:`~editlab.editing.locate.passes.TailPass` (only
+    what ``delta`` changes); ``fast=False`` with the plain full pass. Same math, same result up to float rounding.
+    """
+    parts = [_chunk(model, module, tok, requests[a : a + CHUNK_REQUESTS], templates, spec, fast)
              for a in range(0, len(requests), CHUNK_REQUESTS)]
     delta, h, key = (torch.cat([p[i] for p in parts]) for i in range(3))
     nll = torch.cat([p[3] for p in parts])
@@ -77,12 +84,15 @@ def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokeniz
     if bad or not torch.isfinite(h).all() or not torch.isfinite(key).all():
         raise EditFailed(f"non-finite target vector for edit(s) {bad[:3] or 'of this batch'}; the model's outputs are "
                          "not finite there (check the checkpoint, or lower the method's lr)")
-    info = {"target_nll_final": float(nll.mean()), "delta_norm": float(delta.norm(dim=1).mean())}
+    norm, cap = delta.norm(dim=1), spec.clamp_norm_factor * h.norm(dim=1)
+    info = {"target_nll_final": float(nll.mean()), "delta_norm": float(norm.mean()),
+            "clamped": float((norm >= 0.999 * cap).float().mean()),  # share held at the norm clamp (diagnostic)
+            "steps": max(p[4] for p in parts)}
     return Targets(delta.detach(), h, key, info)
 
 
 def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
-           templates: Sequence[str], spec: TargetSpec) -> tuple[torch.Tensor, ...]:
+           templates: Sequence[str], spec: TargetSpec, fast: bool) -> tuple[torch.Tensor, ...]:
     n = len(requests)
     device = next(model.parameters()).device
     rew = build_rows(tok, requests, templates, with_object=True, fact_token=spec.fact_token)
@@ -92,21 +102,23 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     ess = build_rows(tok, requests, [""], relation=spec.essence, fact_token=spec.fact_token)
     rows = concat(rew, ess, tok.pad_token_id).to(device)
     n_rew = rew.ids.shape[0]
-    every = torch.arange(rows.ids.shape[0], device=device)
-    nxt, gold = rows.ids[:, 1:], rows.target[:n_rew, :-1]
-    n_tok = gold.sum(1)
-    rew_req, ess_at = rows.req[:n_rew], (torch.arange(n, device=device) + n_rew, rows.subj[n_rew:])
+    # the positions the loss reads: those predicting an object token (teacher forcing), then the essence's subject
+    t_rows, t_cols = rows.target[:n_rew].nonzero(as_tuple=True)
+    gold = rows.ids[t_rows, t_cols + 1]
+    n_t = t_rows.shape[0]
+    read_rows = torch.cat([t_rows, torch.arange(n, device=device) + n_rew])
+    read_cols = torch.cat([t_cols, rows.subj[n_rew:]])
+    n_tok = rows.target[:n_rew].sum(1)
+    rew_req = rows.req[:n_rew]
+    run = (TailPass if fast else FullPass)(model, module, rows, read_rows, read_cols)
 
     def forward(delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(per-request NLL (n,), essence log-probs (n, V), what the hook read)."""
-        hook = read_at(module, every, rows.subj) if delta is None else add_at(module, every, rows.subj,
-                                                                                delta[rows.req])
-        with hook as got:
-            logits = model(input_ids=rows.ids, attention_mask=rows.mask, use_cache=False).logits
+        logits, got = run(None if delta is None else delta[rows.req])
         logp = torch.log_softmax(logits.float(), dim=-1)
-        tok_lp = logp[:n_rew, :-1].gather(-1, nxt[:n_rew].unsqueeze(-1)).squeeze(-1)  # (R, T-1)
-        per_row = -(tok_lp * gold).sum(1) / n_tok
-        return per_request_mean(per_row[:, None], rew_req, n)[:, 0], logp[ess_at], got
+        tok_lp = logp[:n_t].gather(-1, gold[:, None])[:, 0]
+        per_row = -torch.zeros(n_rew, dtype=tok_lp.dtype, device=device).index_add(0, t_rows, tok_lp) / n_tok
+        return per_request_mean(per_row[:, None], rew_req, n)[:, 0], logp[n_t:], got
 
     with torch.no_grad():  # the unedited model: current outputs h, keys, essence distributions
         nll, kl_init, got = forward(None)
@@ -116,10 +128,12 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=spec.lr)
     with torch.enable_grad():
+        steps = 0
         for _ in range(spec.steps):
             done = nll.detach() < spec.stop_loss
             if bool(done.all()):
                 break
+            steps += 1
             nll, kl_lp, _ = forward(delta)
             kl = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
             decay = spec.weight_decay * delta.norm(dim=1) / h_norm**2
@@ -132,4 +146,4 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
                 norms = delta.norm(dim=1)
                 cap = spec.clamp_norm_factor * h_norm
                 delta.mul_(torch.where(norms > cap, cap / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None])
-    return delta.detach(), h, key, nll.detach()
+    return delta.detach(), h, key, nll.detach(), steps
