@@ -86,10 +86,14 @@ def queries(examples: Sequence[MetaExample], n_hard: int = 2) -> list[Query]:
 
 
 def query_batch(enc: PromptEncoder, qs: Sequence[Query]) -> TargetBatch:
-    """Right-padded ``BOS prompt answer`` rows (the evaluation's tokenisation; a query without answer is its
-    prompt alone); ``target`` marks the answer tokens."""
+    """Right-padded ``BOS prompt answer.`` rows (the evaluation's tokenisation; a query without answer is its
+    prompt alone); ``target`` marks the answer tokens and the ``.`` that closes the sentence.
+
+    The closing ``.`` is trained too: the exact protocol reads a greedy continuation up to the first ``.``,
+    and a counterfactual model trained on the answer tokens alone went on copying the prefix after the
+    object (measured: token accuracy 0.97, exact edit success 0.23 on the tiny model)."""
     prompts = enc.prompts([("", q.prompt) for q in qs])
-    answers = [a if q.target else [] for q, a in zip(qs, enc.objects([q.target or "x" for q in qs]), strict=True)]
+    answers = [a if q.target else [] for q, a in zip(qs, enc.objects([f"{q.target or 'x'}." for q in qs]), strict=True)]
     ids, mask = prepend(prompts, answers, enc.tok.pad_token_id)
     target = torch.zeros_like(ids, dtype=torch.bool)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
