@@ -152,7 +152,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
     - trainable editors: ``meta_train_s`` of ``fit_editor`` for ``meta_steps`` steps and ``editor_params`` (the
       numbers in the editor checkpoint), then that editor is what ``prepare`` loads;
     - ``ms_per_edit``: median apply + restore of one request (after one warm-up), ``edits_per_s`` its inverse;
-    - ``edits_per_s_batch``: ``batch_n`` requests in one apply + restore, for methods with ``supports_batch``;
+    - ``batch_s`` / ``edits_per_s_batch``: wall time of ``batch_n`` requests in one apply + restore (statistics
+      cached), for methods with ``supports_batch``;
     - ``peak_mem_mb``: CUDA max allocated, or on CPU the peak RSS of this process (``peak_mem_increase_mb``:
       beyond what it held after loading the model).
     """
@@ -192,7 +193,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
         torch.manual_seed(0)
         t = time.perf_counter()
         m = method.apply(m, reqs, ctx).restore()
-        out.update(batch_n=len(reqs), edits_per_s_batch=round(len(reqs) / (time.perf_counter() - t), 2))
+        batch_s = time.perf_counter() - t
+        out.update(batch_n=len(reqs), batch_s=round(batch_s, 2), edits_per_s_batch=round(len(reqs) / batch_s, 2))
     peak = _peak_mb(device)
     out.update(peak_mem_mb=round(peak, 1), peak_mem_kind="cuda_max_allocated" if device.type == "cuda" else "cpu_rss")
     if device.type != "cuda":

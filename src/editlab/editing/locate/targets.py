@@ -20,6 +20,13 @@ Many requests are optimised together (MEMIT computes thousands of targets): each
 ``delta`` row and its own loss terms, the total loss is their sum and Adam is element-wise, so this is
 exactly independent optimisation per request (a finished request's row is frozen), at the cost of
 one batched forward pass per step instead of one per request.
+
+``shared_keys=True`` (MEMIT/AlphaEdit on a world with several facts per subject): requests whose key is
+the same token sequence (the same prefix + subject up to ``fact_token``; at ``subject_last`` that is the
+same subject) get one shared ``delta``, optimised on the sum of their losses. A linear update maps one key
+to one value, so separate targets for one key would only be averaged by the solver (each then misses its
+own object); the shared target is the one value that serves all of them. With distinct keys (MEMIT's
+evaluation samples edits with distinct subjects) both settings are the same optimisation.
 """
 
 from __future__ import annotations
@@ -66,12 +73,16 @@ class Targets:
 
 
 def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase,
-                     requests: Sequence[EditRequest], templates: Sequence[str], spec: TargetSpec) -> Targets:
-    """``delta`` per request on ``module``'s output at the subject's last token (see the module docstring)."""
-    parts = [_chunk(model, module, tok, requests[a : a + CHUNK_REQUESTS], templates, spec)
-             for a in range(0, len(requests), CHUNK_REQUESTS)]
-    delta, h, key = (torch.cat([p[i] for p in parts]) for i in range(3))
-    nll = torch.cat([p[3] for p in parts])
+                     requests: Sequence[EditRequest], templates: Sequence[str], spec: TargetSpec,
+                     shared_keys: bool = False) -> Targets:
+    """``delta`` per request on ``module``'s output at the subject's last token (see the module docstring);
+    ``shared_keys``: one ``delta`` per distinct key, optimised on all its requests' losses."""
+    group = _key_groups(requests, spec.fact_token) if shared_keys else list(range(len(requests)))
+    chunks = _chunks_of_groups(group)
+    parts = [_chunk(model, module, tok, [requests[i] for i in idx], templates, spec, [group[i] for i in idx])
+             for idx in chunks]
+    order = torch.tensor([i for idx in chunks for i in idx]).argsort()  # back to the requests' order
+    delta, h, key, nll = (torch.cat([p[i] for p in parts])[order.to(parts[0][i].device)] for i in range(4))
     bad = [r.case_id or r.prompt for r, ok in zip(requests, torch.isfinite(delta).all(1).tolist(), strict=True)
            if not ok]
     if bad or not torch.isfinite(h).all() or not torch.isfinite(key).all():
@@ -81,10 +92,33 @@ def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokeniz
     return Targets(delta.detach(), h, key, info)
 
 
+def _key_groups(requests: Sequence[EditRequest], fact_token: str) -> list[int]:
+    """Per request, the index of the first request with the same key (subject; and relation at ``last``)."""
+    first: dict[tuple, int] = {}
+    return [first.setdefault((r.subject,) if fact_token == "subject_last" else (r.subject, r.relation), i)
+            for i, r in enumerate(requests)]
+
+
+def _chunks_of_groups(group: list[int]) -> list[list[int]]:
+    """Request indices in chunks of about CHUNK_REQUESTS that never split a key group (one group, one chunk)."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group):
+        members.setdefault(g, []).append(i)
+    chunks: list[list[int]] = [[]]
+    for idx in members.values():
+        if chunks[-1] and len(chunks[-1]) + len(idx) > CHUNK_REQUESTS:
+            chunks.append([])
+        chunks[-1].extend(idx)
+    return chunks
+
+
 def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
-           templates: Sequence[str], spec: TargetSpec) -> tuple[torch.Tensor, ...]:
+           templates: Sequence[str], spec: TargetSpec, group: Sequence[int]) -> tuple[torch.Tensor, ...]:
     n = len(requests)
     device = next(model.parameters()).device
+    # each request's delta row is its key group's first row (its own row when keys are distinct)
+    first: dict[int, int] = {}
+    tie = torch.tensor([first.setdefault(g, i) for i, g in enumerate(group)], device=device)
     rew = build_rows(tok, requests, templates, with_object=True, fact_token=spec.fact_token)
     if not bool(rew.target.any(1).all()):
         raise EditFailed(f"an edit of {[r.case_id or r.prompt for r in requests][:3]} has an empty target object; "
@@ -100,7 +134,7 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     def forward(delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(per-request NLL (n,), essence log-probs (n, V), what the hook read)."""
         hook = read_at(module, every, rows.subj) if delta is None else add_at(module, every, rows.subj,
-                                                                                delta[rows.req])
+                                                                                delta[tie[rows.req]])
         with hook as got:
             logits = model(input_ids=rows.ids, attention_mask=rows.mask, use_cache=False).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -117,12 +151,13 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     opt = torch.optim.Adam([delta], lr=spec.lr)
     with torch.enable_grad():
         for _ in range(spec.steps):
-            done = nll.detach() < spec.stop_loss
+            open_ = torch.zeros(n, device=device).index_add_(0, tie, (nll.detach() >= spec.stop_loss).float())
+            done = open_[tie] == 0  # a shared delta is done when all its requests are
             if bool(done.all()):
                 break
             nll, kl_lp, _ = forward(delta)
             kl = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
-            decay = spec.weight_decay * delta.norm(dim=1) / h_norm**2
+            decay = spec.weight_decay * delta[tie].norm(dim=1) / h_norm**2
             loss = (nll + spec.kl_factor * kl + decay)[~done].sum()
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             frozen = delta.detach()[done].clone()
@@ -132,4 +167,4 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
                 norms = delta.norm(dim=1)
                 cap = spec.clamp_norm_factor * h_norm
                 delta.mul_(torch.where(norms > cap, cap / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None])
-    return delta.detach(), h, key, nll.detach()
+    return delta.detach()[tie], h, key, nll.detach()
