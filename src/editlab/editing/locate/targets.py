@@ -151,8 +151,8 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     opt = torch.optim.Adam([delta], lr=spec.lr)
     with torch.enable_grad():
         for _ in range(spec.steps):
-            open_ = torch.zeros(n, device=device).index_add_(0, tie, (nll.detach() >= spec.stop_loss).float())
-            done = open_[tie] == 0  # a shared delta is done when all its requests are
+            still = (~(nll.detach() < spec.stop_loss)).float()  # a NaN loss is not done
+            done = torch.zeros(n, device=device).index_add_(0, tie, still)[tie] == 0  # a shared delta: all its requests
             if bool(done.all()):
                 break
             nll, kl_lp, _ = forward(delta)
