@@ -54,7 +54,8 @@ class Band(LocateEdit):
     def edit(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> dict:
         """Compute and add the layer updates in ascending order (see the module docstring); returns diagnostics."""
         last = self.block(model, self._layers[-1])
-        tgt = optimise_targets(model, last, ctx.tokenizer, requests, self._templates, self.spec, self.shared_keys)
+        tgt = optimise_targets(model, last, ctx.tokenizer, requests, self._templates, self.spec,
+                               shared_keys=self.shared_keys)
         z = tgt.h + tgt.delta
         self._keys: dict[str, torch.Tensor] = {}
         for i, (layer, name) in enumerate(zip(self._layers, self._names, strict=True)):
