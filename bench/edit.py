@@ -153,7 +153,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
       numbers in the editor checkpoint), then that editor is what ``prepare`` loads;
     - ``ms_per_edit``: median apply + restore of one request (after one warm-up), ``edits_per_s`` its inverse;
       ``cpu_ms_per_edit``: the same in this process's CPU time (what it takes without waiting on a loaded machine);
-    - ``edits_per_s_batch``: ``batch_n`` requests in one apply + restore, for methods with ``supports_batch``;
+    - ``batch_s`` / ``edits_per_s_batch``: wall time of ``batch_n`` requests in one apply + restore (statistics
+      cached), for methods with ``supports_batch``;
     - ``peak_mem_mb``: CUDA max allocated, or on CPU the peak RSS of this process (``peak_mem_increase_mb``:
       beyond what it held after loading the model).
     """
@@ -196,7 +197,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
         torch.manual_seed(0)
         t = time.perf_counter()
         m = method.apply(m, reqs, ctx).restore()
-        out.update(batch_n=len(reqs), edits_per_s_batch=round(len(reqs) / (time.perf_counter() - t), 2))
+        batch_s = time.perf_counter() - t
+        out.update(batch_n=len(reqs), batch_s=round(batch_s, 2), edits_per_s_batch=round(len(reqs) / batch_s, 2))
     peak = _peak_mb(device)
     out.update(peak_mem_mb=round(peak, 1), peak_mem_kind="cuda_max_allocated" if device.type == "cuda" else "cpu_rss")
     if device.type != "cuda":

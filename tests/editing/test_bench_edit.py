@@ -37,7 +37,7 @@ def test_bench_method_measures_a_method(name, tiny_world, ckpt, tmp_path):
         out = bench.bench_method(name, load_weights(ckpt).eval(), tok, world, world.cases()[:2], "mistral_tiny",
                                  batch_n=3, meta_steps=2, model_id=model_id(ckpt), work=tmp_path)
     assert out["cases"] == 2 and out["ms_per_edit"] > 0 and out["edits_per_s"] > 0 and out["cpu_ms_per_edit"] > 0
-    assert out["supports_batch"] and out["batch_n"] == 3 and out["edits_per_s_batch"] > 0
+    assert out["supports_batch"] and out["batch_n"] == 3 and out["edits_per_s_batch"] > 0 and out["batch_s"] > 0
     assert out["prepare_cold_s"] >= 0 and out["prepare_warm_s"] >= 0
     assert out["peak_mem_kind"] == "cpu_rss" and out["peak_mem_mb"] >= out["peak_mem_increase_mb"] >= 0
     if name == "toy_learned_step":  # a trainable editor: meta-trained briefly, its size is its learned step

@@ -22,6 +22,13 @@ exactly independent optimisation per request (a finished request's row is frozen
 one batched forward pass per step instead of one per request. That pass computes only what ``delta``
 changes: the rows' tails from the subject position on, above the edited module, with the output head
 only where the loss reads it (:mod:`editlab.editing.locate.passes`).
+
+``shared_keys=True`` (MEMIT/AlphaEdit on a world with several facts per subject): requests whose key is
+the same token sequence (the same prefix + subject up to ``fact_token``; at ``subject_last`` that is the
+same subject) get one shared ``delta``, optimised on the sum of their losses. A linear update maps one key
+to one value, so separate targets for one key would only be averaged by the solver (each then misses its
+own object); the shared target is the one value that serves all of them. With distinct keys (MEMIT's
+evaluation samples edits with distinct subjects) both settings are the same optimisation.
 """
 
 from __future__ import annotations
@@ -69,16 +76,19 @@ class Targets:
 
 def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase,
                      requests: Sequence[EditRequest], templates: Sequence[str], spec: TargetSpec,
-                     fast: bool = True) -> Targets:
+                     fast: bool = True, shared_keys: bool = False) -> Targets:
     """``delta`` per request on ``module``'s output at the subject's last token (see the module docstring).
 
     ``fast`` computes each step's forward pass with :class:`~editlab.editing.locate.passes.TailPass` (only
     what ``delta`` changes); ``fast=False`` with the plain full pass. Same math, same result up to float rounding.
+    ``shared_keys``: one ``delta`` per distinct key, optimised on all its requests' losses.
     """
-    parts = [_chunk(model, module, tok, requests[a : a + CHUNK_REQUESTS], templates, spec, fast)
-             for a in range(0, len(requests), CHUNK_REQUESTS)]
-    delta, h, key = (torch.cat([p[i] for p in parts]) for i in range(3))
-    nll = torch.cat([p[3] for p in parts])
+    group = _key_groups(requests, spec.fact_token) if shared_keys else list(range(len(requests)))
+    chunks = _chunks_of_groups(group)
+    parts = [_chunk(model, module, tok, [requests[i] for i in idx], templates, spec, fast, [group[i] for i in idx])
+             for idx in chunks]
+    order = torch.tensor([i for idx in chunks for i in idx]).argsort()  # back to the requests' order
+    delta, h, key, nll = (torch.cat([p[i] for p in parts])[order.to(parts[0][i].device)] for i in range(4))
     bad = [r.case_id or r.prompt for r, ok in zip(requests, torch.isfinite(delta).all(1).tolist(), strict=True)
            if not ok]
     if bad or not torch.isfinite(h).all() or not torch.isfinite(key).all():
@@ -91,10 +101,33 @@ def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokeniz
     return Targets(delta.detach(), h, key, info)
 
 
+def _key_groups(requests: Sequence[EditRequest], fact_token: str) -> list[int]:
+    """Per request, the index of the first request with the same key (subject; and relation at ``last``)."""
+    first: dict[tuple, int] = {}
+    return [first.setdefault((r.subject,) if fact_token == "subject_last" else (r.subject, r.relation), i)
+            for i, r in enumerate(requests)]
+
+
+def _chunks_of_groups(group: list[int]) -> list[list[int]]:
+    """Request indices in chunks of about CHUNK_REQUESTS that never split a key group (one group, one chunk)."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group):
+        members.setdefault(g, []).append(i)
+    chunks: list[list[int]] = [[]]
+    for idx in members.values():
+        if chunks[-1] and len(chunks[-1]) + len(idx) > CHUNK_REQUESTS:
+            chunks.append([])
+        chunks[-1].extend(idx)
+    return chunks
+
+
 def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
-           templates: Sequence[str], spec: TargetSpec, fast: bool) -> tuple[torch.Tensor, ...]:
+           templates: Sequence[str], spec: TargetSpec, fast: bool, group: Sequence[int]) -> tuple[torch.Tensor, ...]:
     n = len(requests)
     device = next(model.parameters()).device
+    # each request's delta row is its key group's first row (its own row when keys are distinct)
+    first: dict[int, int] = {}
+    tie = torch.tensor([first.setdefault(g, i) for i, g in enumerate(group)], device=device)
     rew = build_rows(tok, requests, templates, with_object=True, fact_token=spec.fact_token)
     if not bool(rew.target.any(1).all()):
         raise EditFailed(f"an edit of {[r.case_id or r.prompt for r in requests][:3]} has an empty target object; "
@@ -114,7 +147,7 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
 
     def forward(delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(per-request NLL (n,), essence log-probs (n, V), what the hook read)."""
-        logits, got = run(None if delta is None else delta[rows.req])
+        logits, got = run(None if delta is None else delta[tie[rows.req]])
         logp = torch.log_softmax(logits.float(), dim=-1)
         tok_lp = logp[:n_t].gather(-1, gold[:, None])[:, 0]
         per_row = -torch.zeros(n_rew, dtype=tok_lp.dtype, device=device).index_add(0, t_rows, tok_lp) / n_tok
@@ -130,13 +163,14 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     with torch.enable_grad():
         steps = 0
         for _ in range(spec.steps):
-            done = nll.detach() < spec.stop_loss
+            still = (~(nll.detach() < spec.stop_loss)).float()  # a NaN loss is not done
+            done = torch.zeros(n, device=device).index_add_(0, tie, still)[tie] == 0  # a shared delta: all its requests
             if bool(done.all()):
                 break
             steps += 1
             nll, kl_lp, _ = forward(delta)
             kl = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
-            decay = spec.weight_decay * delta.norm(dim=1) / h_norm**2
+            decay = spec.weight_decay * delta[tie].norm(dim=1) / h_norm**2
             loss = (nll + spec.kl_factor * kl + decay)[~done].sum()
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             frozen = delta.detach()[done].clone()
@@ -146,4 +180,4 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
                 norms = delta.norm(dim=1)
                 cap = spec.clamp_norm_factor * h_norm
                 delta.mul_(torch.where(norms > cap, cap / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None])
-    return delta.detach(), h, key, nll.detach(), steps
+    return delta.detach()[tie], h, key, nll.detach(), steps

@@ -41,6 +41,11 @@ class Band(LocateEdit):
     clamp_norm_factor: float = 0.75
     steps: int = 25
     prefixes: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    shared_keys: bool = False
+    """Requests with the same key (same subject at ``subject_last``) share one target vector, optimised on all
+    their losses (:func:`~editlab.editing.locate.targets.optimise_targets`). False: one target per request, as
+    in MEMIT, whose evaluation batches have distinct subjects; with several facts per subject in a batch the
+    solver can only average their targets (measured in conf/method_model/memit_mistral_tiny.yaml)."""
 
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
@@ -49,7 +54,8 @@ class Band(LocateEdit):
     def edit(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext) -> dict:
         """Compute and add the layer updates in ascending order (see the module docstring); returns diagnostics."""
         last = self.block(model, self._layers[-1])
-        tgt = optimise_targets(model, last, ctx.tokenizer, requests, self._templates, self.spec)
+        tgt = optimise_targets(model, last, ctx.tokenizer, requests, self._templates, self.spec,
+                               shared_keys=self.shared_keys)
         z = tgt.h + tgt.delta
         self._keys: dict[str, torch.Tensor] = {}
         for i, (layer, name) in enumerate(zip(self._layers, self._names, strict=True)):
