@@ -28,8 +28,10 @@ demo: setup
 	$(PY) edit.py model=mistral_tiny_demo method=lora edits.n=200 edits.trace=4
 	$(PY) evaluate.py run=$(DEMO_RUN)
 
+# one pytest-xdist worker per core (at most 8): most tests run one torch thread or a one-thread subprocess
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=8
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

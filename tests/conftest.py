@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from editlab.world.build import build_world
 from editlab.world.config import WorldConfig, world_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one pytest-xdist worker per core already fills the cores
+    import torch
+
+    torch.set_num_threads(1)
 register_resolvers()  # the configs' ${editlab.job_subdir:}, as train.py and edit.py register it
 
 
