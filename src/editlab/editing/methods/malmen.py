@@ -49,9 +49,10 @@ from editlab.editing.hyper.meta_loss import mean_stats, meta_losses, without_edi
 from editlab.editing.hyper.ridge import RidgeEditor, RidgeSolution, chunks
 from editlab.editing.loss import target_batch, target_nll
 from editlab.editing.meta_data import MetaBatch
+from editlab.editing.methods.mend import Mend
 from editlab.editing.registry import register
-from editlab.editing.trainable import EditorTraining, TrainableEditor
-from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
+from editlab.editing.trainable import EditorTraining
+from editlab.editing.weights import get_module, is_transposed, linear_weight, weight_param_name
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 
@@ -161,8 +162,9 @@ class MalmenTrainer(L.LightningModule):
 
 @register
 @dataclass
-class Malmen(TrainableEditor):
-    """MALMEN (see the module docstring).
+class Malmen(Mend):
+    """MALMEN (see the module docstring): MEND's method with a ridge editor, its own meta-training and batch edit
+    (the edited layers, editor loading and checks are MEND's).
 
     Attributes:
         modules: roles (editlab.lm.arch) or templates of the edited Linear layers.
@@ -193,19 +195,11 @@ class Malmen(TrainableEditor):
     max_grad_norm: float = 1.0
     lm_batch: int = 32
     net_batch: int = 1024
-    editor: RidgeEditor | None = field(default=None, init=False, repr=False, compare=False)
-    _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.rank < 1 or self.n_hidden < 0 or not self.lr > 0 or not self.lr_alpha >= 0:
-            raise EditlabError("method malmen: rank >= 1, n_hidden >= 0, lr > 0 and lr_alpha >= 0")
-        if self.c_edit < 0 or self.c_loc < 0 or not self.modules:
-            raise EditlabError("method malmen: c_edit, c_loc >= 0 and at least one module role")
+        super().__post_init__()
         if self.lm_batch < 1 or self.net_batch < 1 or not self.max_grad_norm > 0:
             raise EditlabError("method malmen: lm_batch >= 1, net_batch >= 1 and max_grad_norm > 0")
-
-    def module_names(self, model: nn.Module) -> list[str]:
-        return module_names(model, self.modules, self.layers)
 
     def build_editor(self, model: nn.Module) -> RidgeEditor:
         """An untrained editor for ``model``'s edited layers (identity networks, initial step and lambda)."""
@@ -216,36 +210,15 @@ class Malmen(TrainableEditor):
                         training: EditorTraining) -> L.LightningModule:
         return MalmenTrainer(self, base, tokenizer)
 
-    def editor_state(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in module.editor.state_dict().items()}
-
-    def load_editor(self, state: dict[str, torch.Tensor]) -> None:
-        self._weights = dict(state)
-
-    def prepare(self, model: nn.Module, ctx: EditContext) -> None:
-        """Load the trained editor (checked against ``ctx.model_id``) into a network shaped for ``model``."""
-        super().prepare(model, ctx)
-        editor = self.build_editor(model)
-        try:
-            editor.load_state_dict(self._weights)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise EditlabError(f"editor {ctx.editor_path} does not fit this model's layers ({first}...); edit with the "
-                               "modules/layers/rank it was trained with (its editor.json)") from None
-        self.editor = editor.eval()
-
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
         """All ``requests`` in one aggregated shift per edited layer (MALMEN's batch edit)."""
-        if self.editor is None:
-            raise EditlabError("method malmen has no trained editor; pass editor_path=<the directory python train.py "
-                               "task=editor method=malmen wrote>")
+        editor = self.trained_editor()
         names = self.module_names(model)
         saved = snapshot(model, [weight_param_name(n) for n in names])
-        device = next(model.parameters()).device
-        self.editor.to(device).eval()
+        editor.to(next(model.parameters()).device).eval()
         enc = PromptEncoder(ctx.tokenizer)
-        agg = aggregate(self, self.editor, model, names, enc, requests)
+        agg = aggregate(self, editor, model, names, enc, requests)
         loss_initial = sum(_chunk_losses(model, enc, requests, self.lm_batch))
         with torch.no_grad():
             norms = []

@@ -136,9 +136,9 @@ class Mend(TrainableEditor):
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.n_hidden < 0 or not self.lr > 0 or not self.lr_alpha >= 0:
-            raise EditlabError("method mend: rank >= 1, n_hidden >= 0, lr > 0 and lr_alpha >= 0")
+            raise EditlabError(f"method {self.name}: rank >= 1, n_hidden >= 0, lr > 0 and lr_alpha >= 0")
         if self.c_edit < 0 or self.c_loc < 0 or not self.modules:
-            raise EditlabError("method mend: c_edit, c_loc >= 0 and at least one module role")
+            raise EditlabError(f"method {self.name}: c_edit, c_loc >= 0 and at least one module role")
 
     def module_names(self, model: nn.Module) -> list[str]:
         return module_names(model, self.modules, self.layers)
@@ -170,11 +170,16 @@ class Mend(TrainableEditor):
                                "modules/layers/rank it was trained with (its editor.json)") from None
         self.editor = editor.eval()
 
+    def trained_editor(self) -> GradientEditor:
+        """The editor ``prepare`` loaded, or one clear error naming the command that trains it."""
+        if self.editor is None:
+            raise EditlabError(f"method {self.name} has no trained editor; pass editor_path=<the directory python "
+                               f"train.py task=editor method={self.name} wrote>")
+        return self.editor
+
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
-        if self.editor is None:
-            raise EditlabError("method mend has no trained editor; pass editor_path=<the directory python train.py "
-                               "task=editor method=mend wrote>")
+        self.trained_editor()
         names = self.module_names(model)
         saved = snapshot(model, [weight_param_name(n) for n in names])
         device = next(model.parameters()).device
