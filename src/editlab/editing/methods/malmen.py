@@ -49,7 +49,7 @@ from editlab.editing.hyper.meta_loss import mean_stats, meta_losses, without_edi
 from editlab.editing.hyper.ridge import RidgeEditor, RidgeSolution, chunks
 from editlab.editing.loss import target_batch, target_nll
 from editlab.editing.meta_data import MetaBatch
-from editlab.editing.methods.mend import Mend
+from editlab.editing.methods.mend import Mend, MendTrainer
 from editlab.editing.registry import register
 from editlab.editing.trainable import EditorTraining
 from editlab.editing.weights import get_module, is_transposed, linear_weight, weight_param_name
@@ -87,22 +87,15 @@ def aggregate(method: Malmen, editor: RidgeEditor, model: nn.Module, modules: Se
     return Aggregated(list(modules), keys, grads, sols)
 
 
-class MalmenTrainer(L.LightningModule):
+class MalmenTrainer(MendTrainer):
     """Meta-trains a :class:`RidgeEditor` on a frozen base model with MALMEN's split backward pass (manual
-    optimisation: see the module docstring)."""
+    optimisation: see the module docstring). The frozen base, the editor (built by the method) and the two
+    optimizer groups (network and log-lambda; per-layer steps) are MEND's; the editor's running statistics
+    are merged explicitly (``RidgeEditor.observe``)."""
 
     def __init__(self, method: Malmen, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-        super().__init__()
+        super().__init__(method, base, tokenizer)
         self.automatic_optimization = False
-        self.method, self.enc = method, PromptEncoder(tokenizer)
-        self.base = base.requires_grad_(False).eval()
-        self.modules_ = method.module_names(base)
-        self.editor = method.build_editor(base)
-
-    def train(self, mode: bool = True) -> MalmenTrainer:
-        super().train(mode)
-        self.base.eval()  # frozen; the editor's statistics are merged explicitly (RidgeEditor.observe)
-        return self
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
@@ -153,11 +146,6 @@ class MalmenTrainer(L.LightningModule):
             loss, s = self.meta_step(batch, backward=False)
         self.log("val/loss", loss, batch_size=len(batch))
         self.log_dict({f"val/{k}": v for k, v in s.items()}, batch_size=len(batch), prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        nets = [p for n, p in self.editor.named_parameters() if n != "alpha"]
-        return torch.optim.Adam([{"params": nets, "lr": self.method.lr},
-                                 {"params": [self.editor.alpha], "lr": self.method.lr_alpha}])
 
 
 @register
