@@ -8,6 +8,8 @@ On the tests' fixture model (tests/conftest.py ``tiny_lm``) with small statistic
   precision, and keeps the keys of committed (not restored) edits as state;
 - the fast target optimisation (only the tails above the edited module, :class:`TailPass`) gives the plain
   full-pass target vectors, keys and outputs to float precision, on Mistral, GPT-2 and Llama;
+- the key pass (cut after the read position, stopped after the last read module) reads what the full
+  forward pass reads, and never runs the output head;
 - cached statistics give bit-identical edits (and are not recomputed); a corrupt or singular cache,
   a layer outside the model, a missing subject and a non-finite target give one clear error and leave
   the weights untouched; inside a sequential stream a failed edit is recorded and the stream goes on.
@@ -25,9 +27,11 @@ from safetensors.torch import save_file
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditFailed, EditRequest
 from editlab.editing.locate import stats
-from editlab.editing.locate.keys import average_io
+from editlab.editing.locate.hooks import read_at
+from editlab.editing.locate.keys import average_io, rows_io
 from editlab.editing.locate.passes import TailPass, frozen_blocks
 from editlab.editing.locate.prefixes import corpus_prefixes
+from editlab.editing.locate.rows import build_rows
 from editlab.editing.locate.solve import alphaedit_update, memit_system, memit_update, null_space_projector
 from editlab.editing.locate.targets import TargetSpec, optimise_targets
 from editlab.editing.weights import get_module, linear_weight
@@ -122,7 +126,8 @@ def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatc
     """TailPass (prefix cache, rows aligned at the subject, frozen blocks replayed, head only where read) is the
     same computation as the full forward: same delta, h and key for the MLP output (ROME) and the residual stream
     (MEMIT), at the subject's last token and at the prompt's last token, over requests of different lengths.
-    The steps take the lean path (the blocks called directly) on all three architectures."""
+    The steps take the lean path (the blocks called directly) on all three architectures, with the rows
+    grouped by tail length (the essence rows read one position, the rewrite rows several)."""
     lean: list[bool] = []
     first = TailPass._first
 
@@ -148,7 +153,27 @@ def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatc
             assert float(fast.delta.norm()) > 0
             for a, b in ((fast.delta, full.delta), (fast.h, full.h), (fast.key, full.key)):
                 assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), (kind, fact_token)
-    assert len(lean) == 4 and all(lean)
+    assert len(lean) > 4 and all(lean)  # rows grouped by tail length: several TailPasses per optimisation
+
+
+def test_key_pass_stops_early_and_reads_what_the_full_pass_reads(tiny_lm):
+    model, tok = tiny_lm.model, tiny_lm.tok
+    reqs = [EditRequest.from_case(c) for c in tiny_lm.world.cases[:5]]
+    rows = build_rows(tok, reqs, ["", *corpus_prefixes(tok, tiny_lm.world.dir, [[5, 2]])], with_object=True)
+    blocks = model.get_submodule("model.layers")
+    modules = [blocks[0].mlp.down_proj, blocks[1]]
+    head_calls: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda *_: head_calls.append(1))
+    try:
+        got = rows_io(model, modules, rows)
+    finally:
+        handle.remove()
+    assert not head_calls  # the pass ended after block 1
+    at = torch.arange(rows.ids.shape[0])
+    with torch.no_grad(), read_at(modules[0], at, rows.subj) as a, read_at(modules[1], at, rows.subj) as b:
+        model(input_ids=rows.ids, attention_mask=rows.mask)  # whole rows (object tokens too), every block, the head
+    for (k, v), ref in zip(got, (a, b), strict=True):
+        assert torch.allclose(k, ref["input"], atol=1e-5) and torch.allclose(v, ref["output"], atol=1e-5)
 
 
 def test_solvers_rank_one_memit_and_null_space():

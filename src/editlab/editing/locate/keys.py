@@ -9,8 +9,8 @@ here reads its keys through :func:`average_io`, so the one averaged key is used 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -24,18 +24,48 @@ CHUNK_ROWS = 256
 """Rows per forward pass (bounded memory for a batch of thousands of edits)."""
 
 
+class _Stop(Exception):
+    """Raised by :func:`_stop_after` once every read module has run: nothing later is needed."""
+
+
+@contextmanager
+def _stop_after(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """End the next forward pass (with :class:`_Stop`) as soon as each of ``modules`` has run once."""
+    pending = {id(m) for m in modules}
+
+    def hook(mod: nn.Module, _args: tuple, _out) -> None:
+        pending.discard(id(mod))
+        if not pending:
+            raise _Stop
+
+    handles = [m.register_forward_hook(hook) for m in modules]  # after the read hooks: those run first
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def rows_io(model: nn.Module, modules: Sequence[nn.Module], rows: Rows) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each module's input and output at each row's subject-last position, (R, d_in) and (R, d_out), one pass."""
+    """Each module's input and output at each row's subject-last position, (R, d_in) and (R, d_out), one pass.
+
+    Causality makes the pass stop early at no cost to the result: each row is cut after its read position
+    (padding beyond it is right-padding), and the forward pass ends once the last read module has run (no
+    blocks above it, no output head).
+    """
     device = next(model.parameters()).device
     got: list[list[dict]] = [[] for _ in modules]
     for a in range(0, rows.ids.shape[0], CHUNK_ROWS):
         sl = slice(a, a + CHUNK_ROWS)
         ids, mask, subj = rows.ids[sl].to(device), rows.mask[sl].to(device), rows.subj[sl].to(device)
-        width = int(mask.sum(1).max())
+        width = int(subj.max()) + 1
         at = torch.arange(ids.shape[0], device=device)
         with ExitStack() as stack:
             reads = [stack.enter_context(read_at(m, at, subj)) for m in modules]
+            stack.enter_context(_stop_after(modules))
             model(input_ids=ids[:, :width], attention_mask=mask[:, :width], use_cache=False)
         for i, r in enumerate(reads):
             got[i].append(r)

@@ -21,6 +21,11 @@ Two implementations compute the same numbers:
   the cache), then the final norm and the head: no embedding, mask or rotary work per step. Same math as
   :class:`FullPass`, up to float rounding (the test compares both target vectors).
 
+:func:`tail_pass` is what the optimisation uses: rows whose tails (subject position to last read position)
+have different lengths are grouped by that length, one :class:`TailPass` per group, so no row computes
+padding up to a longer row's tail (an essence row reads only its subject position: a tail of one token,
+beside rewrite rows of relation + object tokens). Rows are independent, so this is the same math.
+
 Both go through the Hugging Face model's own forward (its key/value cache, ``position_ids``) and the
 architecture adapter's roles (blocks, lm_head), so they hold for any causal LM the adapter knows.
 """
@@ -121,6 +126,19 @@ def _calls_recorded(blocks: Sequence[nn.Module], calls: list) -> Iterator[None]:
             h.remove()
 
 
+def _step_cache(past):
+    """A copy of the prefix key/value cache for one step (a forward pass appends the tail to the cache it gets).
+
+    A ``DynamicCache`` whose layers are all ``DynamicLayer`` appends by concatenation and never writes into its
+    tensors, so the copy shares them (only the containers are new); any other cache is deep-copied.
+    """
+    layers = getattr(past, "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return copy.deepcopy(past)
+    shared = {id(t): t for layer in layers for t in vars(layer).values() if isinstance(t, torch.Tensor)}
+    return copy.deepcopy(past, memo=shared)
+
+
 def frozen_blocks(model: nn.Module, module: nn.Module) -> list[nn.Module]:
     """The blocks whose outputs do not depend on a vector added to ``module``'s output: those below the block
     holding ``module``, and that block too when ``module`` is the block itself (the residual stream)."""
@@ -193,7 +211,7 @@ class TailPass:
             got = stack.enter_context(add_at(self.module, self.every, self.zero, delta_rows))
             logits = self.model(input_ids=self.ids[:, self.s:], attention_mask=self.mask,
                                 position_ids=self.pos[:, self.s:], use_cache=True,
-                                **{self.cache_kw: copy.deepcopy(self.past)}).logits
+                                **{self.cache_kw: _step_cache(self.past)}).logits
         return logits[0], got
 
     def _first(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -222,7 +240,7 @@ class TailPass:
     def _lean(self, delta_rows: torch.Tensor | None) -> torch.Tensor:
         """Logits at the read positions by calling only the blocks above the frozen ones, with the arguments the
         model's forward gave them (a fresh copy of the prefix cache in place of the cache), then norm and head."""
-        past = copy.deepcopy(self.past)
+        past = _step_cache(self.past)
 
         def fresh(value):
             return past if value is self.cache_obj else value
@@ -244,3 +262,46 @@ class TailPass:
                         kwargs["hidden_states"] = h
                 h = main_tensor(block(*args, **kwargs))
         return self.head(self.final_norm(h[self.read]))
+
+
+def tail_lengths(rows: Rows, read_rows: torch.Tensor, read_cols: torch.Tensor) -> torch.Tensor:
+    """Per row, the positions from its subject position to the last position a read needs (at least 1)."""
+    last = rows.subj.clone().scatter_reduce_(0, read_rows, read_cols, reduce="amax")
+    return last - rows.subj + 1
+
+
+class GroupedPass:
+    """Several :class:`TailPass` over groups of rows, called as one (same interface, rows and reads in the
+    caller's order): one group per distinct tail length (:func:`tail_lengths`)."""
+
+    def __init__(self, model: nn.Module, module: nn.Module, rows: Rows, read_rows: torch.Tensor,
+                 read_cols: torch.Tensor) -> None:
+        length = tail_lengths(rows, read_rows, read_cols)
+        local = torch.empty_like(rows.subj)  # each row's index inside its group
+        self.parts: list[tuple[torch.Tensor, TailPass]] = []
+        row_order, read_order = [], []
+        for n in length.unique().tolist():
+            idx = (length == n).nonzero(as_tuple=True)[0]
+            local[idx] = torch.arange(idx.shape[0], device=idx.device)
+            reads = (length[read_rows] == n).nonzero(as_tuple=True)[0]
+            self.parts.append((idx, TailPass(model, module, rows.select(idx), local[read_rows[reads]],
+                                             read_cols[reads])))
+            row_order.append(idx)
+            read_order.append(reads)
+        self.row_back = torch.cat(row_order).argsort()  # concatenated group results -> the caller's order
+        self.read_back = torch.cat(read_order).argsort()
+
+    def __call__(self, delta_rows: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outs = [part(None if delta_rows is None else delta_rows[idx]) for idx, part in self.parts]
+        logits = torch.cat([o[0] for o in outs])[self.read_back]
+        keys = set.intersection(*(set(o[1]) for o in outs))
+        return logits, {k: torch.cat([o[1][k] for o in outs])[self.row_back] for k in keys}
+
+
+def tail_pass(model: nn.Module, module: nn.Module, rows: Rows, read_rows: torch.Tensor,
+              read_cols: torch.Tensor) -> TailPass | GroupedPass:
+    """The fast pass of :func:`~editlab.editing.locate.targets.optimise_targets`: a :class:`TailPass`, grouped by
+    tail length when the rows' tails differ (see the module docstring)."""
+    if tail_lengths(rows, read_rows, read_cols).unique().numel() == 1:
+        return TailPass(model, module, rows, read_rows, read_cols)
+    return GroupedPass(model, module, rows, read_rows, read_cols)

@@ -41,6 +41,10 @@ class Rows:
     def to(self, device: torch.device) -> Rows:
         return Rows(*(t.to(device) for t in (self.ids, self.mask, self.subj, self.target, self.req, self.tpl)))
 
+    def select(self, idx: torch.Tensor) -> Rows:
+        """The rows ``idx`` (a 1-d index tensor), in that order."""
+        return Rows(*(t[idx] for t in (self.ids, self.mask, self.subj, self.target, self.req, self.tpl)))
+
 
 def subject_ids(tok: PreTrainedTokenizerBase, req: EditRequest, prefix: str, relation: str | None = None
                 ) -> tuple[list[int], int]:
