@@ -182,6 +182,17 @@ def test_methods_table_experiment_lists_every_registered_method():
     assert sorted(listed) == sorted(registry.available()) and cfg.edits.n == 200
 
 
+def test_sequential_locate_experiment_compares_memit_and_alphaedit_in_the_papers_setting():
+    cfg = _compose("edit", ["experiment=sequential_locate"], hydra=True)
+    assert str(cfg.hydra.sweeper.params.method).split(",") == ["memit", "alphaedit"]
+    for method, key, value in (("memit", "mom2_update_weight", 1000.0), ("alphaedit", "alpha", 300.0)):
+        job = _compose("edit", ["experiment=sequential_locate", f"method={method}"])
+        assert job.method.hparams.shared_keys is False  # the experiment wins over the model preset
+        assert job.method.hparams.fact_token == "subject_last"
+        assert job.method.hparams[key] == value  # and keeps the rest of it
+        assert (job.edits.mode, job.edits.n, job.edits.batch_size) == ("sequential", 1000, 100)
+
+
 @pytest.mark.parametrize("primary", ["train", "edit"])
 def test_paper_experiment_composes_the_paper_run(primary):
     cfg = _compose(primary, ["experiment=paper_table4"])
