@@ -65,12 +65,19 @@ def test_method_model_specialises_the_method_and_builds_it(path):
     text = path.read_text()
     assert text.startswith("# @package method\n#") and f"method={method}" in text  # header: how values were chosen
     own = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    assert set(own) == {"hparams"} and own["hparams"]
+    inherited: dict = {}  # a preset may start from another model's preset of the same method (defaults list)
+    for parent in own.pop("defaults", []):
+        if parent != "_self_":
+            assert _split(parent)[0] == method, f"{path.name} may only extend a {method}_<model> preset"
+            inherited.update(OmegaConf.to_container(OmegaConf.load(ROOT / "method_model" / f"{parent}.yaml"),
+                                                    resolve=True)["hparams"])
+    own_hp = own.get("hparams") or {}
+    assert set(own) <= {"hparams"} and (own_hp or inherited)
     base = OmegaConf.to_container(OmegaConf.load(ROOT / "method" / f"{method}.yaml"), resolve=True)
-    assert set(own["hparams"]) <= set(base["hparams"])  # overrides of known keys only
+    assert set(own_hp) | set(inherited) <= set(base["hparams"])  # overrides of known keys only
     cfg = _compose("edit", [f"method={method}", f"model={model}"])
     hp = OmegaConf.to_container(cfg.method.hparams, resolve=True)
-    assert hp == {**base["hparams"], **own["hparams"]}
+    assert hp == {**base["hparams"], **inherited, **own_hp}
     assert registry.get_method(method, hp).name == method
     other = next(m for m in MODELS if m != model and not (ROOT / "method_model" / f"{method}_{m}.yaml").exists())
     assert OmegaConf.to_container(_compose("edit", [f"method={method}", f"model={other}"]).method.hparams,

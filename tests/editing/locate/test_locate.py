@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditFailed, EditRequest
-from editlab.editing.locate import stats
+from editlab.editing.locate import passes, stats
 from editlab.editing.locate.hooks import read_at
 from editlab.editing.locate.keys import average_io, rows_io
-from editlab.editing.locate.passes import TailPass, frozen_blocks
+from editlab.editing.locate.passes import TailPass, frozen_blocks, tail_groups
 from editlab.editing.locate.prefixes import corpus_prefixes
 from editlab.editing.locate.rows import build_rows
 from editlab.editing.locate.solve import alphaedit_update, memit_system, memit_update, null_space_projector
@@ -137,6 +137,7 @@ def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatc
         return out
 
     monkeypatch.setattr(TailPass, "_first", spy)
+    monkeypatch.setattr(passes, "GROUP_OVERHEAD", 0)  # a pass per tail length, even for these few rows
     tok = tiny_lm.tok
     model = tiny_lm.model if kind == "mistral" else _random_arch(kind, tok)
     reqs = [EditRequest.from_case(c) for c in tiny_lm.world.cases[:3]]
@@ -154,6 +155,21 @@ def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatc
             for a, b in ((fast.delta, full.delta), (fast.h, full.h), (fast.key, full.key)):
                 assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), (kind, fact_token)
     assert len(lean) > 4 and all(lean)  # rows grouped by tail length: several TailPasses per optimisation
+
+
+def test_tail_groups_weigh_padding_against_passes(monkeypatch):
+    monkeypatch.setattr(passes, "GROUP_OVERHEAD", 64)
+    # a MEMIT chunk: 128 essence rows of tail 1 beside 768 rewrite rows of tails 4..6: every length pays its pass
+    big = torch.tensor([1] * 128 + [4] * 256 + [5] * 256 + [6] * 256)
+    assert tail_groups(big) == [[1], [4], [5], [6]]
+    # a single ROME edit: 6 rewrite rows of tail 3 and one essence row: padding 2 positions < one pass
+    assert tail_groups(torch.tensor([3] * 6 + [1])) == [[1, 3]]
+    # by hand, cost = 64 per group + rows x the group's longest tail:
+    # 100 x 1, 10 x 2, 100 x 8: separate 192 + 100 + 20 + 800 = 1112; [1, 2] [8] 128 + 220 + 800 = 1148;
+    # [1] [2, 8] 128 + 100 + 880 = 1108 (the 10 rows pad to 8 rather than pay a pass); one group 64 + 1680
+    assert tail_groups(torch.tensor([1] * 100 + [2] * 10 + [8] * 100)) == [[1], [2, 8]]
+    # 2 x 1, 100 x 2, 100 x 8: [1, 2] [8] 128 + 204 + 800 = 1132 beats separate 1194 and [1] [2, 8] 1730
+    assert tail_groups(torch.tensor([1] * 2 + [2] * 100 + [8] * 100)) == [[1, 2], [8]]  # 2 rows x 1 saved < 64
 
 
 def test_key_pass_stops_early_and_reads_what_the_full_pass_reads(tiny_lm):

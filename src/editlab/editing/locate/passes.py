@@ -24,7 +24,9 @@ Two implementations compute the same numbers:
 :func:`tail_pass` is what the optimisation uses: rows whose tails (subject position to last read position)
 have different lengths are grouped by that length, one :class:`TailPass` per group, so no row computes
 padding up to a longer row's tail (an essence row reads only its subject position: a tail of one token,
-beside rewrite rows of relation + object tokens). Rows are independent, so this is the same math.
+beside rewrite rows of relation + object tokens). Each extra pass has a fixed cost per step, so lengths are
+merged where the padding saved is smaller (:func:`tail_groups`: a group per length for a MEMIT chunk, one
+pass for a single ROME edit). Rows are independent, so this is the same math.
 
 Both go through the Hugging Face model's own forward (its key/value cache, ``position_ids``) and the
 architecture adapter's roles (blocks, lm_head), so they hold for any causal LM the adapter knows.
@@ -270,20 +272,45 @@ def tail_lengths(rows: Rows, read_rows: torch.Tensor, read_cols: torch.Tensor) -
     return last - rows.subj + 1
 
 
+GROUP_OVERHEAD = 64
+"""The fixed cost of one more pass per step, in tail positions (a step of :class:`TailPass` costs about this
+plus its rows x tail width): what :func:`tail_groups` weighs the padding a group saves against."""
+
+
+def tail_groups(length: torch.Tensor) -> list[list[int]]:
+    """The tail lengths of ``length`` (R,) partitioned into groups of consecutive lengths that minimise
+    ``sum over groups (GROUP_OVERHEAD + rows x the group's longest tail)`` (exact dynamic programme over the
+    distinct lengths): a group per length for thousands of rows, one group for a single edit."""
+    lengths, counts = (t.tolist() for t in length.unique(return_counts=True))
+    best = [0.0] + [float("inf")] * len(lengths)  # best[j]: cost of the first j lengths
+    cut = [0] * (len(lengths) + 1)
+    for j in range(1, len(lengths) + 1):
+        for i in range(j):
+            cost = best[i] + GROUP_OVERHEAD + sum(counts[i:j]) * lengths[j - 1]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(lengths)
+    while j:
+        groups.append(lengths[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 class GroupedPass:
     """Several :class:`TailPass` over groups of rows, called as one (same interface, rows and reads in the
-    caller's order): one group per distinct tail length (:func:`tail_lengths`)."""
+    caller's order): the groups of :func:`tail_groups`."""
 
     def __init__(self, model: nn.Module, module: nn.Module, rows: Rows, read_rows: torch.Tensor,
-                 read_cols: torch.Tensor) -> None:
+                 read_cols: torch.Tensor, groups: list[list[int]]) -> None:
         length = tail_lengths(rows, read_rows, read_cols)
         local = torch.empty_like(rows.subj)  # each row's index inside its group
         self.parts: list[tuple[torch.Tensor, TailPass]] = []
         row_order, read_order = [], []
-        for n in length.unique().tolist():
-            idx = (length == n).nonzero(as_tuple=True)[0]
+        for lengths in groups:
+            in_group = torch.isin(length, torch.tensor(lengths, device=length.device))
+            idx = in_group.nonzero(as_tuple=True)[0]
             local[idx] = torch.arange(idx.shape[0], device=idx.device)
-            reads = (length[read_rows] == n).nonzero(as_tuple=True)[0]
+            reads = in_group[read_rows].nonzero(as_tuple=True)[0]
             self.parts.append((idx, TailPass(model, module, rows.select(idx), local[read_rows[reads]],
                                              read_cols[reads])))
             row_order.append(idx)
@@ -300,8 +327,9 @@ class GroupedPass:
 
 def tail_pass(model: nn.Module, module: nn.Module, rows: Rows, read_rows: torch.Tensor,
               read_cols: torch.Tensor) -> TailPass | GroupedPass:
-    """The fast pass of :func:`~editlab.editing.locate.targets.optimise_targets`: a :class:`TailPass`, grouped by
-    tail length when the rows' tails differ (see the module docstring)."""
-    if tail_lengths(rows, read_rows, read_cols).unique().numel() == 1:
+    """The fast pass of :func:`~editlab.editing.locate.targets.optimise_targets`: one :class:`TailPass`, or a
+    :class:`GroupedPass` where grouping the rows by tail length saves more than the extra passes cost."""
+    groups = tail_groups(tail_lengths(rows, read_rows, read_cols))
+    if len(groups) == 1:
         return TailPass(model, module, rows, read_rows, read_cols)
-    return GroupedPass(model, module, rows, read_rows, read_cols)
+    return GroupedPass(model, module, rows, read_rows, read_cols, groups)
