@@ -350,3 +350,39 @@ def test_ddp_two_cpu_processes_follow_the_single_process_loss_curve(tiny_world, 
     assert (ddp / EDITOR_WEIGHTS).is_file() and json.loads((ddp / EDITOR_INFO).read_text())["metrics"]["steps"] == 12
     print(f"ddp meta-training: {wall:.1f} s wall, log_step single {wa:.6f} ddp {wb:.6f}, max loss rel. diff "
           f"{max(abs(x - y) / abs(x) for x, y in zip(ca, cb, strict=True)):.2e}")
+
+
+MALMEN_DDP = ["task=editor", "method=malmen", "method.hparams.layers=[-2,-1]", "method.hparams.rank=8",
+              "method.hparams.alpha_init=0.01", "method.hparams.lr=0.001", "method.hparams.lm_batch=3",
+              "method.hparams.net_batch=5", "editor.batch_size=4", "editor.val_fraction=0.02", "editor.max_steps=6",
+              "editor.val_every=3", "editor.patience=null", "progress=false"]
+
+
+def _malmen_run(world, ckpt: Path, out: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(ROOT / "train.py"), *MALMEN_DDP, f"data.cache_dir={world.dir.parent}",
+            f"editor.checkpoint={ckpt}", f"editor.out={out}", f"run_dir={out.parent}", *extra]
+    return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_malmen_ddp_two_cpu_processes_aggregate_the_global_batch(tiny_world, trained_ckpt, tmp_path):
+    """MALMEN under trainer=ddp (2 gloo processes): each rank records its 2 edits, the keys and value gradients
+    are gathered so both ranks solve the ridge shift of all 4 (as one process does), dL/dS* is summed over the
+    ranks. So the loss curve and the trained editor follow the single-process run to float rounding (the LM
+    passes are chunked differently: 3 examples per chunk over 4 edits vs 2 per rank)."""
+    single, ddp = tmp_path / "single" / "editor", tmp_path / "ddp" / "editor"
+    t0 = time.perf_counter()
+    res = _malmen_run(tiny_world, trained_ckpt, ddp, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])
+    wall = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _malmen_run(tiny_world, trained_ckpt, single, [])
+    assert res.returncode == 0, res.stderr[-3000:]
+    la, lb = (read_csv_log(*log_files(training_dir(d) / "csv")) for d in (single, ddp))
+    ca, cb = ([p["train/loss"] for p in log if "train/loss" in p] for log in (la, lb))
+    assert len(ca) == len(cb) == 6 and len(set(ca)) > 1
+    assert ca == pytest.approx(cb, rel=1e-4)
+    a, b = load_file(single / EDITOR_WEIGHTS), load_file(ddp / EDITOR_WEIGHTS)
+    assert a.keys() == b.keys()
+    moved = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), moved
+    print(f"malmen ddp meta-training: {wall:.1f} s wall, max editor weight diff {moved:.2e}")

@@ -12,7 +12,7 @@ were aggregated into one shift (its split backward pass runs the LM chunk by chu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import torch
@@ -96,15 +96,16 @@ def meta_losses(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEnc
     return losses, stats
 
 
-def without_edited_facts(examples: Sequence[MetaExample]) -> list[MetaExample]:
-    """The examples with every locality fact dropped whose prompt is one the batch edits.
+def without_edited_facts(examples: Sequence[MetaExample], also: Iterable[str] = ()) -> list[MetaExample]:
+    """The examples with every locality fact dropped whose prompt is one the batch edits (``also``: prompts
+    edited by the rest of the batch, held by other DDP ranks).
 
     When a batch's edits are aggregated into one shift (MALMEN), a locality fact ``s r -> o`` of one
     example may be the very prompt another example of the batch edits to ``o*``: keeping it would ask
     the one shift to both move and keep that answer. (One edit per example, as MEND, never meets it: an
     example's locality facts are of other subjects.)
     """
-    edited = {ex.request.prompt for ex in examples}
+    edited = {ex.request.prompt for ex in examples} | set(also)
     return [replace(ex, locality=tuple(t for t in ex.locality if t.prompt not in edited)) for ex in examples]
 
 

@@ -29,13 +29,18 @@ Editor weights are float32 and the solve float64 whatever the trainer's precisio
 to the real weights at edit time (snapshot restore is bit-exact), never subtracted back in low
 precision (the official code adds and subtracts shifts in place in bf16 during training).
 
-Not done: DDP meta-training (manual optimisation with several backward passes per step needs its own
-gradient all-reduce); a run with more than one process is refused with one clear line.
+DDP (``trainer=ddp``): each rank records the keys and value gradients of its slice of the global batch,
+and they are gathered, so every rank solves the same ridge shift of *all* the batch's edits (as one
+process would); each rank computes ``dL/dS*`` on its own examples (the loss divided by the global batch
+size), those are summed over the ranks, and every rank pushes the same sum through the solve: the editor
+gradients are equal on every rank by construction, so DDP's own gradient all-reduce is switched off. A
+validation batch is aggregated on its own rank (``editor.batch_size`` edits, as in one process); its
+metrics are averaged over the ranks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -55,6 +60,7 @@ from editlab.editing.trainable import EditorTraining
 from editlab.editing.weights import get_module, is_transposed, linear_weight, weight_param_name
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
+from editlab.utils import dist
 
 
 @dataclass
@@ -72,14 +78,18 @@ class Aggregated:
 
 
 def aggregate(method: Malmen, editor: RidgeEditor, model: nn.Module, modules: Sequence[str], enc: PromptEncoder,
-              requests: Sequence[EditRequest], observe: bool = False) -> Aggregated:
+              requests: Sequence[EditRequest], observe: bool = False,
+              rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Aggregated:
     """Steps 1 of the split pass: keys, value gradients and the ridge shift per module, with no graph.
 
-    ``observe``: merge the rows into the editor's running statistics first (meta-training).
+    ``observe``: merge the rows into the editor's running statistics first (meta-training). ``rows``: applied
+    to the recorded keys and value gradients before they are used (DDP: :func:`editlab.utils.dist.gather_rows`).
     """
     device = next(model.parameters()).device
     batch = target_batch(enc, requests).to(device)
     keys, grads = record_keys(model, modules, batch, method.lm_batch)
+    if rows is not None:
+        keys, grads = {n: rows(k) for n, k in keys.items()}, {n: rows(g) for n, g in grads.items()}
     if observe:
         for i, n in enumerate(modules):
             editor.observe(i, keys[n], grads[n])
@@ -98,18 +108,25 @@ class MalmenTrainer(MendTrainer):
         self.automatic_optimization = False
 
     def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:
-            raise EditlabError("method malmen meta-trains in one process (its split backward has no DDP gradient "
-                               "sync yet); use trainer=cpu or trainer=gpu with devices=1")
+        if self.trainer.world_size > 1:  # the split backward synchronises itself (module docstring)
+            self.trainer.strategy.model.require_backward_grad_sync = False
 
     def meta_step(self, batch: MetaBatch, backward: bool) -> tuple[float, dict[str, float]]:
         """(mean meta-loss, mean metrics) of the batch's edits aggregated into one shift; with ``backward``,
-        the editor's gradients of that loss are accumulated in ``.grad`` (steps 2 and 3 of the split pass)."""
+        the editor's gradients of that loss are accumulated in ``.grad`` (steps 2 and 3 of the split pass).
+
+        Under DDP a training batch is the global batch (its rows gathered over the ranks) and the loss is its
+        mean over all ranks' edits; a validation batch is this rank's own.
+        """
         m = self.method
-        agg = aggregate(m, self.editor, self.base, self.modules_, self.enc, [ex.request for ex in batch],
-                        observe=backward)
+        world = dist.world_size() if backward else 1
+        requests = [ex.request for ex in batch]
+        agg = aggregate(m, self.editor, self.base, self.modules_, self.enc, requests, observe=backward,
+                        rows=dist.gather_rows if world > 1 else None)
         leaves = {n: agg.shift(n).requires_grad_(backward) for n in self.modules_}
-        examples = without_edited_facts(batch.examples)
+        others = dist.gather_objects([r.prompt for r in requests]) if world > 1 else []
+        examples = without_edited_facts(batch.examples, others)
+        n_global = len(batch) * world  # the sampler gives every rank the same number of edits
         total, stats = 0.0, []
         for s in chunks(len(batch), m.lm_batch):
             params = {}
@@ -120,14 +137,17 @@ class MalmenTrainer(MendTrainer):
             with torch.set_grad_enabled(backward):
                 losses, st = meta_losses(self.base, params, self.enc, examples[s], m.c_edit, m.c_loc,
                                          self.device)
-                loss = torch.stack(losses).sum() / len(batch)
+                loss = torch.stack(losses).sum() / n_global
             if backward:
                 loss.backward()
             total += float(loss.detach())
             stats += st
         if backward:
             for i, n in enumerate(self.modules_):
-                self.editor.backward(i, agg.keys[n], agg.grads[n], agg.solutions[n], leaves[n].grad.T, m.net_batch)
+                grad = dist.sum_(leaves[n].grad) if world > 1 else leaves[n].grad  # dL/dS* of all ranks' edits
+                self.editor.backward(i, agg.keys[n], agg.grads[n], agg.solutions[n], grad.T, m.net_batch)
+            if world > 1:
+                total = float(dist.sum_(torch.tensor(total, dtype=torch.float64)))
         return total, mean_stats(stats)
 
     def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
@@ -136,16 +156,16 @@ class MalmenTrainer(MendTrainer):
         loss, s = self.meta_step(batch, backward=True)
         self.clip_gradients(opt, gradient_clip_val=self.method.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
-        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in s.items()}, batch_size=len(batch))
+        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)  # already the global mean
+        self.log_dict({f"train/{k}": v for k, v in s.items()}, batch_size=len(batch), sync_dist=True)
         self.log("train/alpha_mean", self.editor.alpha.detach().mean(), batch_size=len(batch))
         self.log("train/log_lambda_mean", self.editor.log_lambda.detach().mean(), batch_size=len(batch))
 
     def validation_step(self, batch: MetaBatch, batch_idx: int) -> None:
         with torch.inference_mode(False), torch.enable_grad():  # the edit needs the LM's gradient factors
             loss, s = self.meta_step(batch, backward=False)
-        self.log("val/loss", loss, batch_size=len(batch))
-        self.log_dict({f"val/{k}": v for k, v in s.items()}, batch_size=len(batch), prog_bar=True)
+        self.log("val/loss", loss, batch_size=len(batch), sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in s.items()}, batch_size=len(batch), prog_bar=True, sync_dist=True)
 
 
 @register
