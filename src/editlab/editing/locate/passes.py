@@ -141,6 +141,12 @@ def _step_cache(past):
     return copy.deepcopy(past, memo=shared)
 
 
+def tail_lengths(rows: Rows, read_rows: torch.Tensor, read_cols: torch.Tensor) -> torch.Tensor:
+    """Per row, the positions from its subject position to the last position a read needs (at least 1)."""
+    last = rows.subj.clone().scatter_reduce_(0, read_rows, read_cols, reduce="amax")
+    return last - rows.subj + 1
+
+
 def frozen_blocks(model: nn.Module, module: nn.Module) -> list[nn.Module]:
     """The blocks whose outputs do not depend on a vector added to ``module``'s output: those below the block
     holding ``module``, and that block too when ``module`` is the block itself (the residual stream)."""
@@ -171,7 +177,7 @@ class TailPass:
         device = rows.ids.device
         n_rows, width = rows.ids.shape
         subj = rows.subj
-        last = subj.clone().scatter_reduce_(0, read_rows, read_cols, reduce="amax")  # last position a row needs
+        last = subj + tail_lengths(rows, read_rows, read_cols) - 1  # the last position a row needs
         s = int(subj.max())  # the aligned subject position
         shift = s - subj
         ids = torch.full((n_rows, s + int((last - subj).max()) + 1), int(rows.ids[0, 0]), dtype=rows.ids.dtype,
@@ -264,12 +270,6 @@ class TailPass:
                         kwargs["hidden_states"] = h
                 h = main_tensor(block(*args, **kwargs))
         return self.head(self.final_norm(h[self.read]))
-
-
-def tail_lengths(rows: Rows, read_rows: torch.Tensor, read_cols: torch.Tensor) -> torch.Tensor:
-    """Per row, the positions from its subject position to the last position a read needs (at least 1)."""
-    last = rows.subj.clone().scatter_reduce_(0, read_rows, read_cols, reduce="amax")
-    return last - rows.subj + 1
 
 
 GROUP_OVERHEAD = 64
