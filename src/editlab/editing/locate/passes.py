@@ -301,8 +301,8 @@ class GroupedPass:
     caller's order): the groups of :func:`tail_groups`."""
 
     def __init__(self, model: nn.Module, module: nn.Module, rows: Rows, read_rows: torch.Tensor,
-                 read_cols: torch.Tensor, groups: list[list[int]]) -> None:
-        length = tail_lengths(rows, read_rows, read_cols)
+                 read_cols: torch.Tensor, length: torch.Tensor, groups: list[list[int]]) -> None:
+        """``length``: the rows' :func:`tail_lengths`; ``groups``: their :func:`tail_groups`."""
         local = torch.empty_like(rows.subj)  # each row's index inside its group
         self.parts: list[tuple[torch.Tensor, TailPass]] = []
         row_order, read_order = [], []
@@ -329,7 +329,8 @@ def tail_pass(model: nn.Module, module: nn.Module, rows: Rows, read_rows: torch.
               read_cols: torch.Tensor) -> TailPass | GroupedPass:
     """The fast pass of :func:`~editlab.editing.locate.targets.optimise_targets`: one :class:`TailPass`, or a
     :class:`GroupedPass` where grouping the rows by tail length saves more than the extra passes cost."""
-    groups = tail_groups(tail_lengths(rows, read_rows, read_cols))
+    length = tail_lengths(rows, read_rows, read_cols)
+    groups = tail_groups(length)
     if len(groups) == 1:
         return TailPass(model, module, rows, read_rows, read_cols)
-    return GroupedPass(model, module, rows, read_rows, read_cols, groups)
+    return GroupedPass(model, module, rows, read_rows, read_cols, length, groups)

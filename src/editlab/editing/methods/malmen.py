@@ -144,10 +144,10 @@ class MalmenTrainer(MendTrainer):
             stats += st
         if backward:
             for i, n in enumerate(self.modules_):
-                grad = dist.sum_(leaves[n].grad) if world > 1 else leaves[n].grad  # dL/dS* of all ranks' edits
+                grad = dist.all_sum(leaves[n].grad) if world > 1 else leaves[n].grad  # dL/dS* of all ranks' edits
                 self.editor.backward(i, agg.keys[n], agg.grads[n], agg.solutions[n], grad.T, m.net_batch)
             if world > 1:
-                total = float(dist.sum_(torch.tensor(total, dtype=torch.float64)))
+                total = float(dist.all_sum(torch.tensor(total, dtype=torch.float64)))
         return total, mean_stats(stats)
 
     def training_step(self, batch: MetaBatch, batch_idx: int) -> None:
