@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditFailed, EditRequest
-from editlab.editing.locate import passes, stats
+from editlab.editing.locate import passes, stats, targets
 from editlab.editing.locate.hooks import read_at
 from editlab.editing.locate.keys import average_io, rows_io
 from editlab.editing.locate.passes import TailPass, frozen_blocks, tail_groups
@@ -155,6 +155,45 @@ def test_fast_target_optimisation_equals_the_full_pass(tiny_lm, kind, monkeypatc
             for a, b in ((fast.delta, full.delta), (fast.h, full.h), (fast.key, full.key)):
                 assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())), (kind, fact_token)
     assert len(lean) > 4 and all(lean)  # rows grouped by tail length: several TailPasses per optimisation
+
+
+def test_finished_requests_leave_the_pass_and_nothing_else_changes(tiny_lm, monkeypatch):
+    """``REBUILD_BELOW``: once requests stop (NLL < stop_loss), the step pass is rebuilt on those still optimising;
+    every request's target is the one the pass over all requests gives (Adam is per row, rows independent)."""
+    tok, model = tiny_lm.tok, tiny_lm.model
+    reqs = [EditRequest.from_case(c) for c in tiny_lm.world.cases[:8]]
+    module = model.model.layers[1]
+    templates = ["", *corpus_prefixes(tok, tiny_lm.world.dir, [[5, 2]])]
+    seen: list[tuple[int, torch.Tensor]] = []  # (requests in the pass, their NLL) per step
+    call = targets._LossPass.__call__
+
+    def spy(self, delta, tie):
+        out = call(self, delta, tie)
+        if delta is not None:
+            seen.append((self.sub.shape[0], out[0].detach().clone()))
+        return out
+
+    monkeypatch.setattr(targets._LossPass, "__call__", spy)
+    monkeypatch.setattr(targets, "REBUILD_BELOW", 0.0)  # never rebuild: every step computes all 8 requests
+    optimise_targets(model, module, tok, reqs, templates, TargetSpec(steps=6, stop_loss=0.0, fact_token="last"))
+    assert [n for n, _ in seen] == [8] * 6
+    mid = seen[2][1].sort().values[3:5]
+    stop = float(mid.mean())  # half the requests are below it after 3 steps (half-way between two NLLs: a request
+    # exactly at the threshold would stop in one run and not in the other, on float rounding)
+    assert float(seen[0][1].min()) < float(seen[0][1].max()) and stop > 0
+    spec = TargetSpec(steps=6, stop_loss=stop, fact_token="last")
+    seen.clear()
+    whole = optimise_targets(model, module, tok, reqs, templates, spec)
+    assert [n for n, _ in seen] == [8] * len(seen)
+    seen.clear()
+    monkeypatch.setattr(targets, "REBUILD_BELOW", 1.0)  # rebuild as soon as one request stops
+    lean = optimise_targets(model, module, tok, reqs, templates, spec)
+    sizes = [n for n, _ in seen]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0], sizes  # the passes shrink
+    for a, b in ((lean.delta, whole.delta), (lean.h, whole.h), (lean.key, whole.key)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    assert lean.info["steps"] == whole.info["steps"]
+    assert abs(lean.info["target_nll_final"] - whole.info["target_nll_final"]) < 1e-5
 
 
 def test_tail_groups_weigh_padding_against_passes(monkeypatch):

@@ -21,7 +21,9 @@ Many requests are optimised together (MEMIT computes thousands of targets): each
 exactly independent optimisation per request (a finished request's row is frozen), at the cost of
 one batched forward pass per step instead of one per request. That pass computes only what ``delta``
 changes: the rows' tails from the subject position on, above the edited module, with the output head
-only where the loss reads it, rows grouped by tail length (:mod:`editlab.editing.locate.passes`).
+only where the loss reads it, rows grouped by tail length (:mod:`editlab.editing.locate.passes`). Requests
+that have stopped leave that pass (:data:`REBUILD_BELOW`), so later steps cost what the requests still
+optimising cost.
 
 ``shared_keys=True`` (MEMIT/AlphaEdit on a world with several facts per subject): requests whose key is
 the same token sequence (the same prefix + subject up to ``fact_token``; at ``subject_last`` that is the
@@ -43,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 from editlab.editing.base import EditFailed, EditRequest
 from editlab.editing.locate.keys import per_request_mean
 from editlab.editing.locate.passes import FullPass, tail_pass
-from editlab.editing.locate.rows import build_rows, concat
+from editlab.editing.locate.rows import Rows, build_rows, concat
 
 CHUNK_REQUESTS = 128
 """Requests optimised together in one batched forward pass (1000 MEMIT edits on mistral_tiny, one AVX512 thread:
@@ -122,6 +124,55 @@ def _chunks_of_groups(group: list[int]) -> list[list[int]]:
     return chunks
 
 
+REBUILD_BELOW = 0.5
+"""A step's pass is rebuilt on the requests not yet settled (see :func:`_chunk`) once they are fewer than this
+share of the requests its current pass computes (rebuilding costs about one forward pass without gradients; most
+requests of a MEMIT batch stop well before the last step)."""
+
+
+class _LossPass:
+    """The forward pass of the rows of requests ``sub`` (sorted chunk-local indices): their rewrite rows (every
+    prefix) and essence rows, and how to read each request's NLL and essence log-probs off its logits.
+
+    Rows are independent sequences and each loss term reads only its own request's rows, so the terms of
+    ``sub`` computed here are the terms a pass over all requests computes for them (up to float rounding).
+    """
+
+    def __init__(self, model: nn.Module, module: nn.Module, rew: Rows, ess: Rows, sub: torch.Tensor, n: int,
+                 pad_id: int, fast: bool) -> None:
+        device = next(model.parameters()).device
+        in_sub = torch.zeros(n, dtype=torch.bool)
+        in_sub[sub.cpu()] = True
+        rew, ess = rew.select(in_sub[rew.req].nonzero(as_tuple=True)[0]), ess.select(in_sub[ess.req].nonzero(
+            as_tuple=True)[0])
+        rows = concat(rew, ess, pad_id).to(device)
+        n_rew = rew.ids.shape[0]
+        self.sub, self.req = sub.to(device), rows.req
+        local = torch.full((n,), -1, dtype=torch.long, device=device)
+        local[self.sub] = torch.arange(sub.shape[0], device=device)
+        # the positions the loss reads: those predicting an object token (teacher forcing), then the essence's
+        # subject (one essence row per request, in ``sub``'s order)
+        self.t_rows, t_cols = rows.target[:n_rew].nonzero(as_tuple=True)
+        self.gold = rows.ids[self.t_rows, t_cols + 1]
+        read_rows = torch.cat([self.t_rows, torch.arange(ess.ids.shape[0], device=device) + n_rew])
+        read_cols = torch.cat([t_cols, rows.subj[n_rew:]])
+        self.n_tok = rows.target[:n_rew].sum(1)
+        self.rew_local = local[rows.req[:n_rew]]
+        self.n_rew = n_rew
+        self.run = (tail_pass if fast else FullPass)(model, module, rows, read_rows, read_cols)
+
+    def __call__(self, delta: torch.Tensor | None, tie: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(NLL of each request of ``sub`` (m,), its essence log-probs (m, V), what the hook read); ``delta`` (n, d)
+        holds every request's row (``tie``: request -> its key group's row)."""
+        logits, got = self.run(None if delta is None else delta[tie[self.req]])
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        n_t = self.t_rows.shape[0]
+        tok_lp = logp[:n_t].gather(-1, self.gold[:, None])[:, 0]
+        per_row = -torch.zeros(self.n_rew, dtype=tok_lp.dtype, device=tok_lp.device).index_add(
+            0, self.t_rows, tok_lp) / self.n_tok
+        return per_request_mean(per_row[:, None], self.rew_local, self.sub.shape[0])[:, 0], logp[n_t:], got
+
+
 def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
            templates: Sequence[str], spec: TargetSpec, fast: bool, group: Sequence[int]) -> tuple[torch.Tensor, ...]:
     n = len(requests)
@@ -134,46 +185,40 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
         raise EditFailed(f"an edit of {[r.case_id or r.prompt for r in requests][:3]} has an empty target object; "
                          "give every request a non-empty target")
     ess = build_rows(tok, requests, [""], relation=spec.essence, fact_token=spec.fact_token)
-    rows = concat(rew, ess, tok.pad_token_id).to(device)
-    n_rew = rew.ids.shape[0]
-    # the positions the loss reads: those predicting an object token (teacher forcing), then the essence's subject
-    t_rows, t_cols = rows.target[:n_rew].nonzero(as_tuple=True)
-    gold = rows.ids[t_rows, t_cols + 1]
-    n_t = t_rows.shape[0]
-    read_rows = torch.cat([t_rows, torch.arange(n, device=device) + n_rew])
-    read_cols = torch.cat([t_cols, rows.subj[n_rew:]])
-    n_tok = rows.target[:n_rew].sum(1)
-    rew_req = rows.req[:n_rew]
-    run = (tail_pass if fast else FullPass)(model, module, rows, read_rows, read_cols)
-
-    def forward(delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(per-request NLL (n,), essence log-probs (n, V), what the hook read)."""
-        logits, got = run(None if delta is None else delta[tie[rows.req]])
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        tok_lp = logp[:n_t].gather(-1, gold[:, None])[:, 0]
-        per_row = -torch.zeros(n_rew, dtype=tok_lp.dtype, device=device).index_add(0, t_rows, tok_lp) / n_tok
-        return per_request_mean(per_row[:, None], rew_req, n)[:, 0], logp[n_t:], got
-
+    every = torch.arange(n)
+    run = _LossPass(model, module, rew, ess, every, n, tok.pad_token_id, fast)
     with torch.no_grad():  # the unedited model: current outputs h, keys, essence distributions
-        nll, kl_init, got = forward(None)
-        h = per_request_mean(got["output"][:n_rew].float(), rew_req, n)
-        key = per_request_mean(got["input"][:n_rew].float(), rew_req, n)
+        nll, kl_init, got = run(None, tie)
+        rows_req = run.req[:run.n_rew]
+        h = per_request_mean(got["output"][:run.n_rew].float(), rows_req, n)
+        key = per_request_mean(got["input"][:run.n_rew].float(), rows_req, n)
     h_norm = h.norm(dim=1).clamp(min=1e-12)
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=spec.lr)
     with torch.enable_grad():
         steps = 0
+        was_done = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(spec.steps):
             still = (~(nll.detach() < spec.stop_loss)).float()  # a NaN loss is not done
             done = torch.zeros(n, device=device).index_add_(0, tie, still)[tie] == 0  # a shared delta: all its requests
             if bool(done.all()):
                 break
+            # a request done at two checks in a row has its NLL computed at its final (frozen) delta: it stays done
+            # and needs no more passes (one done at this check only was moved by the last update, and is re-read)
+            active = (~(done & was_done)).nonzero(as_tuple=True)[0]
+            was_done = done
+            if active.shape[0] < REBUILD_BELOW * run.sub.shape[0]:  # settled requests leave the pass
+                run = _LossPass(model, module, rew, ess, active.cpu(), n, tok.pad_token_id, fast)
+                with torch.no_grad():
+                    run(None, tie)  # a TailPass records its unedited tail first
             steps += 1
-            nll, kl_lp, _ = forward(delta)
-            kl = (kl_init.exp() * (kl_init - kl_lp)).sum(-1)
-            decay = spec.weight_decay * delta[tie].norm(dim=1) / h_norm**2
-            loss = (nll + spec.kl_factor * kl + decay)[~done].sum()
+            sub = run.sub
+            nll_sub, kl_lp, _ = run(delta, tie)
+            kl = (kl_init[sub].exp() * (kl_init[sub] - kl_lp)).sum(-1)
+            decay = spec.weight_decay * delta[tie[sub]].norm(dim=1) / h_norm[sub] ** 2
+            loss = (nll_sub + spec.kl_factor * kl + decay)[~done[sub]].sum()
             (delta.grad,) = torch.autograd.grad(loss, [delta])
+            nll = nll.detach().index_copy(0, sub, nll_sub.detach())
             frozen = delta.detach()[done].clone()
             opt.step()
             with torch.no_grad():
