@@ -123,6 +123,26 @@ def test_split_backward_matches_one_autograd_graph(tiny_world):
     assert float(split["log_lambda"].abs().sum()) > 0 and float(split["alpha"].abs().sum()) > 0
 
 
+def test_last_prompt_keys_are_one_row_per_edit_the_first_answer_row(tiny_world):
+    """``key_tokens=last_prompt``: one key per edit, the answer rows' first (the position predicting the object's
+    first token), with the same value gradient; an unknown choice is refused."""
+    tok = _tok(tiny_world)
+    model = _model(tok)
+    reqs = [EditRequest.from_case(c) for c in tiny_world.cases[:6]]
+    batch = target_batch(PromptEncoder(tok), reqs)
+    names = registry.get_method("malmen", HP).module_names(model)
+    keys, grads = record_keys(model, names, batch, chunk=4)
+    last_k, last_g = record_keys(model, names, batch, chunk=4, key_tokens="last_prompt")
+    n_tok = batch.target.sum(1)
+    assert int(n_tok.min()) >= 1 and int(n_tok.max()) > 1  # several answer rows for some edits
+    first = torch.cat([torch.zeros(1, dtype=torch.long), n_tok.cumsum(0)[:-1]])  # each edit's first answer row
+    for n in names:
+        assert keys[n].shape[0] == int(n_tok.sum()) and last_k[n].shape[0] == len(reqs)
+        assert torch.equal(last_k[n], keys[n][first]) and torch.equal(last_g[n], grads[n][first])
+    with pytest.raises(EditlabError, match="key_tokens"):
+        registry.get_method("malmen", {**HP, "key_tokens": "subject"})
+
+
 def test_untrained_shift_is_the_ridge_regression_of_scaled_gradients(tiny_world):
     """Identity network and normaliser: the shift solves min ||K S + alpha diag(|u|^2) Delta||^2 + lambda ||S||^2
     (checked with torch.linalg.lstsq on the augmented system), and alpha = 0 leaves the weights bit for bit."""

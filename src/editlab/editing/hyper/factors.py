@@ -93,10 +93,22 @@ def answer_rows(batch: TargetBatch) -> torch.Tensor:
     return rows
 
 
+def last_prompt_rows(batch: TargetBatch) -> torch.Tensor:
+    """(B, T) the last prompt token of each row (the position that predicts the object's first token)."""
+    rows = torch.zeros_like(batch.target)
+    rows[torch.arange(rows.shape[0], device=rows.device), batch.last_prompt.to(rows.device)] = True
+    return rows
+
+
+KEY_TOKENS = {"answer": answer_rows, "last_prompt": last_prompt_rows}
+"""Where MALMEN reads its keys: every answer row (the official code), or one row per edit at the last prompt
+token (MEMIT's ``fact_token: last``)."""
+
+
 def record_keys(model: nn.Module, modules: Sequence[str], batch: TargetBatch,
-                chunk: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per module, the keys ``u`` (N, d_in) and value gradients ``delta`` (N, d_out) at the answer rows
-    (:func:`answer_rows`) of every request of ``batch``, recorded ``chunk`` requests at a time.
+                chunk: int, key_tokens: str = "answer") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per module, the keys ``u`` (N, d_in) and value gradients ``delta`` (N, d_out) at the rows ``key_tokens``
+    (:data:`KEY_TOKENS`) of every request of ``batch``, recorded ``chunk`` requests at a time.
 
     The LM's forward/backward memory is that of one chunk; what is kept grows with the number of
     edits only by these N token rows (the official code caches the same tensors on disk).
@@ -108,7 +120,7 @@ def record_keys(model: nn.Module, modules: Sequence[str], batch: TargetBatch,
         part = TargetBatch(batch.ids[start: start + chunk, :width], batch.mask[start: start + chunk, :width],
                            batch.target[start: start + chunk, :width], batch.last_prompt[start: start + chunk])
         f = record_factors(model, modules, part)
-        rows = answer_rows(part)
+        rows = KEY_TOKENS[key_tokens](part)
         for n in modules:
             keys[n].append(f.u[n][rows])
             grads[n].append(f.delta[n][rows])

@@ -49,7 +49,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook, snapshot
-from editlab.editing.hyper.factors import record_keys
+from editlab.editing.hyper.factors import KEY_TOKENS, record_keys
 from editlab.editing.hyper.meta_loss import mean_stats, meta_losses, without_edited_facts
 from editlab.editing.hyper.ridge import RidgeEditor, RidgeSolution, chunks
 from editlab.editing.loss import target_batch, target_nll
@@ -87,7 +87,7 @@ def aggregate(method: Malmen, editor: RidgeEditor, model: nn.Module, modules: Se
     """
     device = next(model.parameters()).device
     batch = target_batch(enc, requests).to(device)
-    keys, grads = record_keys(model, modules, batch, method.lm_batch)
+    keys, grads = record_keys(model, modules, batch, method.lm_batch, method.key_tokens)
     if rows is not None:
         keys, grads = {n: rows(k) for n, k in keys.items()}, {n: rows(g) for n, g in grads.items()}
     if observe:
@@ -187,6 +187,8 @@ class Malmen(Mend):
         max_grad_norm: gradient norm clipping of each meta-step.
         lm_batch: edits per LM forward/backward chunk (the paper's data ``batch_size``).
         net_batch: token rows per hypernetwork chunk (the paper's editor ``batch_size``).
+        key_tokens: where the keys are read (:data:`~editlab.editing.hyper.factors.KEY_TOKENS`): ``answer``, every
+            position predicting an object token (the official code); ``last_prompt``, one key per edit.
     """
 
     name = "malmen"
@@ -203,9 +205,12 @@ class Malmen(Mend):
     max_grad_norm: float = 1.0
     lm_batch: int = 32
     net_batch: int = 1024
+    key_tokens: str = "answer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.key_tokens not in KEY_TOKENS:
+            raise EditlabError(f"method malmen: key_tokens={self.key_tokens!r} must be one of {', '.join(KEY_TOKENS)}")
         if self.lm_batch < 1 or self.net_batch < 1 or not self.max_grad_norm > 0:
             raise EditlabError("method malmen: lm_batch >= 1, net_batch >= 1 and max_grad_norm > 0")
 
