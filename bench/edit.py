@@ -198,8 +198,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
         t = time.perf_counter()
         m = method.apply(m, reqs, ctx).restore()
         batch_s = time.perf_counter() - t
-        out.update(batch_n=len(reqs), batch_s=round(batch_s, 6), edits_per_s_batch=round(len(reqs) / batch_s, 2))  # 6 digits:
-        # an in-context batch (ICE) takes microseconds, which 2 digits rounded to 0
+        # 6 digits: an in-context batch (ICE) takes microseconds, which 2 digits rounded to 0
+        out.update(batch_n=len(reqs), batch_s=round(batch_s, 6), edits_per_s_batch=round(len(reqs) / batch_s, 2))
     peak = _peak_mb(device)
     out.update(peak_mem_mb=round(peak, 1), peak_mem_kind="cuda_max_allocated" if device.type == "cuda" else "cpu_rss")
     if device.type != "cuda":
