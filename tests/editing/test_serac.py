@@ -23,8 +23,9 @@ from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 
 STEPS = 500
-"""Classifier steps of the routing test. 250 left 12.5% of the out-of-scope positions routed (hard negatives
-"other subject, same relation" sent to the stored edit of that relation: 0.875 < 0.95); 500 send all of them to the base model."""
+"""Classifier steps of the routing test. 250 left 12.5% of the out-of-scope positions routed wrong (hard negatives
+"other subject, same relation" sent to the stored edit of that relation: 0.875 < 0.95); 500 send all of them to
+the base model."""
 
 
 def _ctx(lm) -> EditContext:
