@@ -157,7 +157,8 @@ class _LossPass:
         read_rows = torch.cat([self.t_rows, torch.arange(ess.ids.shape[0], device=device) + n_rew])
         read_cols = torch.cat([t_cols, rows.subj[n_rew:]])
         self.n_tok = rows.target[:n_rew].sum(1)
-        self.rew_local = local[rows.req[:n_rew]]
+        self.rew_req = rows.req[:n_rew]  # the request (chunk-local index) of each rewrite row
+        self.rew_local = local[self.rew_req]
         self.n_rew = n_rew
         self.run = (tail_pass if fast else FullPass)(model, module, rows, read_rows, read_cols)
 
@@ -189,9 +190,8 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
     run = _LossPass(model, module, rew, ess, every, n, tok.pad_token_id, fast)
     with torch.no_grad():  # the unedited model: current outputs h, keys, essence distributions
         nll, kl_init, got = run(None, tie)
-        rows_req = run.req[:run.n_rew]
-        h = per_request_mean(got["output"][:run.n_rew].float(), rows_req, n)
-        key = per_request_mean(got["input"][:run.n_rew].float(), rows_req, n)
+        h = per_request_mean(got["output"][:run.n_rew].float(), run.rew_req, n)
+        key = per_request_mean(got["input"][:run.n_rew].float(), run.rew_req, n)
     h_norm = h.norm(dim=1).clamp(min=1e-12)
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=spec.lr)
