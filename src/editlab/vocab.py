@@ -90,14 +90,38 @@ def stage_gold(stage: str, record: dict, probes: list[dict]) -> list[float]:
     """The gold probability per probe (in probe order) at ``stage`` for a result record.
 
     Before the edit the fitted agent's ``p_pre``; after it the agent holding the same edits as the
-    model: a sequential stream's ``gold_post`` right after the edit and ``gold_final`` on the final
-    model, else the case's single-edit ``p_post``.
+    model (the record's ``gold_agent``): ``gold_post`` right after the edit (a batch: the agent holding the
+    whole batch; a sequential stream: every edit so far) and ``gold_final`` on a stream's final model;
+    a single edit's record carries neither and takes the case's single-edit ``p_post``.
     """
     if stage == "pre":
         return [p["p_pre"] for p in probes]
     if stage == "final" and "gold_final" in record:
         return record["gold_final"]
     return record.get("gold_post") or [p["p_post"] for p in probes]
+
+
+def stage_target(stage: str, record: dict, probe: dict) -> str:
+    """The object an atomic target probe's greedy continuation must produce at ``stage``.
+
+    The probe's own object (its ``target`` of :func:`target`), unless the record names the answer of the
+    agent holding the same edits (``target_post`` / ``target_final``, one object per atomic kind): after a
+    batch or in a stream that agent's argmax, or the requested object where the probe asks another request.
+    """
+    if stage == "pre":
+        return probe["object"]
+    return record.get(f"target_{stage}", {}).get(probe["kind"], probe["object"])
+
+
+GOLD_AGENTS: tuple[str, ...] = ("single", "batch", "stream")
+"""Which agent a record is scored against (its ``gold_agent``): the fitted agent plus the case's own edit, plus
+the whole batch, or plus every edit of the sequential stream so far."""
+
+
+def gold_agent(record: dict) -> str:
+    """A record's ``gold_agent``; records written before the field existed: ``stream`` if sequential, else
+    ``single`` (their batch golds were the single-edit ones)."""
+    return record.get("gold_agent") or ("stream" if record.get("mode") == "sequential" else "single")
 
 
 def has_object(probe: dict) -> bool:

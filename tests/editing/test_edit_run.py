@@ -175,14 +175,78 @@ def test_batched_sequential_gold_holds_the_whole_batch(tiny_world, ckpt, tmp_pat
                                        "edits.weight=case"])
     assert res.returncode == 0, res.stderr[-3000:]
     ids, cases = tiny_world.ids(), tiny_world.cases[:4]
-    agent, edited = tiny_world.agent, set()
+    agent, edited = tiny_world.agent, []
     for rec_pair, pair in ((_records(run)[:2], cases[:2]), (_records(run)[2:], cases[2:])):
         for c in pair:
             i = c["ids"]
             agent = agent.edit(i["subject"], i["relation"], i["requested_object"], c["edit_weight"])
-            edited.add((i["subject"], i["relation"]))
+            edited.append((i["subject"], i["relation"]))
         for rec, c in zip(rec_pair, pair, strict=True):
+            assert rec["gold_agent"] == "stream"
             np.testing.assert_allclose(rec["gold_post"], case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)
+            assert rec["target_post"] == _agent_targets(agent, ids, c, {e: cases[k]["ids"]["requested_object"]
+                                                                          for k, e in enumerate(edited)})
+    # the final model is scored against the agent holding all four edits: its probabilities and its argmax targets
+    requested = {(c["ids"]["subject"], c["ids"]["relation"]): c["ids"]["requested_object"] for c in cases}
+    for rec, c in zip(_records(run), cases, strict=True):
+        np.testing.assert_allclose(rec["gold_final"], case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)
+        assert rec["target_final"] == _agent_targets(agent, ids, c, requested)
+
+
+def _agent_targets(agent, ids, case: dict, requested: dict) -> dict[str, str]:
+    """Per atomic kind: the requested object of an edited fact, else the agent's argmax (by hand)."""
+    names = {i: n for n, i in ids[2].items()}
+    out = {}
+    for pr in case["probes"]:
+        if pr["kind"] in ("s1r1", "s1r2", "s2r1", "s2r2") and pr["kind"] not in out:
+            s, r = ids[0][pr["subject"]], ids[1][pr["relation"]]
+            out[pr["kind"]] = names[requested.get((s, r), agent.argmax(s, r))]
+    return out
+
+
+def test_batch_golds_hold_the_whole_batch(tiny_world, ckpt, tmp_path):
+    """Batch mode: each record is scored against the agent holding every request of its batch (and only those)."""
+    run = tmp_path / "batch"
+    res = _cli(tiny_world, ckpt, run, ["edits.mode=batch", "edits.n=6", "edits.batch_size=3"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    ids, cases, recs = tiny_world.ids(), tiny_world.cases[:6], _records(run)
+    names = {i: n for n, i in ids[2].items()}
+    for b in (0, 3):
+        agent, edited = tiny_world.agent, {}
+        for c in cases[b : b + 3]:
+            i = c["ids"]
+            agent = agent.edit(i["subject"], i["relation"], i["requested_object"], c["edit_weight"])
+            edited[(i["subject"], i["relation"])] = i["requested_object"]
+        for rec, c in zip(recs[b : b + 3], cases[b : b + 3], strict=True):
+            assert rec["gold_agent"] == "batch"
+            np.testing.assert_allclose(rec["gold_post"], case_gold(agent, ids, c, edited), rtol=0, atol=1e-12)
+            for pr in c["probes"]:
+                if pr["kind"] in rec["target_post"]:
+                    s, r = ids[0][pr["subject"]], ids[1][pr["relation"]]
+                    want = edited.get((s, r), agent.argmax(s, r))
+                    assert rec["target_post"][pr["kind"]] == names[want]
+    summary = json.loads((run / "metrics.json").read_text())["summary"]
+    assert summary["gold_agent"] == "batch"
+
+
+def test_batch_of_one_equals_single_bit_for_bit(tiny_world, ckpt, tmp_path):
+    """A batch of one is scored against the agent holding that one edit: the case's own single-edit golds."""
+    single, batch = tmp_path / "single", tmp_path / "batch1"
+    assert _cli(tiny_world, ckpt, single, ["edits.n=4"]).returncode == 0
+    res = _cli(tiny_world, ckpt, batch, ["edits.n=4", "edits.mode=batch", "edits.batch_size=1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    moving = ("time_s", "peak_mem_mb", "mode", "gold_agent", "gold_post", "target_post", "downstream_changes")
+    for a, b, c in zip(_records(single), _records(batch), tiny_world.cases, strict=False):
+        assert a["gold_agent"] == "single" and "gold_post" not in a and b["gold_agent"] == "batch"
+        assert {k: v for k, v in a.items() if k not in moving} == {k: v for k, v in b.items() if k not in moving}
+        assert b["gold_post"] == [p["p_post"] for p in c["probes"]]  # exactly, not approximately
+        assert b["target_post"] == {p["kind"]: p["object"] for p in c["probes"] if p.get("target") in
+                                    ("requested", "new_argmax") and not (p["kind"] == "s1r1" and
+                                                                         p["target"] == "new_argmax")}
+        assert b["downstream_changes"] == c["downstream_changes"]
+    sa, sb = (json.loads((d / "metrics.json").read_text())["summary"] for d in (single, batch))
+    assert sa["gold_agent"] == "single" and sb["gold_agent"] == "batch"
+    assert sa["subsets"] == sb["subsets"]
 
 
 def test_agent_stream_takes_its_target_from_the_world_config(tiny_world):

@@ -159,3 +159,23 @@ def test_final_stage_uses_the_fully_accumulated_agent():
     a = summarize(CASES, recs, "paper")["subsets"]["all"]
     assert a["final/s1r1_prob_coh"] == approx(0.4)  # |0.3 - 0.7| (with gold_post it was 0)
     assert a["post/s1r1_prob_coh"] == approx(0.1 / 3)  # post still against gold_post
+
+
+def test_targets_and_downstream_flag_of_the_agent_holding_the_same_edits():
+    """A batch/stream record's ``target_<stage>`` is what its atomic probes must produce, and its
+    ``downstream_changes`` replaces the case's flag; records without them keep the case's single-edit values."""
+    base = summarize(CASES, RECORDS, "exact")
+    assert base["gold_agent"] == "single"  # legacy / single records
+    assert base["subsets"]["all"]["post/s1r2_acc"] == approx(2 / 3)  # A and C produce r2new; B says r2old
+    recs = [dict(r) for r in RECORDS]
+    # B's downstream fact is another request of its batch, whose object is r2old: B's continuation is now right
+    recs[1] = {**recs[1], "gold_agent": "batch", "target_post": {"s1r2": "r2old"}, "downstream_changes": True}
+    out = summarize(CASES, recs, "exact")
+    assert out["gold_agent"] == "batch, single"
+    a = out["subsets"]["all"]
+    assert a["post/s1r2_acc"] == approx(1.0) and a["post/portability_s1r2"] == approx(1.0)
+    assert a["pre/s1r2_acc"] == base["subsets"]["all"]["pre/s1r2_acc"]  # pre-edit targets never move
+    assert out["subsets"]["downstream_changes"]["n"] == 2  # A (case flag) and B (record flag)
+    # C's final stage: without target_final the probe object; with it, the stream's answer
+    recs[2] = {**recs[2], "target_final": {"s1r2": "r2old"}}
+    assert summarize(CASES, recs, "exact")["subsets"]["all"]["final/s1r2_acc"] == approx(1.0)

@@ -104,8 +104,9 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
         _run_sequential(session, model, chosen, pre, pre_fluency, edits, world, writer, run_dir, loggers or [], dev,
                         progress, resume=state == "resume", run_config=run_config, trainer=trainer or {})
     else:
-        RestoringProtocol(session, model, edits.mode, edits.batch_size).run(chosen, pre, pre_fluency, writer,
-                                                                            progress)
+        stream = AgentStream.from_world(world, edits.weight) if edits.mode == "batch" else None
+        RestoringProtocol(session, model, edits.mode, edits.batch_size, stream).run(chosen, pre, pre_fluency, writer,
+                                                                                    progress)
     wall = time.perf_counter() - t0
     out = _finish(world, chosen, writer.records, metrics, edits, method, run_dir, loggers or [], wall,
                   base_loc.accuracy(loc))
@@ -137,8 +138,7 @@ def _run_sequential(session: Session, model: torch.nn.Module, cases: list[dict],
     # every edit scored on the final model, against the agent holding all edits
     final = session.score(protocol.model, cases, protocol.prefix)
     for rec, case, sc in zip(writer.records, cases, final, strict=True):
-        rec["final"] = sc.to_json()
-        rec["gold_final"] = stream.gold(case)
+        rec.update(final=sc.to_json(), **stream.scored(case, "final"))
     writer.keep(len(writer.records))
     export_edited(protocol.model, session.method, world.dir, run_dir / "model", run_config, world.hash,
                   {"edits": len(cases)}, session.ctx.model_id)

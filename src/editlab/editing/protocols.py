@@ -2,7 +2,8 @@
 
 - ``single`` / ``batch`` (:class:`RestoringProtocol`): each edit (or batch of k edits: MEMIT, MALMEN,
   batched LoRA) is applied to the base model, scored, and restored bit-exactly (tested per method),
-  so every case sees the same base model.
+  so every case sees the same base model. A batch is scored against the agent that holds the whole
+  batch (:class:`~editlab.world.stream.AgentStream`), a single edit against the case's own golds.
 - ``sequential`` (:class:`SequentialProtocol`, a LightningModule): edits are applied one after another
   to one model and committed (LoRA merges each adapter into the weights before the next edit). Each
   step records the edit's *immediate* scores, with gold values from the agent that has accumulated the
@@ -55,10 +56,16 @@ from editlab.world.stream import AgentStream
 
 
 class RestoringProtocol:
-    """``single`` / ``batch``: every edit starts from the base model, which each handle hands back restored."""
+    """``single`` / ``batch``: every edit starts from the base model, which each handle hands back restored.
 
-    def __init__(self, session: Session, model: nn.Module, mode: str, batch_size: int) -> None:
-        self.session, self.model, self.mode, self.batch_size = session, model, mode, batch_size
+    ``stream`` (batch mode): the agent the batch is scored against; it is reset to the fitted agent and takes
+    every request of the batch, in order, before any gold is read. ``None`` (single mode): each case's own
+    single-edit golds (the case records), ``gold_agent: single``.
+    """
+
+    def __init__(self, session: Session, model: nn.Module, mode: str, batch_size: int,
+                 stream: AgentStream | None = None) -> None:
+        self.session, self.model, self.mode, self.batch_size, self.stream = session, model, mode, batch_size, stream
 
     def run(self, cases: Sequence[dict], pre: list[CaseScores], pre_fluency: list[dict], writer: ResultsWriter,
             progress: bool = True) -> None:
@@ -73,9 +80,20 @@ class RestoringProtocol:
             handle, _, records = self.session.step(self.model, batch, b, pre[b : b + k], pre_fluency[b : b + k],
                                                    self.mode, b // k)
             self.model = handle.restore()
+            for rec, fields in zip(records, self.golds(batch), strict=True):
+                rec.update(fields)
             writer.append(records)
             bar.update(len(batch))
         bar.close()
+
+    def golds(self, cases: Sequence[dict]) -> list[dict]:
+        """The gold fields of the records of ``cases``, edited together (eval/records.py)."""
+        if self.stream is None:
+            return [{"gold_agent": "single"} for _ in cases]
+        self.stream.replay([])
+        for case in cases:
+            self.stream.add(case)
+        return [{"gold_agent": "batch", **self.stream.scored(case, "post")} for case in cases]
 
 
 class SequentialProtocol(L.LightningModule):
@@ -129,7 +147,7 @@ class SequentialProtocol(L.LightningModule):
         for case in cases:  # the model holds the whole batch now, so the agent takes all of it before any gold
             self.stream.add(case)
         for rec, case in zip(records, cases, strict=True):
-            rec["gold_post"] = self.stream.gold(case)
+            rec.update(gold_agent="stream", **self.stream.scored(case, "post"))
         self.writer.append(records)
         exact = np.mean([hit_exact(p.gen["s1r1"], c["requested_object"]) for p, c in zip(post, cases, strict=True)])
         self.log_dict({"seq/immediate_exact": float(exact), "seq/edit_time_s": records[0]["time_s"],
@@ -155,7 +173,8 @@ class SequentialProtocol(L.LightningModule):
                 "weight_drift": self.weight_drift(),
                 "immediate_exact": float(np.mean(immediate)), "locality_agree": loc["agree"],
                 "locality_acc": loc["acc"], "locality_kl": loc["kl"],
-                **_accuracy_now(done, now), **_coherence(done, now, [self.stream.gold(c) for c in done])}
+                **_accuracy_now(done, now, [self.stream.targets(c) for c in done]),
+                **_coherence(done, now, [self.stream.gold(c) for c in done])}
 
     @torch.no_grad()
     def weight_drift(self) -> float:
@@ -194,14 +213,15 @@ class _Unchanged(EditMethod):
         return EditHandle(model, info={"failed": self.reason})
 
 
-def _accuracy_now(cases: list[dict], scores: list[CaseScores]) -> dict[str, float]:
-    """Exact generative accuracy of every atomic probe on its post-edit target, ``<kind>_acc_now``."""
+def _accuracy_now(cases: list[dict], scores: list[CaseScores], targets: list[dict[str, str]]) -> dict[str, float]:
+    """Exact generative accuracy of every atomic probe on the answer of the agent holding the edits so far
+    (``targets``: per case, :meth:`~editlab.world.stream.AgentStream.targets`), ``<kind>_acc_now``."""
     acc = GenerativeAccuracy()
     hits, kinds = [], []
-    for case, sc in zip(cases, scores, strict=True):
+    for case, sc, tg in zip(cases, scores, targets, strict=True):
         for pr in case["probes"]:
             if is_target_probe(pr, "post"):
-                hits.append(hit_exact(sc.gen[pr["kind"]], pr["object"]))
+                hits.append(hit_exact(sc.gen[pr["kind"]], tg[pr["kind"]]))
                 kinds.append(ATOMIC.index(pr["kind"]))
     acc.update(torch.tensor(hits, dtype=torch.bool), torch.tensor(kinds, dtype=torch.long))
     return {f"{k.removesuffix('_acc')}_acc_now": float(v) for k, v in acc.compute().items()}

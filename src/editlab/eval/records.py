@@ -9,8 +9,15 @@ One JSON object per edited case::
     pre, post     CaseScores.to_json() of the case's probes before / right after its edit
                   (sequential: "post" is the immediate score right after the edit)
     final         sequential only: CaseScores of the case on the final model (else absent)
-    gold_post     sequential only: per probe gold from the agent that accumulated the edits up to and
-                  including this one (replaces the case's single-edit p_post); else absent
+    gold_agent    which agent the record is scored against: "single" (the fitted agent plus this case's
+                  edit: the case's p_post and new_argmax), "batch" (plus every request of the batch) or
+                  "stream" (plus every edit of the sequential stream up to and including this one)
+    gold_post     batch and sequential: per probe gold from that agent (replaces the case's p_post)
+    target_post   batch and sequential: per atomic kind, the object the probe must produce after the edit
+                  (that agent's argmax; the requested object where the probe asks an edited fact)
+    downstream_changes  batch and sequential: whether that agent's s1 r2 answer differs from the fitted
+                  agent's (replaces the case's flag for the downstream-changes subset)
+    gold_final, target_final  sequential only: the same on the final model (the agent holding every edit)
     locality      {"agree", "acc", "kl"} on the run's fixed locality facts, after the edit
     fluency       {"pre", "post", "consistency_pre", "consistency_post"} (absent if n_samples == 0)
     trace         for the first edits.trace cases: {"step": [...], "p": [[per probe p] per step],
@@ -28,7 +35,7 @@ from pathlib import Path
 
 from editlab.utils.jsonio import read_jsonl
 
-PROTOCOL = "editlab-1"  # bump when the meaning of any stored number changes (evaluation.md)
+PROTOCOL = "editlab-2"  # bump when the meaning of any stored number changes (evaluation.md)
 
 
 def read_records(path: Path) -> list[dict]:

@@ -71,7 +71,7 @@ def _subsets(summary: dict, only: Sequence[str] | None = None) -> list[str]:
 
 
 def _header(title: str, summary: dict, meta: dict | None) -> str:
-    bits = [f"protocol `{summary.get('protocol', '?')}`"]
+    bits = [f"protocol `{summary.get('protocol', '?')}`", f"golds `{summary.get('gold_agent', 'single')}`"]
     for key in ("method", "mode"):
         if meta and meta.get(key) is not None:
             bits.append(f"{key} `{meta[key]}`")

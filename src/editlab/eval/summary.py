@@ -11,12 +11,15 @@ Definitions (evaluation.md, "Paper metrics"):
 
 - generative accuracy / probabilistic coherence per probe type: pre-edit the probe of target
   ``original`` (the LM should say, and believe, what the agent believed before); post-edit (and final)
-  s1 r1 against target ``requested`` (o*) and the other probes against ``new_argmax``. Gold values are
-  the probes' ``p_pre`` before the edit and ``p_post`` (or the record's ``gold_post``) after it; the
-  final stage of a sequential run uses ``gold_final`` (the agent holding every edit of the stream).
-- subsets: ``downstream_changes`` (the case's flag), ``fixing_errors`` (reinforce requests whose pre-edit
-  s1 r1 continuation misses o_true), ``updating`` (pre-edit s1 r1 continuation misses o*), both under
-  the protocol's hit function.
+  s1 r1 against target ``requested`` (o*) and the other probes against ``new_argmax``. The agent is the
+  one holding the same edits as the model (the record's ``gold_agent``): its accuracy target is the
+  record's ``target_post`` / ``target_final`` where present (a batch or a stream; a probe that asks another
+  request of the batch is scored as that request), else the probe's object; its gold values are ``p_pre``
+  before the edit and the record's ``gold_post`` (else the probes' single-edit ``p_post``) after it, and
+  ``gold_final`` on a stream's final model. Coherence reads the same (probe, object) pairs in every protocol.
+- subsets: ``downstream_changes`` (the record's flag from the agent holding the same edits, else the case's),
+  ``fixing_errors`` (reinforce requests whose pre-edit s1 r1 continuation misses o_true), ``updating``
+  (pre-edit s1 r1 continuation misses o*), both under the protocol's hit function.
 - edit success and portability's s1 r2 accuracy always use the exact protocol (the framework
   metrics are comparable across protocols); ``s2_agree`` compares post (final) s2 continuations with
   the pre-edit ones; locality is read from the records (measured after the edit); fluency and
@@ -49,10 +52,12 @@ from editlab.vocab import (
     LOGIC_OPERANDS,
     STAGES,
     SUBSETS,
+    gold_agent,
     hit_exact,
     hit_rule,
     is_target_probe,
     stage_gold,
+    stage_target,
 )
 
 
@@ -95,9 +100,10 @@ def _stage_rows(cases: list[dict], recs: list[dict], stage: str, hit: Callable[[
         for j, pr in enumerate(probes):
             kind, p = pr["kind"], sc["p"][j]
             if is_target_probe(pr, stage):
-                atomic.append((i, ATOMIC.index(kind), hit(sc["gen"][kind], pr["object"]), p, g[j]))
+                obj = stage_target(stage, rec, pr)
+                atomic.append((i, ATOMIC.index(kind), hit(sc["gen"][kind], obj), p, g[j]))
                 if kind == "s1r2":
-                    s1r2.append((i, hit_exact(sc["gen"][kind], pr["object"])))
+                    s1r2.append((i, hit_exact(sc["gen"][kind], obj)))
             if kind in AGENT_KINDS:
                 gold.append((i, AGENT_KINDS.index(kind), p, g[j]))
                 own.setdefault(kind, p)
@@ -172,7 +178,8 @@ def subset_masks(cases: list[dict], recs: list[dict], hit: Callable[[str, str], 
     pre = [r["pre"]["gen"]["s1r1"] for r in recs]
     return {
         "all": torch.ones(len(recs), dtype=torch.bool),
-        "downstream_changes": torch.tensor([bool(c["downstream_changes"]) for c in cases], dtype=torch.bool),
+        "downstream_changes": torch.tensor([bool(r.get("downstream_changes", c["downstream_changes"]))
+                                            for c, r in zip(cases, recs, strict=True)], dtype=torch.bool),
         "fixing_errors": torch.tensor([c["request_type"] == "reinforce" and not hit(g, c["o_true"])
                                        for c, g in zip(cases, pre, strict=True)], dtype=torch.bool),
         "updating": torch.tensor([not hit(g, c["requested_object"]) for c, g in zip(cases, pre, strict=True)],
@@ -181,7 +188,10 @@ def subset_masks(cases: list[dict], recs: list[dict], hit: Callable[[str, str], 
 
 
 def summarize(cases: dict[str, dict], records: list[dict], protocol: str = "paper") -> dict:
-    """``{"protocol": protocol, "subsets": {subset: {"n": cases, "<stage>/<metric>": value}}}``.
+    """``{"protocol": protocol, "gold_agent": agents, "subsets": {subset: {"n": cases, "<stage>/<metric>": value}}}``.
+
+    ``gold_agent`` names the agent(s) the records were scored against (:data:`~editlab.vocab.GOLD_AGENTS`,
+    comma-separated if a file mixes them).
 
     Args:
         cases: case records by ``case_id`` (cases.jsonl).
@@ -206,7 +216,8 @@ def summarize(cases: dict[str, dict], records: list[dict], protocol: str = "pape
         out[name] = {"n": int(keep.sum())}
         for s in stages:
             out[name].update(_stage_metrics(rows[s], keep, s))
-    return {"protocol": protocol, "subsets": out}
+    agents = ", ".join(sorted({gold_agent(r) for r in recs}))
+    return {"protocol": protocol, "gold_agent": agents, "subsets": out}
 
 
 def headline_stage(summary: dict) -> str:

@@ -1,10 +1,16 @@
-"""The gold standard of a sequential edit stream: the Bayesian agent that accumulates the same edits.
+"""The gold standard of many edits: the Bayesian agent that holds the same edits as the model.
 
-evaluation.md, "Protocols for many edits", (e): in a sequential (continual) run the model keeps every
-edit, so its gold is not the fitted agent plus one edit (the case records' ``p_post``) but the agent
-that has taken every edit of the stream so far, in the same order. Each edit's evidence weight n' is
-computed on the agent *as it is when the edit arrives* (like the LM sees the edits in order), for the
-target probability ``data.agent.target`` the world's cases were built with (world.md section 6).
+evaluation.md, "Protocols for many edits": a model that holds several edits (a batch applied at once, or a
+sequential stream so far) is scored against the agent that has taken the same edits, never against each
+case's single-edit posterior (the case records' ``p_post`` / ``new_argmax``): cases share subjects, so one
+request's downstream fact is often another request. Each edit's evidence weight n' is computed on the agent
+*as it is when the edit arrives* (a batch is taken in its order), for the target probability
+``data.agent.target`` the world's cases were built with (world.md section 6).
+
+Per case the agent gives (:meth:`AgentStream.scored`): the gold probability of every probe, the object
+each atomic probe must produce (the agent's argmax; for a fact that is itself an edit request, the
+requested object: such a probe is scored as that request) and whether the case's downstream answer
+(s1 r2) differs from the fitted agent's.
 
 The stream is replayable from its list of applied edits, which is all a resumed run needs to restore
 it exactly (the list goes into the sequential run's Lightning checkpoint).
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from editlab.vocab import ATOMIC
 from editlab.world.agent import Agent
 from editlab.world.gold import Ids, case_gold
 from editlab.world.loading import World
@@ -34,7 +41,8 @@ class AgentStream:
         self.base, self.ids, self.weight_rule, self.target = base, ids, weight_rule, target
         self.agent = base
         self.applied: list[tuple[int, int, int, float]] = []
-        self.edited: set[tuple[int, int]] = set()
+        self.edited: dict[tuple[int, int], int] = {}  # fact (s, r) -> its requested object (the latest edit)
+        self.object_name = {i: n for n, i in ids[2].items()}
 
     @staticmethod
     def from_world(world: World, weight_rule: str | float) -> AgentStream:
@@ -62,12 +70,40 @@ class AgentStream:
         # drop the parent: a 1000-edit stream never reverts, and each parent would stay alive otherwise
         self.agent = replace(self.agent.edit(s, r, o, w), parent=None)
         self.applied.append((s, r, o, w))
-        self.edited.add((s, r))
+        self.edited[(s, r)] = o
 
     def replay(self, applied: list) -> None:
-        self.agent, self.applied, self.edited = self.base, [], set()
+        """Back to the fitted agent, then take ``applied`` ((s, r, o, weight) per edit) in order."""
+        self.agent, self.applied, self.edited = self.base, [], {}
         for s, r, o, w in applied:
             self.push(int(s), int(r), int(o), float(w))
 
     def gold(self, case: dict) -> list[float]:
+        """Gold p of every probe of ``case`` (probe order) under the agent holding the edits so far."""
         return case_gold(self.agent, self.ids, case, self.edited)
+
+    def answer(self, s: int, r: int) -> int:
+        """The object (id) the agent holding the edits says for (s, r): the requested object of an edited fact."""
+        return self.edited[(s, r)] if (s, r) in self.edited else self.agent.argmax(s, r)
+
+    def targets(self, case: dict) -> dict[str, str]:
+        """Per atomic probe kind of ``case``: the object its greedy continuation must produce now."""
+        sid, rid, _ = self.ids
+        out: dict[str, str] = {}
+        for pr in case["probes"]:
+            if pr["kind"] in ATOMIC and pr["kind"] not in out:
+                out[pr["kind"]] = self.object_name[self.answer(sid[pr["subject"]], rid[pr["relation"]])]
+        return out
+
+    def downstream_changes(self, case: dict) -> bool:
+        """Whether the agent's answer for the case's downstream fact (s1 r2) differs from the fitted agent's."""
+        i = case["ids"]
+        return self.answer(i["subject"], i["relation2"]) != self.base.argmax(i["subject"], i["relation2"])
+
+    def scored(self, case: dict, stage: str) -> dict:
+        """The record fields of ``case`` at ``stage`` ("post" or "final"): ``gold_<stage>`` and ``target_<stage>``,
+        and at "post" the ``downstream_changes`` flag (eval/records.py)."""
+        out: dict = {f"gold_{stage}": self.gold(case), f"target_{stage}": self.targets(case)}
+        if stage == "post":
+            out["downstream_changes"] = self.downstream_changes(case)
+        return out
