@@ -91,3 +91,27 @@ def test_alone_the_downstream_answer_follows_the_marginal(stream):
     stream.replay([])  # back to the fitted agent: no edit, the pre-edit answers
     assert stream.targets(A) == {"s1r1": "X", "s1r2": "P", "s2r1": "Y", "s2r2": "Q"}
     assert not stream.downstream_changes(A)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_batch_golds",
+                                                  Path(__file__).resolve().parents[2] / "bench" / "batch_golds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_batch_golds_sees_no_shift_in_batches_of_one_and_some_in_batches(tiny_world):
+    from editlab.world.loading import World
+
+    bench, world = _bench(), World(tiny_world.dir)
+    cases = world.cases("eval")[:60]
+    one = bench.batch_shift(world, cases, 1)
+    assert {k: v for k, v in one.items() if k != "batch_size"} == {
+        "s1r2_is_another_request": 0.0, "s1r2_target_moved": 0.0, "any_atomic_target_moved": 0.0,
+        "downstream_flag_moved": 0.0, "mean_abs_gold_shift": 0.0}
+    ten = bench.batch_shift(world, cases, 10)
+    assert ten["s1r2_is_another_request"] > 0.5 and ten["mean_abs_gold_shift"] > 0
