@@ -10,7 +10,8 @@ case's single-edit golds would get wrong, with no model: over the first ``n`` ev
 batches of each size, the share of cases whose ``s1 r2`` fact is another request of the same batch, whose
 ``s1 r2`` (or any atomic) target object moves, whose downstream-changes flag moves, and the mean
 |batch gold - single gold| over the atomic probes. With ``run=`` it also re-scores that run's records the
-old way (the fields of the agent holding the batch removed) and prints both sets of Table 4 cells.
+old way (a batch against single-edit golds; a sequential stream's accuracy against single-edit targets) and
+prints both sets of Table 4 cells.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from editlab.world.loading import World
 from editlab.world.stream import AgentStream
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-AGENT_FIELDS = ("gold_agent", "gold_post", "target_post", "downstream_changes", "gold_final", "target_final")
+BATCH_FIELDS = ("gold_agent", "gold_post", "target_post", "downstream_changes")
+"""What a batch record gained from the agent holding its batch (before, it was scored with single-edit golds)."""
+STREAM_FIELDS = ("gold_agent", "target_post", "target_final", "downstream_changes")
+"""What a sequential record gained (its probability golds already came from the accumulated agent)."""
 CELLS = ("s1r1_acc", "s1r2_acc", "s2r1_acc", "s2r2_acc", "s1r1_prob_coh", "s1r2_prob_coh", "s2r1_prob_coh",
          "s2r2_prob_coh")
 
@@ -68,10 +72,11 @@ def run_cells(world: World, run: Path) -> dict:
     records = read_records(run / "results.jsonl")
     cases = {c["case_id"]: c for c in world.cases(json.loads((run / "metrics.json").read_text()).get("split",
                                                                                                      "eval"))}
-    old = [{k: v for k, v in r.items() if k not in AGENT_FIELDS} for r in records]
     stage = "final" if "final" in records[0] else "post"
+    drop = STREAM_FIELDS if records[0].get("mode") == "sequential" else BATCH_FIELDS
+    old = [{k: v for k, v in r.items() if k not in drop} for r in records]
     out = {"run": str(run), "stage": stage}
-    for name, recs in (("agent_holding_the_edits", records), ("single_edit_golds", old)):
+    for name, recs in (("agent_holding_the_edits", records), ("before", old)):
         summary = summarize(cases, recs, "paper")
         out[name] = {sub: {"n": summary["subsets"][sub]["n"],
                            **{c: summary["subsets"][sub].get(f"{stage}/{c}") for c in CELLS}}
