@@ -331,3 +331,18 @@ def test_short_meta_training_runs_under_both_scopes(tiny_lm, scope):
                                 training, seed=0)
     assert metrics["steps"] == 2 and any(k.startswith("cf.") for k in state)
     assert ("val/downstream_success" in metrics) == (scope == "agent")
+
+
+def test_an_agent_scope_editor_has_its_own_directory_and_train_command(tmp_path):
+    """Both editors of a base model coexist: ``editors/serac`` (request) and ``editors/serac-agent``; edit.py finds
+    each from ``method.hparams.scope`` and names the command that trains the missing one."""
+    from editlab.editing.trainable import default_editor_dir, resolve_editor
+
+    ckpt = tmp_path / "run" / "model"
+    fallback = {"data": "d", "model": "m", "seed": 0}
+    for scope, name, extra in (("request", "serac", ""), ("agent", "serac-agent", " method.hparams.scope=agent")):
+        method = registry.get_method("serac", {"scope": scope})
+        assert default_editor_dir(ckpt, method.editor_name()) == tmp_path / "run" / "editors" / name
+        command = f"python train.py task=editor method=serac{extra} data=d model=m seed=0"
+        with pytest.raises(EditlabError, match=f"no trained editor at .*/editors/{name}; train it with: {command} "):
+            resolve_editor(None, method, ckpt, "mid", fallback)

@@ -177,6 +177,14 @@ class SERAC(TrainableEditor):
         return self.wrap(base, self.keys, self.prefixes)
 
     # ------------------------------------------------------------------ trainable editor
+    def editor_name(self) -> str:
+        """``serac`` for the request scope, ``serac-<scope>`` otherwise: both editors of a base model coexist in
+        its ``editors/`` directory, and ``edit.py method.hparams.scope=<scope>`` finds its own."""
+        return self.name if self.scope == "request" else f"{self.name}-{self.scope}"
+
+    def train_overrides(self) -> list[str]:
+        return [] if self.scope == "request" else [f"method.hparams.scope={self.scope}"]
+
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
         from editlab.editing.methods.serac_train import SeracTrainer
