@@ -84,15 +84,15 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     ed = OmegaConf.to_container(cfg.editor, resolve=True)
     out, checkpoint = ed.pop("out"), Path(to_absolute_path(ed.pop("checkpoint")))
-    out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, method_cfg["name"])
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
+    out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, method.editor_name())
     training = from_dict(EditorTraining, ed, "editor")
     # the logs belong to the editor's training run, not to the pretraining run in run_dir
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
     if logger_cfg:
         logger_cfg["save_dir"] = str(training_dir(out))
         if logger_cfg.get("name") and "wandb" in str(logger_cfg.get("_target_")):
-            logger_cfg["name"] = f"{logger_cfg['name']}-{method.name}"
+            logger_cfg["name"] = f"{logger_cfg['name']}-{method.editor_name()}"
     logger = instantiate(logger_cfg) if logger_cfg else None
     return train_editor(world, checkpoint, method, out, int(cfg.seed), training,
                         OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],

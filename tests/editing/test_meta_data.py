@@ -125,3 +125,27 @@ def test_bad_options_are_one_clear_error(tiny_world):
     one_subject = [c for c in tiny_world.meta_cases if c["subject"] == tiny_world.meta_cases[0]["subject"]]
     with pytest.raises(EditlabError, match="at least 2 subjects"):
         meta_examples(one_subject, MetaDataOptions(), seed=0)
+
+
+def test_downstream_fact_and_flag_come_from_the_case(tiny_world):
+    """``MetaExample.downstream``: the case's s1r2 fact with the agent's posterior after the edit over the objects
+    the case records there; ``downstream_changes``: the case's flag (the agent's argmax moves); a swapped object
+    drops both (the agent computed them for the case's own object)."""
+    cases = tiny_world.meta_cases[:200]
+    examples = meta_examples(cases, MetaDataOptions(), seed=0)
+    n_changing = 0
+    for case, ex in zip(cases, examples, strict=True):
+        probes = [p for p in case["probes"] if p["kind"] == "s1r2"]
+        assert ex.downstream.prompt == probes[0]["prompt"]
+        assert dict(zip(ex.downstream.objects, ex.downstream.probs, strict=True)) == {
+            p["object"]: p["p_post"] for p in probes}
+        assert ex.downstream_changes == case["downstream_changes"] and ex.soft == ()
+        if ex.downstream_changes:
+            n_changing += 1
+            new = next(p["object"] for p in probes if p["target"] == "new_argmax")
+            assert len(ex.downstream.objects) == 2  # the original modal object and the new argmax differ
+            assert ex.downstream.objects[max(range(2), key=ex.downstream.probs.__getitem__)] == new
+        if ex.alternatives:
+            swapped = with_target(ex, ex.alternatives[0])
+            assert swapped.downstream is None and not swapped.downstream_changes
+    assert 0 < n_changing < len(cases)

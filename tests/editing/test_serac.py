@@ -16,8 +16,8 @@ from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, unwrap
 from editlab.editing.loss import target_batch
 from editlab.editing.meta_data import MetaDataOptions, meta_examples
-from editlab.editing.methods.serac_model import SeracWrapper, prepend
-from editlab.editing.methods.serac_train import queries, query_batch
+from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, prepend
+from editlab.editing.methods.serac_train import Query, SeracTrainer, in_scope, queries, query_batch
 from editlab.editing.trainable import EditorTraining
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
@@ -183,11 +183,11 @@ def test_untrained_serac_is_one_clear_error(tiny_lm):
         method.apply(tiny_lm.model, [EditRequest.from_case(tiny_lm.world.cases[0])], _ctx(tiny_lm))
     with pytest.raises(EditlabError, match="threshold"):
         registry.get_method("serac", {"threshold": 1.5})
+    with pytest.raises(EditlabError, match="scope='both' must be one of request or agent"):
+        registry.get_method("serac", {"scope": "both"})
 
 
 def test_meta_training_swaps_objects_for_alternatives_seeded_by_the_step(tiny_lm):
-    from editlab.editing.methods.serac_train import SeracTrainer
-
     examples = [ex for ex in meta_examples(tiny_lm.world.meta_cases[:80], MetaDataOptions(), seed=0)
                 if ex.alternatives][:16]
     trainer = SeracTrainer(registry.get_method("serac", {"resample": 0.5}), tiny_lm.model, tiny_lm.tok)
@@ -206,3 +206,143 @@ def test_meta_training_swaps_objects_for_alternatives_seeded_by_the_step(tiny_lm
     trainer.method.resample = 1.0
     assert all(new.request.target in old.alternatives for new, old in zip(trainer.swapped(examples), examples,
                                                                           strict=True))
+
+
+# --------------------------------------------------------------------------- scope: request | agent
+def _queries_before_scope(examples, n_hard=2):
+    """serac_train.queries as it was before ``scope`` (the reference ``scope="request"`` must reproduce)."""
+    from editlab.vocab import prompt
+
+    subjects = sorted({ex.request.subject for ex in examples})
+    relations = sorted({ex.request.relation for ex in examples})
+    out = []
+    for i, ex in enumerate(examples):
+        r = ex.request
+        out += [Query(t.prompt, t.target, r.prompt, i, True) for t in ex.equivalents]
+        out += [Query(t.prompt, t.target, t.prompt, i, False) for t in ex.locality]
+        hard = [prompt(r.subject, x) for x in relations if x != r.relation][:n_hard]
+        hard += [prompt(x, r.relation) for x in subjects if x != r.subject][:n_hard]
+        out += [Query(h, "", h, i, False) for h in hard]
+    return out
+
+
+def _scope_batch(world):
+    """A batch with changing and unchanged downstream facts, and subjects with several relations, whose
+    downstream fact the request scope's batch hard negatives already name (so ``agent`` must take it out)."""
+    examples = meta_examples(world.meta_cases[:120], MetaDataOptions(), seed=0)
+    changing = [ex for ex in examples if ex.downstream_changes]
+    stays = [ex for ex in examples if not ex.downstream_changes]
+    batch = changing[:4] + stays[:4]
+    relations = {ex.downstream.prompt.removeprefix(ex.subject + " ") for ex in batch}
+    extra = [ex for ex in examples if ex.request.relation in relations and ex not in batch][:4]
+    return batch + extra
+
+
+def test_request_scope_is_the_original_serac(tiny_world):
+    batch = _scope_batch(tiny_world)
+    qs = queries(batch)
+    assert qs == queries(batch, scope="request") == _queries_before_scope(batch)
+    assert in_scope(qs, batch) == [[q.about == ex.request.prompt for ex in batch] for q in qs]
+
+
+def test_agent_scope_trains_changing_downstream_facts_in_scope_and_unchanged_ones_as_hard_negatives(tiny_world):
+    batch = _scope_batch(tiny_world)
+    qs = queries(batch, scope="agent")
+    scope = in_scope(qs, batch, "agent")
+    before = _queries_before_scope(batch)
+    named = 0  # changing downstream facts the request scope trains as hard negatives of their own edit
+    for i, ex in enumerate(batch):
+        down = ex.downstream.prompt
+        own = [(q, scope[k][i]) for k, q in enumerate(qs) if q.example == i and q.prompt == down]
+        if ex.downstream_changes:
+            # in scope, one query per recorded object, weighted by the agent's posterior; not a hard negative
+            assert {(q.target, q.weight) for q, _ in own} == set(zip(ex.downstream.objects, ex.downstream.probs,
+                                                                     strict=True))
+            assert all(q.positive and q.about == down and ins for q, ins in own)
+            named += any(q.example == i and q.prompt == down and not q.target for q in before)
+        else:  # a hard negative, out of scope of its own edit
+            assert [(q.positive, q.target, ins) for q, ins in own] == [(False, "", False)]
+        # the equivalents and locality facts are the request scope's
+        assert [q for q in qs if q.example == i and q.target and q.prompt != down] == [
+            q for q in before if q.example == i and q.target]
+    assert sum(ex.downstream_changes for ex in batch) >= 2 and sum(not ex.downstream_changes for ex in batch) >= 4
+    assert named >= 1
+
+
+def test_agent_scope_counterfactual_loss_includes_the_downstream_answer(tiny_lm):
+    """c_loc 0: the agent scope's counterfactual loss = (NLL of the equivalents + the posterior-weighted NLL of
+    the changing downstream answers, with the edit prepended) / (number of equivalents + their weights); the
+    request scope's is the equivalents' alone. Unswapped under ``agent``: the downstream answer belongs to the
+    case's own object."""
+    batch = _scope_batch(tiny_lm.world)[:6]
+    losses = {}
+    for scope in ("request", "agent"):
+        trainer = SeracTrainer(registry.get_method("serac", {"c_loc": 0.0, "scope": scope, "resample": 1.0}),
+                               tiny_lm.model, tiny_lm.tok)
+        with torch.no_grad():
+            losses[scope] = trainer.losses(batch)["cf_loss"]
+        swapped = trainer.swapped(batch)
+        assert all((a == b) == (scope == "agent" and b.downstream_changes) for a, b in zip(swapped, batch,
+                                                                                       strict=True) if b.alternatives)
+
+    def nll(qs):  # -log p_cf(answer tokens | BOS "s r o*." BOS query) per query, computed directly
+        enc = PromptEncoder(tiny_lm.tok)
+        prefixes = cf_prefix_ids(tiny_lm.tok, [ex.request for ex in batch])
+        out = []
+        for q in qs:
+            p, a = enc.prompts([("", q.prompt)])[0], enc.objects([f"{q.target}."])[0]
+            ids = torch.tensor([prefixes[q.example] + p + a])
+            with torch.no_grad():
+                logp = torch.log_softmax(trainer.cf(input_ids=ids).logits[0].float(), -1)
+            start = len(prefixes[q.example]) + len(p)
+            out.append(-sum(float(logp[t - 1, ids[0, t]]) for t in range(start, start + len(a))))
+        return torch.tensor(out, dtype=torch.float64)
+
+    eq = [q for q in queries(batch) if q.positive]
+    down = [q for q in queries(batch, scope="agent") if q.positive and q.weight != 1.0]
+    assert down and all(batch[q.example].downstream_changes for q in down)
+    w = torch.tensor([q.weight for q in down], dtype=torch.float64)
+    expected_request = nll(eq).sum() / len(eq)
+    expected_agent = (nll(eq).sum() + (w * nll(down)).sum()) / (len(eq) + w.sum())
+    assert float(losses["request"]) == pytest.approx(float(expected_request), rel=1e-4)
+    assert float(losses["agent"]) == pytest.approx(float(expected_agent), rel=1e-4)
+
+
+def test_request_scope_losses_ignore_the_downstream_fields(tiny_lm):
+    """``scope: request`` reads nothing of ``MetaExample.downstream``: the same losses without it."""
+    from dataclasses import replace
+
+    batch = _scope_batch(tiny_lm.world)[:6]
+    trainer = SeracTrainer(registry.get_method("serac", {}), tiny_lm.model, tiny_lm.tok)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        got = trainer.losses(batch)
+        bare = trainer.losses([replace(ex, downstream=None, downstream_changes=False) for ex in batch])
+    assert all(torch.equal(got[k], bare[k]) for k in got)
+
+
+@pytest.mark.parametrize("scope", ["request", "agent"])
+def test_short_meta_training_runs_under_both_scopes(tiny_lm, scope):
+    from editlab.editing.train_editor import fit_editor
+
+    method = registry.get_method("serac", {"scope": scope, "lr_cf": 1.0e-3, "lr_cls": 1.0e-2})
+    training = EditorTraining(max_steps=2, batch_size=4, val_fraction=0.2, val_every=2, patience=None)
+    state, metrics = fit_editor(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok, tiny_lm.world.meta_cases[:80],
+                                training, seed=0)
+    assert metrics["steps"] == 2 and any(k.startswith("cf.") for k in state)
+    assert ("val/downstream_success" in metrics) == (scope == "agent")
+
+
+def test_an_agent_scope_editor_has_its_own_directory_and_train_command(tmp_path):
+    """Both editors of a base model coexist: ``editors/serac`` (request) and ``editors/serac-agent``; edit.py finds
+    each from ``method.hparams.scope`` and names the command that trains the missing one."""
+    from editlab.editing.trainable import default_editor_dir, resolve_editor
+
+    ckpt = tmp_path / "run" / "model"
+    fallback = {"data": "d", "model": "m", "seed": 0}
+    for scope, name, extra in (("request", "serac", ""), ("agent", "serac-agent", " method.hparams.scope=agent")):
+        method = registry.get_method("serac", {"scope": scope})
+        assert default_editor_dir(ckpt, method.editor_name()) == tmp_path / "run" / "editors" / name
+        command = f"python train.py task=editor method=serac{extra} data=d model=m seed=0"
+        with pytest.raises(EditlabError, match=f"no trained editor at .*/editors/{name}; train it with: {command} "):
+            resolve_editor(None, method, ckpt, "mid", fallback)

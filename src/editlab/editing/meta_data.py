@@ -10,6 +10,10 @@ its subject belongs to the meta split, disjoint from every evaluation case's sub
 - ``soft`` (only with ``soft_downstream``): the downstream fact ``s r2`` the edit moves in the agent,
   with the agent's posterior after the edit as soft targets over the objects the case records for it
   (its original modal object and the agent's new argmax); empty when the edit leaves ``s r2`` alone;
+- ``downstream`` (always, when the case records it): the case's ``s r2`` fact with the agent's posterior
+  after the edit over the same recorded objects, and ``downstream_changes``: the case's flag, true when
+  the agent's argmax for ``s r2`` changes with the edit (SERAC's ``scope: agent`` trains it in scope then,
+  a hard negative otherwise);
 - ``locality``: facts of *other* subjects of the same split (``"s' r'"`` -> its modal object), drawn with
   a seed per example, whose predictions the edit must leave unchanged;
 - ``alternatives``: the other objects the split's cases name for the request's relation (requested or
@@ -63,6 +67,8 @@ class MetaExample:
     locality: tuple[Target, ...]
     soft: tuple[SoftTarget, ...] = ()
     alternatives: tuple[str, ...] = ()
+    downstream: SoftTarget | None = None
+    downstream_changes: bool = False
 
     @property
     def subject(self) -> str:
@@ -114,10 +120,11 @@ def equivalents(request: EditRequest) -> tuple[Target, ...]:
 
 
 def with_target(example: MetaExample, obj: str) -> MetaExample:
-    """``example`` with the edit's object replaced by ``obj`` (equivalents rebuilt; no soft targets, which the
-    agent computed for the original object)."""
+    """``example`` with the edit's object replaced by ``obj`` (equivalents rebuilt; no soft targets and no
+    downstream fact, which the agent computed for the original object)."""
     request = replace(example.request, target=obj)
-    return replace(example, request=request, equivalents=equivalents(request), soft=())
+    return replace(example, request=request, equivalents=equivalents(request), soft=(), downstream=None,
+                   downstream_changes=False)
 
 
 def subject_facts(case: dict) -> list[tuple[str, Target]]:
@@ -130,6 +137,18 @@ def subject_facts(case: dict) -> list[tuple[str, Target]]:
     return out
 
 
+def downstream_fact(case: dict) -> SoftTarget | None:
+    """The case's ``s r2`` fact with the agent's posterior after the edit (``p_post``) over the objects the
+    case probes there (the original modal object and the new argmax, once each); ``None`` if it has none."""
+    probes = [p for p in case["probes"] if p["kind"] == "s1r2"]
+    if not probes:
+        return None
+    seen: dict[str, float] = {}
+    for p in probes:
+        seen.setdefault(p["object"], float(p["p_post"]))
+    return SoftTarget(probes[0]["prompt"], tuple(seen), tuple(seen.values()))
+
+
 def downstream(case: dict) -> tuple[SoftTarget, ...]:
     """The ``s r2`` fact with the agent's posterior after the edit, if the edit moves it (else empty).
 
@@ -140,10 +159,7 @@ def downstream(case: dict) -> tuple[SoftTarget, ...]:
     probes = [p for p in case["probes"] if p["kind"] == "s1r2"]
     if not probes or all(abs(p["p_post"] - p["p_pre"]) < 1e-12 for p in probes):
         return ()
-    seen: dict[str, float] = {}
-    for p in probes:
-        seen.setdefault(p["object"], float(p["p_post"]))
-    return (SoftTarget(probes[0]["prompt"], tuple(seen), tuple(seen.values())),)
+    return (downstream_fact(case),)
 
 
 def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) -> list[MetaExample]:
@@ -169,5 +185,6 @@ def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) ->
         modal = {p["object"] for p in c["probes"] if p["kind"] == "s1r1" and p.get("target") == "original"}
         out.append(MetaExample(request, equivalents(request), tuple(rng.sample(others, k)),
                                downstream(c) if options.soft_downstream else (),
-                               tuple(sorted(objects[c["relation"]] - modal))))
+                               tuple(sorted(objects[c["relation"]] - modal)), downstream_fact(c),
+                               bool(c.get("downstream_changes", False))))
     return out

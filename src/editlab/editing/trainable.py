@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -193,6 +193,17 @@ class TrainableEditor(EditMethod):
     def load_editor(self, state: dict[str, torch.Tensor]) -> None:
         """Install learned editor weights (from :meth:`editor_state` via the checkpoint)."""
 
+    def editor_name(self) -> str:
+        """The name of its editor directory (:func:`default_editor_dir`): the method's name, plus a suffix where
+        a hyper-parameter makes another editor of the same base model (SERAC's ``scope: agent``), so that
+        training that one does not meet the other's directory."""
+        return self.name
+
+    def train_overrides(self) -> list[str]:
+        """The ``train.py`` overrides, beyond ``method=<name>``, that train the editor :meth:`editor_name` names
+        (named in :func:`resolve_editor`'s errors)."""
+        return []
+
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
         """Load the trained editor at ``ctx.editor_path``, which must have been trained on ``ctx.model_id``."""
         if ctx.editor_path is None:
@@ -204,15 +215,17 @@ class TrainableEditor(EditMethod):
 
 def default_editor_dir(checkpoint: Path, method: str) -> Path:
     """Where ``train.py task=editor`` writes ``method``'s editor for the base model at ``checkpoint`` and where
-    ``edit.py`` looks for it: ``<checkpoint's run dir>/editors/<method>`` (the one definition of that path)."""
+    ``edit.py`` looks for it: ``<checkpoint's run dir>/editors/<method>`` (the one definition of that path;
+    ``method`` is :meth:`TrainableEditor.editor_name`, e.g. ``serac`` or ``serac-agent``)."""
     return Path(checkpoint).parent / "editors" / method
 
 
-def train_command(method: str, checkpoint: Path, fallback: dict) -> str:
+def train_command(method: str, checkpoint: Path, fallback: dict, overrides: Sequence[str] = ()) -> str:
     """The exact ``python train.py task=editor ...`` that trains ``method``'s editor for ``checkpoint``.
 
     data / model / seed come from the checkpoint's ``run_config.yaml`` (the pretraining run that made it),
-    else from ``fallback`` (``{"data": ..., "model": ..., "seed": ...}``, the edit run's config);
+    else from ``fallback`` (``{"data": ..., "model": ..., "seed": ...}``, the edit run's config); ``overrides``
+    (:meth:`TrainableEditor.train_overrides`) follow ``method=``;
     ``editor.checkpoint=`` is added when the checkpoint is not where that command's run writes its model.
     """
     import yaml
@@ -222,7 +235,8 @@ def train_command(method: str, checkpoint: Path, fallback: dict) -> str:
     data = (cfg.get("data") or {}).get("name") or fallback.get("data")
     model = (cfg.get("model") or {}).get("name") or fallback.get("model")
     seed = cfg.get("seed", fallback.get("seed"))
-    cmd = f"python train.py task=editor method={method} data={data} model={model} seed={seed}"
+    extra = "".join(f" {o}" for o in overrides)
+    cmd = f"python train.py task=editor method={method}{extra} data={data} model={model} seed={seed}"
     run_dir = cfg.get("run_dir")
     if not run_dir or Path(run_dir).resolve() != Path(checkpoint).resolve().parent:
         cmd += f" editor.checkpoint={checkpoint}"
@@ -234,8 +248,8 @@ def resolve_editor(editor_path: Path | None, method: TrainableEditor, checkpoint
     """The editor directory ``edit.py`` uses: ``editor_path``, or :func:`default_editor_dir` of the checkpoint
     when unset; checked whole (method, base model, readable files) so that bad input fails before editing,
     with the exact train command (:func:`train_command`) in the error."""
-    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint, method.name)
-    command = train_command(method.name, checkpoint, fallback)
+    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint, method.editor_name())
+    command = train_command(method.name, checkpoint, fallback, method.train_overrides())
     if not (path / EDITOR_INFO).is_file():
         where = f"editor_path={path} holds no editor" if editor_path is not None else f"no trained editor at {path}"
         then = "" if editor_path is None else " (then leave editor_path unset: edit.py finds it)"

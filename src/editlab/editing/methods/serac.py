@@ -38,6 +38,7 @@ from editlab.errors import EditlabError
 from editlab.vocab import prompt_ids
 
 EDITOR_PREFIX = "editor."
+SCOPES = ("request", "agent")  # method.hparams.scope (SERAC.scope)
 
 
 @register
@@ -58,6 +59,12 @@ class SERAC(TrainableEditor):
         resample: meta-training: probability that an example's object is swapped for another object of its
             relation in a step (serac_train.py), so the counterfactual model learns to read the edit rather
             than the meta split's edits by heart; 0 = the examples as they are.
+        scope: what meta-training teaches to be in the scope of an edit ``s r -> o*`` (serac_train.py):
+            ``request`` (the paper's SERAC) = the queries that ask the request's own fact (the request and its
+            TF sentence); every other query, the same subject's other relations included, is out of scope.
+            ``agent`` = also the queries whose gold answer the world's agent changes with the edit: a meta
+            example's downstream fact ``s r2`` when the agent's argmax for it changes (trained toward the agent's
+            posterior), while an unchanged downstream fact stays a hard negative. Only meta-training reads it.
     """
 
     name = "serac"
@@ -72,12 +79,15 @@ class SERAC(TrainableEditor):
     lr_cls: float = 1.0e-3
     c_loc: float = 1.0
     resample: float = 0.5
+    scope: str = "request"
     weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False)
     keys: torch.Tensor | None = field(default=None, init=False, repr=False)
     prefixes: list[list[int]] = field(default_factory=list, init=False, repr=False)
     _mods: tuple[nn.Module, nn.Module, ScopeClassifier] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise EditlabError(f"method serac: scope={self.scope!r} must be one of {' or '.join(SCOPES)}")
         if not 0 < self.threshold < 1:
             raise EditlabError(f"method serac: threshold={self.threshold} must be in (0, 1)")
         if not 0 <= self.resample <= 1:
@@ -167,6 +177,14 @@ class SERAC(TrainableEditor):
         return self.wrap(base, self.keys, self.prefixes)
 
     # ------------------------------------------------------------------ trainable editor
+    def editor_name(self) -> str:
+        """``serac`` for the request scope, ``serac-<scope>`` otherwise: both editors of a base model coexist in
+        its ``editors/`` directory, and ``edit.py method.hparams.scope=<scope>`` finds its own."""
+        return self.name if self.scope == "request" else f"{self.name}-{self.scope}"
+
+    def train_overrides(self) -> list[str]:
+        return [] if self.scope == "request" else [f"method.hparams.scope={self.scope}"]
+
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
         from editlab.editing.methods.serac_train import SeracTrainer

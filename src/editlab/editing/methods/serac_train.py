@@ -12,6 +12,24 @@ Per meta-training example (editing/meta_data.py: an edit ``s r -> o*``) the quer
 
 A query is about the fact ``"s r"`` it asks; it is in the scope of every stored edit of that fact.
 
+**Scope** (``method.hparams.scope``): the above is ``request``, the paper's SERAC. With ``agent`` the scope
+of an edit is every query whose gold answer changes with it: when the example's case says the agent's
+argmax for the downstream fact ``s r2`` changes (``MetaExample.downstream_changes``; r2 depends on r1 in
+the world), ``"s r2"`` is in scope too, answered by the counterfactual model with the edit prepended, and
+is not among the example's hard negatives; an unchanged downstream fact is a hard negative (its first
+same-subject one). The information comes from the world's agent on the meta split's subjects only (the
+cases' ``s1r2`` probes), never from an evaluation subject.
+
+The downstream answer is **soft**: one query per object the case records for ``s r2`` (the original modal
+object and the agent's new argmax), its NLL weighted by the agent's posterior after the edit, the
+objective MEND/MALMEN's ``soft_downstream`` uses (editing/hyper/meta_loss.py). Chosen over the hard new
+argmax because the agent's answer is a distribution, and the evaluation scores both the greedy answer and
+the probabilities (coherence): at the optimum the counterfactual model splits the mass between the two
+objects in the agent's proportions, so the greedy answer is still the new argmax (it has the larger
+posterior) without being trained to certainty the agent does not have; and the original object's answer
+tokens, which teacher-forced scoring reads, are trained in scope as well, so the classifier routes them to
+the counterfactual model too.
+
 **Classifier loss**: balanced binary cross-entropy over (query position, stored edit) pairs at the
 positions whose predictions are read (the last prompt token and the answer's tokens, teacher forced):
 positive where the query is about the edit's fact (same ``(subject, relation)``), negative otherwise;
@@ -20,21 +38,24 @@ label (a prefix ``"s"`` is also a prefix of the hard negative ``"s r2"``).
 
 **Counterfactual objects**: in each training step an example's object ``o*`` is swapped, with probability
 ``resample``, for another object the split names for its relation (``MetaExample.alternatives``; the
-request's TF equivalent follows). A meta split holds a few hundred edits; without the swap the
-counterfactual model learns their objects by heart (measured on the tiny model: 0.99 greedy success on
-training edits, 0.76 on held-out ones) instead of reading the prefix. The swap draws from a generator
-seeded by the run's seed and the step, so a resumed run draws what the uninterrupted one did.
-Validation always uses the examples as they are.
+request's TF equivalent follows; under ``scope: agent`` an example with a changing downstream fact keeps its
+object, because the agent's downstream answer is known for the case's own object only). A meta split holds a
+few hundred edits; without the swap the counterfactual model learns their objects by heart (measured on the
+tiny model: 0.99 greedy success on training edits, 0.76 on held-out ones) instead of reading the prefix. The
+swap draws from a generator seeded by the run's seed and the step, so a resumed run draws what the
+uninterrupted one did. Validation always uses the examples as they are.
 
-**Counterfactual loss**: the NLL of each equivalent's answer given ``BOS "s r o*." BOS query`` (the
-wrapper's input format), plus ``c_loc`` times KL(base || counterfactual) at the answer positions of the
-out-of-scope queries (answer positions, or the last prompt token of a bare prompt) given the same edit
-prefix: a query the classifier misroutes still gets the base answer.
+**Counterfactual loss**: the NLL of each equivalent's answer (and, under ``scope: agent``, the weighted NLL
+of the changing downstream answers, the sum divided by the total weight of the in-scope answers) given
+``BOS "s r o*." BOS query`` (the wrapper's input format), plus ``c_loc`` times KL(base || counterfactual) at the
+answer positions of the out-of-scope queries (answer positions, or the last prompt token of a bare prompt)
+given the same edit prefix: a query the classifier misroutes still gets the base answer.
 
 Validation runs the real :class:`~editlab.editing.methods.serac_model.SeracWrapper` with the whole
 validation batch in memory: ``val/edit_success`` is the share of requests whose every answer token is
 the argmax (teacher forced), ``val/locality`` the share of locality facts whose argmax answer tokens are
-the base model's.
+the base model's; under ``scope: agent`` also ``val/downstream_success``, the share of changing downstream
+facts whose argmax answer tokens are the agent's new argmax object.
 """
 
 from __future__ import annotations
@@ -50,7 +71,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editlab.editing.loss import TargetBatch
-from editlab.editing.meta_data import MetaExample, with_target
+from editlab.editing.meta_data import MetaExample, SoftTarget, with_target
 from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, embed_prompts, hidden_states, prepend
 from editlab.eval.probes import PromptEncoder
 from editlab.vocab import prompt
@@ -61,28 +82,60 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Query:
-    """A prompt with its answer ("" = none), the fact ``"s r"`` it asks about, and whose edit it belongs to."""
+    """A prompt with its answer ("" = none), the fact ``"s r"`` it asks about, whose edit it belongs to, and the
+    weight of its answer in the counterfactual NLL (the agent's posterior for a soft downstream answer, else 1)."""
 
     prompt: str
     target: str
     about: str
     example: int
     positive: bool
+    weight: float = 1.0
 
 
-def queries(examples: Sequence[MetaExample], n_hard: int = 2) -> list[Query]:
-    """The in-scope queries, locality facts and hard negatives of a batch (see the module docstring)."""
+def changing_downstream(ex: MetaExample, scope: str) -> SoftTarget | None:
+    """The example's downstream fact if ``scope`` trains it in the edit's scope (``agent`` and the agent's
+    argmax for it changes with the edit), else ``None``."""
+    return ex.downstream if scope == "agent" and ex.downstream_changes else None
+
+
+def queries(examples: Sequence[MetaExample], n_hard: int = 2, scope: str = "request") -> list[Query]:
+    """The in-scope queries, locality facts and hard negatives of a batch (see the module docstring).
+
+    ``scope="agent"``: an example's changing downstream fact is in scope, one query per object the case records
+    for it (weighted by the agent's posterior), and is left out of the example's hard negatives; an unchanged
+    downstream fact is the first of its same-subject hard negatives."""
     subjects = sorted({ex.request.subject for ex in examples})
     relations = sorted({ex.request.relation for ex in examples})
     out: list[Query] = []
     for i, ex in enumerate(examples):
         r = ex.request
         out += [Query(t.prompt, t.target, r.prompt, i, True) for t in ex.equivalents]
+        down = changing_downstream(ex, scope)
+        if down is not None:
+            out += [Query(down.prompt, o, down.prompt, i, True, p) for o, p in zip(down.objects, down.probs,
+                                                                                   strict=True)]
         out += [Query(t.prompt, t.target, t.prompt, i, False) for t in ex.locality]
-        hard = [prompt(r.subject, x) for x in relations if x != r.relation][:n_hard]
+        same_subject = [prompt(r.subject, x) for x in relations if x != r.relation]
+        if scope == "agent" and ex.downstream is not None:
+            same_subject = [h for h in same_subject if h != ex.downstream.prompt]
+            if down is None:  # the downstream answer stays: a hard negative
+                same_subject.insert(0, ex.downstream.prompt)
+        hard = same_subject[:n_hard]
         hard += [prompt(x, r.relation) for x in subjects if x != r.subject][:n_hard]
         out += [Query(h, "", h, i, False) for h in hard]
     return out
+
+
+def in_scope(qs: Sequence[Query], examples: Sequence[MetaExample], scope: str = "request") -> list[list[bool]]:
+    """(query, edit) -> whether the query is in the scope of the example's edit: it asks the edit's fact
+    ``"s r"``, or (``scope="agent"``) the example's changing downstream fact. Whichever example the query came
+    from: a hard negative of one edit may be in the scope of another edit of the batch."""
+    facts = []
+    for ex in examples:
+        down = changing_downstream(ex, scope)
+        facts.append({ex.request.prompt} | ({down.prompt} if down is not None else set()))
+    return [[q.about in f for f in facts] for q in qs]
 
 
 def query_batch(enc: PromptEncoder, qs: Sequence[Query]) -> TargetBatch:
@@ -120,14 +173,15 @@ class SeracTrainer(L.LightningModule):
     # ------------------------------------------------------------------ losses
     def losses(self, examples: Sequence[MetaExample]) -> dict[str, torch.Tensor]:
         reqs = [ex.request for ex in examples]
-        qs = queries(examples)
+        scope = self.method.scope
+        qs = queries(examples, scope=scope)
         batch = query_batch(self.enc, qs).to(self.device)
         pad = self.tok.pad_token_id
         with torch.no_grad():
             base_out = hidden_states(self.base, batch.ids, batch.mask)
         keys = embed_prompts(self.base, self.classifier, self.enc.prompts([("", r.prompt) for r in reqs]), pad)
         scores = self.classifier.score(self.classifier.embed(base_out.hidden_states, batch.mask), keys)  # (Q, T, N)
-        same = torch.tensor([[q.about == r.prompt for r in reqs] for q in qs], device=self.device)  # (Q, N)
+        same = torch.tensor(in_scope(qs, examples, scope), device=self.device)  # (Q, N)
         t = torch.arange(batch.ids.shape[1], device=self.device)
         read = (t[None] >= batch.last_prompt[:, None]) & batch.mask.bool()  # last prompt token and the answer's
         pos = read[:, :, None] & same[:, None, :]
@@ -152,8 +206,13 @@ class SeracTrainer(L.LightningModule):
         nll = -cf_lp.gather(-1, batch.ids[r_i, t_i + 1][:, None])[:, 0]
         base_lp = torch.log_softmax(base_out.logits[r_i, t_i].float(), -1)
         kl = (base_lp.exp() * (base_lp - cf_lp)).sum(-1)
-        n_pos = max(1, sum(q.positive for q in qs))
-        cf_loss = nll[positive].sum() / n_pos + self.method.c_loc * kl[~positive].mean()
+        if scope == "request":
+            n_pos = max(1, sum(q.positive for q in qs))
+            cf_loss = nll[positive].sum() / n_pos + self.method.c_loc * kl[~positive].mean()
+        else:  # soft downstream answers weigh the agent's posterior; n_pos counts them by their weights
+            weight = torch.tensor([q.weight for q in qs], device=self.device)[r_i]
+            n_pos = max(1.0, sum(q.weight for q in qs if q.positive))
+            cf_loss = (weight * nll)[positive].sum() / n_pos + self.method.c_loc * kl[~positive].mean()
         with torch.no_grad():
             acc = ((scores[pos] > 0).float().mean() + (scores[neg] <= 0).float().mean()) / 2
         return {"loss": cls_loss + cf_loss, "cls_loss": cls_loss, "cf_loss": cf_loss, "scope_acc": acc}
@@ -164,8 +223,9 @@ class SeracTrainer(L.LightningModule):
         g = torch.Generator().manual_seed(torch.initial_seed() + self.global_step)
         swap = torch.rand(len(examples), generator=g) < self.method.resample
         picks = torch.randint(1 << 30, (len(examples),), generator=g).tolist()
-        return [with_target(ex, ex.alternatives[k % len(ex.alternatives)]) if s and ex.alternatives else ex
-                for ex, s, k in zip(examples, swap.tolist(), picks, strict=True)]
+        keep = [changing_downstream(ex, self.method.scope) is not None for ex in examples]
+        return [with_target(ex, ex.alternatives[k % len(ex.alternatives)]) if s and ex.alternatives and not kept
+                else ex for ex, s, k, kept in zip(examples, swap.tolist(), picks, keep, strict=True)]
 
     def training_step(self, batch: Sequence[MetaExample], batch_idx: int) -> torch.Tensor:
         out = self.losses(self.swapped(list(batch)))
@@ -182,7 +242,8 @@ class SeracTrainer(L.LightningModule):
         keys = embed_prompts(self.base, self.classifier, self.enc.prompts([("", r.prompt) for r in reqs]), pad)
         wrapper = SeracWrapper(self.base, self.cf, self.classifier, keys, cf_prefix_ids(self.tok, reqs),
                                self.method.threshold)
-        qs = [q for q in queries(examples) if q.target]  # teacher forced: queries with an answer
+        # teacher forced: queries with an answer
+        qs = [q for q in queries(examples, scope=self.method.scope) if q.target]
         tb = query_batch(self.enc, qs).to(self.device)
         edited = wrapper(input_ids=tb.ids, attention_mask=tb.mask).logits[:, :-1].argmax(-1)
         base = self.base(input_ids=tb.ids, attention_mask=tb.mask).logits[:, :-1].argmax(-1)
@@ -190,9 +251,16 @@ class SeracTrainer(L.LightningModule):
         success = [bool((edited[i] == tb.ids[i, 1:])[at[i]].all()) for i, q in enumerate(qs)
                    if q.positive and q.prompt == reqs[q.example].prompt]
         kept = [bool((edited[i] == base[i])[at[i]].all()) for i, q in enumerate(qs) if not q.positive]
-        self.log_dict({"val/loss": out["loss"], "val/scope_acc": out["scope_acc"],
-                       "val/edit_success": sum(success) / max(1, len(success)),
-                       "val/locality": sum(kept) / max(1, len(kept))}, batch_size=len(batch))
+        logged = {"val/loss": out["loss"], "val/scope_acc": out["scope_acc"],
+                  "val/edit_success": sum(success) / max(1, len(success)),
+                  "val/locality": sum(kept) / max(1, len(kept))}
+        if self.method.scope == "agent":
+            new = {i: d.objects[max(range(len(d.probs)), key=d.probs.__getitem__)] for i, d in
+                   ((i, changing_downstream(ex, "agent")) for i, ex in enumerate(examples)) if d is not None}
+            down = [bool((edited[i] == tb.ids[i, 1:])[at[i]].all()) for i, q in enumerate(qs)
+                    if q.positive and q.about != reqs[q.example].prompt and q.target == new.get(q.example)]
+            logged["val/downstream_success"] = sum(down) / max(1, len(down))
+        self.log_dict(logged, batch_size=len(batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW([{"params": self.cf.parameters(), "lr": self.method.lr_cf},
