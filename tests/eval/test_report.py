@@ -19,7 +19,7 @@ SUMMARY = {"protocol": "paper", "subsets": {
 }}
 
 TABLE4 = """\
-### Table 4 (protocol `paper`, method `rome`, mode `single`)
+### Table 4 (protocol `paper`, golds `single`, method `rome`, mode `single`)
 
 | subset | stage | acc s1r1 | acc s1r2 | acc s2r1 | acc s2r2 | coh s1r1 | coh s1r2 | coh s2r1 | coh s2r2 | \
 TF | not | and | or |
@@ -36,7 +36,7 @@ logical coherence (LM against itself), lower is better.
 """
 
 EDITING = """\
-### Editing metrics (protocol `paper`)
+### Editing metrics (protocol `paper`, golds `single`)
 
 | subset | stage | edit success (exact) | token acc | portability s1r2 | portability TF | locality agree | \
 locality acc | locality KL | s2 agree | fluency | consistency |
@@ -73,7 +73,7 @@ def test_table4_golden_text_subsets_in_paper_order():
 
 def test_table5_is_the_fixing_errors_block_only():
     text = table5_markdown(SUMMARY)
-    assert text.startswith("### Table 5: fixing errors (protocol `paper`)")
+    assert text.startswith("### Table 5: fixing errors (protocol `paper`, golds `single`)")
     assert "Fixing errors (n=1)" in text and "All requests" not in text
     assert "| Fixing errors (n=1) | pre | 0.0 |" in text and "|  | Δ post | +100.0 |" in text
 

@@ -60,11 +60,13 @@ SEED_KEYS = ("seed",)  # aggregated over (mean and interval); every other differ
 
 @dataclass
 class Run:
-    """One finished edit run: its directory, flat config and the metric values of ``METRICS``."""
+    """One finished edit run: its directory, flat config, the metric values of ``METRICS`` and the agent its
+    records were scored against (``gold_agent`` of its summary: single, batch or stream)."""
 
     path: Path
     config: dict[str, object]
     values: dict[str, float | None]
+    gold_agent: str = "single"
 
 
 @dataclass
@@ -95,7 +97,7 @@ def read_run(path: Path) -> Run:
         values[column] = float(v) if isinstance(v, int | float) and math.isfinite(v) else None
     ignore = set(LOCATION_KEYS) | set(NON_RESULT_KEYS) | {"checkpoint", "editor_path"}
     config = flatten({k: v for k, v in read_yaml(path / "run_config.yaml").items() if k not in ignore})
-    return Run(path, config, values)
+    return Run(path, config, values, str(summary.get("gold_agent", "single")))
 
 
 def find_runs(directory: Path) -> tuple[list[Run], list[str]]:
@@ -158,6 +160,7 @@ def compare(runs: list[Run], missing: list[str] | None = None) -> Comparison:
     for members in groups.values():
         row: dict[str, object] = {k: members[0].config.get(k, "<unset>") for k in keys}
         row["seeds"] = len(members)
+        row["golds"] = ", ".join(sorted({m.gold_agent for m in members}))
         for column, *_ in METRICS:
             xs = [v for r in members if (v := r.values[column]) is not None]
             row[column] = interval95(xs) if xs else (None, None)
@@ -177,16 +180,19 @@ def _cell(value: tuple[float | None, float | None], column: str) -> str:
 
 
 def comparison_markdown(comp: Comparison) -> str:
-    """The table as Markdown: setup keys, number of seeds, each metric as ``mean ± 95% half-width``."""
-    head = comp.keys + ["seeds"] + [c for c, *_ in METRICS]
+    """The table as Markdown: setup keys, number of seeds, the agent the golds came from, each metric as
+    ``mean ± 95% half-width``."""
+    head = comp.keys + ["seeds", "golds"] + [c for c, *_ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in comp.rows:
-        cells = [str(row[k]) for k in comp.keys] + [str(row["seeds"])]
+        cells = [str(row[k]) for k in comp.keys] + [str(row["seeds"]), str(row["golds"])]
         cells += [_cell(row[c], c) for c, *_ in METRICS]  # type: ignore[arg-type]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", "Rates in %, post-edit (sequential runs: after the whole stream), mean ± 95% Student-t half-width "
              "over seeds. Coherence columns: mean |p_LM - p_agent| x 100 (lower is better); locality KL in nats; "
-             "fluency: n-gram entropy in bits; – : not measured (e.g. metrics.n_samples=0)."]
+             "fluency: n-gram entropy in bits; – : not measured (e.g. metrics.n_samples=0). golds: the agent the "
+             "records were scored against (single: each case's own edit; batch: the whole batch; stream: every "
+             "edit so far; docs/evaluation.md)."]
     if comp.missing:
         notes.append(f"Missing (no metrics.json: failed or unfinished): {', '.join(comp.missing)}")
     return "\n".join(lines + notes) + "\n"
@@ -199,12 +205,12 @@ def comparison_csv(comp: Comparison) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*comp.keys, "metric", "group", "higher_is_better", "mean", "ci95", "seeds"])
+    w.writerow([*comp.keys, "metric", "group", "higher_is_better", "mean", "ci95", "seeds", "golds"])
     for row in comp.rows:
         for column, _source, group, better in METRICS:
             mean, half = row[column]  # type: ignore[misc]
             w.writerow([*(row[k] for k in comp.keys), column, group, better,
-                        "" if mean is None else mean, "" if half is None else half, row["seeds"]])
+                        "" if mean is None else mean, "" if half is None else half, row["seeds"], row["golds"]])
     return buf.getvalue()
 
 
