@@ -1,5 +1,5 @@
 """GRACE (editing/methods/grace.py): the codebook rules on hand-built keys, the positions a match replaces,
-bit-exact behaviour outside every radius, edits only where the model is wrong, and a stopped sequential
+bit-exact behaviour outside every radius, edits also where the model is already right, and a stopped sequential
 stream that resumes to the uninterrupted run's results (slow; the contract matrix covers the rest)."""
 
 from __future__ import annotations
@@ -90,13 +90,13 @@ def _prompt_batch(tok, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in ids]))
 
 
-def test_outside_every_radius_the_logits_are_bit_exact_and_right_answers_are_skipped(tiny_lm):
+def test_outside_every_radius_the_logits_are_bit_exact_and_right_answers_are_edited_too(tiny_lm):
     model = copy.deepcopy(tiny_lm.model)
     ctx = EditContext(tokenizer=tiny_lm.tok, world_dir=tiny_lm.world.dir, model_id="test")
     method = registry.get_method("grace", fixture_hparams("grace"))
     enc = PromptEncoder(tiny_lm.tok)
     cases = tiny_lm.world.cases[:40]
-    # the model's own answers: greedy object tokens under teacher forcing are the target, so nothing is edited
+    # a request the model already answers is edited all the same (the gate is the run's: edits.skip_correct)
     from tests.editing.test_contract import Subject, hits
     sub = Subject("mistral", model, tiny_lm.tok, tiny_lm.world, tiny_lm.max_new_tokens, "test")
     reqs = [EditRequest.from_case(c) for c in cases]
@@ -104,8 +104,10 @@ def test_outside_every_radius_the_logits_are_bit_exact_and_right_answers_are_ski
     right = next(r for r, h in zip(reqs, ok, strict=True) if h)
     wrong = next(r for r, h in zip(reqs, ok, strict=True) if not h)
     handle = method.apply(model, [right], ctx)
-    assert handle.info["skipped"] == 1 and handle.info["actions"] == ["skip"] and handle.model is model
-    assert handle.commit() is model and method.state_dict() == {}
+    assert "skipped" not in handle.info and handle.info["actions"] == ["add"] and handle.info["codebook"] == 1
+    assert isinstance(handle.model, GraceWrapper) and unwrap(handle.model) is model
+    assert hits(sub, handle.model, [right], "") == [True]  # still the answer, now served by the codebook
+    assert handle.restore() is model and method.state_dict() == {}
 
     wrapped = method.apply(model, [wrong], ctx).commit()
     assert isinstance(wrapped, GraceWrapper) and unwrap(wrapped) is model and len(method.codebook) == 1

@@ -1,4 +1,5 @@
-"""Method-specific checks: the target loss by hand, LoRA's unload/merge and decay groups, FT-L's clamp."""
+"""Method-specific checks: the target loss by hand, the shared early-stopping rule of fit, LoRA's unload/merge
+and decay groups, FT-L's clamp."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest
-from editlab.editing.loss import TargetBatch, target_batch, target_nll
+from editlab.editing.loss import TargetBatch, fit, request_nll, stop_nll, target_batch, target_nll
 from editlab.editing.methods.lora import adapter_param_groups
 from editlab.editing.weights import linear_weight, module_names, resolve_layers
 from editlab.errors import EditlabError
@@ -65,6 +66,54 @@ def test_last_position_objective_reads_every_target_from_the_prompt_end():
     assert last != pytest.approx(target_nll(model, batch).item(), rel=1e-3)
     with pytest.raises(EditlabError):
         target_nll(model, batch, "last_token")
+
+
+def _peaked(logit: dict[tuple[int, int], float]) -> Bigram:
+    """A bigram table of zeros with the given (prev, next) logits: -log p(next | prev) = log(1 + 5 exp(-logit))."""
+    table = torch.zeros(6, 6)
+    for (a, b), v in logit.items():
+        table[a, b] = v
+    return Bigram(table)
+
+
+def _nll(logit: float) -> float:
+    return math.log1p(5 * math.exp(-logit))
+
+
+# row 0: BOS=1, prompt [3], a two-token object [4, 5]; row 1: BOS=1, prompt [0], object [2]
+_IDS, _TGT = torch.tensor([[1, 3, 4, 5], [1, 0, 2, 0]]), torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.bool)
+
+
+def _rows(*rows: int) -> TargetBatch:
+    ids, tgt = _IDS[list(rows)], _TGT[list(rows)]
+    return TargetBatch(ids, torch.ones_like(ids), tgt, torch.tensor([1] * len(rows)))
+
+
+def _fit(model: Bigram, batch: TargetBatch, stop_loss: float) -> dict:
+    return fit(model, batch, [model.table], torch.optim.SGD([model.table], lr=1e-3), 3, stop_loss=stop_loss)
+
+
+def test_stop_quantity_is_each_requests_nll_per_object_token():
+    model, batch = _toy()
+    per_request = request_nll(model, batch)
+    assert stop_nll(per_request, batch).tolist() == pytest.approx([per_request[0].item() / 2, per_request[1].item()])
+    assert per_request.mean().item() == pytest.approx(target_nll(model, batch).item())
+
+
+def test_fit_stops_on_the_per_token_nll_of_every_request():
+    # a two-token object at 0.0596 per token: its summed NLL (0.119) is above stop_loss 0.1, it is done
+    model = _peaked({(3, 4): 4.4, (4, 5): 4.4, (0, 2): 3.67})
+    done = _fit(model, _rows(0), 0.1)
+    assert done["steps"] == 0 and done["loss_initial"] == pytest.approx(2 * _nll(4.4), rel=1e-5)
+    assert done["loss_initial"] > 0.1
+    # a request at 0.12 per token is not done, so a batch holding both keeps going, although the mean of the
+    # two per-token NLLs (0.09) is below the threshold: the edit stops only when every request is done
+    assert _nll(3.67) > 0.1 > (_nll(4.4) + _nll(3.67)) / 2
+    assert _fit(model, _rows(1), 0.1)["steps"] == 3
+    assert _fit(_peaked({(3, 4): 4.4, (4, 5): 4.4, (0, 2): 3.67}), _rows(0, 1), 0.1)["steps"] == 3
+    # below the threshold for both: stops before the first step; 0 never stops
+    assert _fit(_peaked({(3, 4): 4.4, (4, 5): 4.4, (0, 2): 4.4}), _rows(0, 1), 0.1)["steps"] == 0
+    assert _fit(_peaked({(3, 4): 20.0, (4, 5): 20.0}), _rows(0), 0.0)["steps"] == 3
 
 
 def test_target_batch_uses_the_evaluation_tokenisation(tiny_lm):

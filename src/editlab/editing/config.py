@@ -25,6 +25,9 @@ class EditsConfig:
         trace: score the probes of the first ``trace`` cases after every optimizer step of the method
             (Figure 4 panels; each traced case costs one scoring pass per step).
         split: ``eval`` cases (``meta`` cases are for training editors).
+        skip_correct: the run's one gate (evaluation.md). ``False``: every case is edited (the papers).
+            ``True``: a case whose pre-edit greedy ``s1r1`` continuation already is o* (exact rule) is not
+            given to the method and is recorded with ``edited: false``, the same for every method.
     """
 
     n: int = 200
@@ -35,6 +38,7 @@ class EditsConfig:
     weight: str | float = "n_prime"
     trace: int = 0
     split: str = "eval"
+    skip_correct: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -47,6 +51,8 @@ class EditsConfig:
         if self.mode == "single" and self.batch_size != 1:
             raise EditlabError("edits.mode=single edits one case at a time; use edits.mode=batch with "
                                f"edits.batch_size={self.batch_size}")
+        if not isinstance(self.skip_correct, bool):
+            raise EditlabError(f"edits.skip_correct={self.skip_correct} must be true or false")
         if self.split not in ("eval", "meta"):
             raise EditlabError(f"edits.split={self.split} must be eval or meta")
         if isinstance(self.weight, str) and self.weight not in ("n_prime", "case"):

@@ -95,7 +95,8 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     method.prepare(model, ctx)
     base_loc = LocalityState.score(model, enc, loc, mx)
     session = Session(method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,
-                      sample_tokens=metrics.sample_tokens, trace=edits.trace)
+                      sample_tokens=metrics.sample_tokens, trace=edits.trace,
+                      skip_correct=edits.skip_correct)
     t0 = time.perf_counter()
     pre = score_cases(model, enc, chosen, mx)
     pre_fluency = session.fluency(model, chosen, salt=-1)

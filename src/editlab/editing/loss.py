@@ -15,6 +15,11 @@ Two objectives:
 
 Both return the mean over requests of the per-request NLL (summed over the object's tokens), so a
 batch of k edits is one loss whose scale does not grow with k.
+
+Early stopping (methods.md, "Early stopping"; the same rule in ROME/MEMIT/AlphaEdit's target
+optimisation): a request is done once its NLL *per object token* (:func:`stop_nll`, ROME's
+``nll_loss_each``) is below ``stop_loss``; an edit stops, before its next optimizer step, once every
+request of it is done. ``stop_loss`` 0 never stops.
 """
 
 from __future__ import annotations
@@ -72,6 +77,11 @@ def target_batch(enc: PromptEncoder, requests: Sequence[EditRequest]) -> TargetB
 
 def target_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced") -> torch.Tensor:
     """Mean over requests of ``-log p(o* | s r)`` under ``objective`` (scalar, differentiable)."""
+    return request_nll(model, batch, objective).mean()
+
+
+def request_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced") -> torch.Tensor:
+    """Per request, ``-log p(o* | s r)`` under ``objective``, summed over the object's tokens ((B,), differentiable)."""
     if objective not in OBJECTIVES:
         raise EditlabError(f"objective={objective!r} must be one of {', '.join(OBJECTIVES)}")
     logits = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits.float()  # (B, T, V)
@@ -85,7 +95,18 @@ def target_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_f
         last = logp[rows, batch.last_prompt]  # (B, V): the distribution after "s r"
         tok_lp = last.gather(-1, batch.ids)  # (B, T): log p(token at t | s r) for every t
         per_request = -(tok_lp * batch.target).sum(-1)
-    return per_request.mean()
+    return per_request
+
+
+def stop_nll(per_request: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
+    """The early-stopping quantity: each request's NLL (:func:`request_nll`, summed) divided by its number of
+    object tokens, i.e. the mean of -log p over the object's tokens ((B,), detached)."""
+    return per_request.detach() / batch.target.sum(-1).clamp(min=1).to(per_request.dtype)
+
+
+def all_done(per_token: torch.Tensor, stop_loss: float) -> bool:
+    """Whether every request is done: its per-token NLL is below ``stop_loss`` (a NaN is never done; 0 never stops)."""
+    return bool((per_token < stop_loss).all())
 
 
 def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -98,20 +119,23 @@ def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], op
     the model ever gets a ``.grad`` (an edit must leave nothing behind but its weight change).
     ``after_step(step)`` runs right after each optimizer step (FT-L's clamp, AdaLoRA's rank
     allocation, which needs the gradients still in place), then ``on_step(step, model)`` (tracing).
-    Stops early once the target loss is below ``stop_loss`` (0 = never).
+    The loss minimised is :func:`target_nll` (the batch mean of the summed NLL); early stopping is the
+    shared rule (module docstring): before each optimizer step, stop once every request's per-token NLL
+    (:func:`stop_nll`) is below ``stop_loss`` (0 = never).
 
     Returns:
-        ``loss_initial`` (before any step), ``loss_final`` (after the last step) and ``steps`` taken.
+        ``loss_initial`` (before any step), ``loss_final`` (after the last step), both :func:`target_nll`,
+        and ``steps`` taken.
     """
     params = list(params)
     first = None
     done = 0
     with torch.enable_grad():
         for step in range(1, steps + 1):
-            nll = target_nll(model, batch, objective)
-            value = nll.item()
-            first = value if first is None else first
-            if value < stop_loss:
+            per_request = request_nll(model, batch, objective)
+            nll = per_request.mean()
+            first = nll.item() if first is None else first
+            if all_done(stop_nll(per_request, batch), stop_loss):
                 break
             loss = nll + extra_loss() if extra_loss is not None else nll
             grads = torch.autograd.grad(loss, params)

@@ -5,6 +5,11 @@ which own the model and decide what happens to an edit afterwards (restore or co
 holds no model: every call takes the model it scores, so there is exactly one owner of the model
 state per run (the protocol) and nothing to keep in sync. Everything the record of an edit needs
 (records.py) is produced here, once, for both protocols.
+
+The one gate of a run (``edits.skip_correct``, evaluation.md): with it on, a case the model already
+answers exactly before the edit (its pre-edit greedy ``s1r1`` continuation passes
+:func:`~editlab.vocab.hit_exact` against o*) is not given to the method and is recorded with
+``"edited": false``; every method sees the same requests. No method gates on its own.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from editlab.eval.probes import CaseScores, PromptEncoder, score_cases
 from editlab.eval.scoring import sample_continuations
 from editlab.metrics.consistency import case_consistency
 from editlab.metrics.fluency import case_fluency
-from editlab.vocab import case_prompt
+from editlab.vocab import case_prompt, hit_exact
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -57,6 +62,7 @@ class Session:
     n_samples: int = 5
     sample_tokens: int = 64
     trace: int = 0  # trace the first ``trace`` cases of the stream (Figure 4 panels)
+    skip_correct: bool = False  # edits.skip_correct: cases answered exactly before the edit are not edited
 
     def apply(self, model: nn.Module, cases: Sequence[dict], index: int,
               on_step: Callable[[int, nn.Module], None] | None = None) -> tuple[EditHandle, dict]:
@@ -73,6 +79,19 @@ class Session:
                 torch.cuda.synchronize(device)
             wall = time.perf_counter() - t0
         return handle, {"time_s": wall / len(cases), "peak_mem_mb": peak_memory_mb(device), "info": handle.info}
+
+    def unchanged(self, model: nn.Module) -> EditHandle:
+        """The handle of an edit that changes nothing: scores ``model`` as it is (with the prefix the method's
+        committed edits imply); ``restore`` gives back its base (``unwrap(model)``, the model the restoring
+        protocols pass), ``commit`` keeps ``model`` as it is (a wrapper with the committed edits included)."""
+        return EditHandle(model, prefix=self.method.context_prefix())
+
+    def to_edit(self, cases: Sequence[dict], pre: Sequence[CaseScores]) -> list[bool]:
+        """Per case, whether it is given to the method: always, unless ``skip_correct`` and the pre-edit greedy
+        ``s1r1`` continuation already is the requested object (exact rule)."""
+        if not self.skip_correct:
+            return [True] * len(cases)
+        return [not hit_exact(p.gen["s1r1"], c["requested_object"]) for c, p in zip(cases, pre, strict=True)]
 
     def score(self, model: nn.Module, cases: Sequence[dict], prefix: str = "") -> list[CaseScores]:
         return score_cases(model, self.enc, cases, self.max_new_tokens, prefixes=[prefix] * len(cases))
@@ -100,6 +119,10 @@ class Session:
         records (records.py) without protocol-specific fields. ``pre`` / ``pre_fluency`` are these cases'
         entries. Cases at stream positions below ``trace`` are traced: their probes are scored before the
         first and after every optimizer step of the method (a hook passed to ``apply``, Figure 4).
+
+        With ``skip_correct``, only the cases :meth:`to_edit` keeps are applied (none: no ``apply`` at all,
+        the handle is :meth:`unchanged`); every case is scored on the resulting model, and every record
+        says ``edited``. A case not edited has ``time_s`` 0 and empty ``info``.
         """
         trace: list[tuple[int, list[CaseScores]]] | None = [] if index < self.trace else None
         hook = None
@@ -107,14 +130,21 @@ class Session:
             hook = lambda step, m: trace.append((step, score_cases(m, self.enc, cases, self.max_new_tokens,  # noqa: E731
                                                                    decode=False)))
             hook(0, model)
-        handle, cost = self.apply(model, cases, index, on_step=hook)
+        edit = self.to_edit(cases, pre)
+        chosen = [c for c, e in zip(cases, edit, strict=True) if e]
+        if chosen:
+            handle, cost = self.apply(model, chosen, index, on_step=hook)
+        else:
+            handle = self.unchanged(model)
+            cost = {"time_s": 0.0, "peak_mem_mb": peak_memory_mb(device_of(model)), "info": {}}
         post = self.score(handle.model, cases, handle.prefix)
         loc = self.locality(handle.model, handle.prefix) if locality else None
         flu = self.fluency(handle.model, cases, handle.prefix, salt=index)
         records = []
         for j, case in enumerate(cases):
             rec = {"case_id": case["case_id"], "index": index + j, "method": self.method.name, "mode": mode,
-                   "batch": batch, "pre": pre[j].to_json(), "post": post[j].to_json(), **cost}
+                   "batch": batch, "edited": edit[j], "pre": pre[j].to_json(), "post": post[j].to_json(),
+                   **(cost if edit[j] else {**cost, "time_s": 0.0, "info": {}})}
             if loc is not None:
                 rec["locality"] = loc
             if flu[j]:

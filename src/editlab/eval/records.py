@@ -6,6 +6,9 @@ One JSON object per edited case::
     index         position of the case in the run's stream (0-based)
     method, mode  registry name; "single" | "batch" | "sequential"
     batch         index of the batch the case was edited in (single: == index)
+    edited        whether the case was given to the method (false only under edits.skip_correct, for a
+                  case the model already answered exactly before the edit; it is still scored, on the
+                  model holding the other edits of its batch)
     pre, post     CaseScores.to_json() of the case's probes before / right after its edit
                   (sequential: "post" is the immediate score right after the edit)
     final         sequential only: CaseScores of the case on the final model (else absent)
@@ -22,9 +25,10 @@ One JSON object per edited case::
     fluency       {"pre", "post", "consistency_pre", "consistency_post"} (absent if n_samples == 0)
     trace         for the first edits.trace cases: {"step": [...], "p": [[per probe p] per step],
                   "p_false": [[...] per step]}, step 0 = before the first optimizer step
-    time_s        wall time of applying the edit (not scoring), seconds; batch: the batch's time / size
+    time_s        wall time of applying the edit (not scoring), seconds; batch: the batch's time / the
+                  number of cases edited; 0 for a case not edited
     peak_mem_mb   peak memory while applying (CUDA max allocated, or process peak RSS on CPU)
-    info          method diagnostics (final loss, steps, update norms)
+    info          method diagnostics (final loss, steps, update norms); {} for a case not edited
 
 Run-level values (pre-edit locality accuracy, protocol names, config) go in ``metrics.json``.
 """

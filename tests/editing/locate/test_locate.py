@@ -365,3 +365,27 @@ def test_a_failed_edit_in_a_sequential_stream_is_recorded_and_the_stream_goes_on
     from editlab.lm.checkpoint import load_weights
 
     assert all(torch.isfinite(p).all() for p in load_weights(run / "model").parameters())
+
+
+def test_stop_value_is_the_nll_or_romes_total():
+    nll, kl, decay = torch.tensor([0.04, 0.2]), torch.tensor([0.5, 0.0]), torch.tensor([0.01, 0.03])
+    assert torch.equal(targets.stop_value(TargetSpec(), nll, kl, decay), nll)
+    total = targets.stop_value(TargetSpec(kl_factor=0.0625, stop_on="total"), nll, kl, decay)
+    assert total.tolist() == pytest.approx([0.04 + 0.0625 * 0.5 + 0.01, 0.2 + 0.03])
+    with pytest.raises(EditlabError, match="stop_on"):
+        _method("rome", stop_on="loss")
+
+
+def test_stop_on_total_stops_later_than_on_the_nll(tiny_lm):
+    """ROME's reference rule adds the KL and the decay term (both > 0 once delta moves), so on the same threshold a
+    request stops later than on its NLL alone. On this request the NLL per token falls from 0.36 to 0.197 by step
+    10 while NLL + KL + decay stays above 0.208 for 25 steps."""
+    tok, model = tiny_lm.tok, tiny_lm.model
+    reqs = [EditRequest.from_case(tiny_lm.world.cases[1])]
+    module = model.model.layers[1]
+    templates = ["", *corpus_prefixes(tok, tiny_lm.world.dir, [[5, 2]])]
+    run = lambda **kw: optimise_targets(model, module, tok, reqs, templates,  # noqa: E731
+                                        TargetSpec(steps=15, fact_token="last", stop_loss=0.2, **kw))
+    nll, total = run(stop_on="nll"), run(stop_on="total")
+    assert 0 < nll.info["steps"] < total.info["steps"] == 15
+    assert _method("rome", stop_on="total").spec.stop_on == "total" and _method("rome").spec.stop_on == "nll"

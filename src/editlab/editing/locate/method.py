@@ -19,7 +19,7 @@ from editlab.editing.base import EditContext, EditFailed, EditHandle, EditMethod
 from editlab.editing.locate.prefixes import corpus_prefixes
 from editlab.editing.locate.rows import FACT_TOKENS
 from editlab.editing.locate.stats import covariances
-from editlab.editing.locate.targets import TargetSpec
+from editlab.editing.locate.targets import STOP_ON, TargetSpec
 from editlab.editing.weights import get_module, linear_weight, module_names, resolve_layers, weight_param_name
 from editlab.errors import EditlabError
 from editlab.lm.arch import adapter_for
@@ -38,7 +38,10 @@ class LocateEdit(EditMethod):
         lr, steps: Adam on the target vector [v_lr, v_num_grad_steps].
         kl_factor, weight_decay, clamp_norm_factor: the essence KL weight, the norm penalty and the norm
             clamp of the target vector [kl_factor, v_weight_decay, clamp_norm_factor].
-        stop_loss: a request's optimisation stops once its target NLL is below this (ROME: 5e-2).
+        stop_loss: a request's optimisation stops once its stop value is below this (ROME: 5e-2).
+        stop_on: the stop value: ``nll`` (default; the target NLL per object token averaged over the templates,
+            the rule every optimisation-based editor shares) or ``total`` (ROME's reference code: NLL +
+            kl_factor KL + the weight-decay term).
         essence: the relation text of the essence prompt ``"{subject} <essence>"`` (only the subject's last
             token is read, so it only has to tokenise after the subject).
         fact_token: ``subject_last`` (the method) or ``last`` (the prompt's last token, ROME's ablation).
@@ -57,6 +60,7 @@ class LocateEdit(EditMethod):
     stop_loss: float = TargetSpec.stop_loss
     essence: str = TargetSpec.essence
     fact_token: str = TargetSpec.fact_token
+    stop_on: str = TargetSpec.stop_on
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -65,6 +69,8 @@ class LocateEdit(EditMethod):
             raise EditlabError(f"method {self.name}: lr > 0, steps >= 0, kl_factor >= 0 and weight_decay >= 0")
         if not self.clamp_norm_factor > 0 or self.stats_tokens < 1:
             raise EditlabError(f"method {self.name}: clamp_norm_factor > 0 and stats_tokens >= 1")
+        if self.stop_on not in STOP_ON:
+            raise EditlabError(f"method {self.name}: stop_on={self.stop_on!r} must be one of {', '.join(STOP_ON)}")
         if self.fact_token not in FACT_TOKENS:
             raise EditlabError(f"method {self.name}: fact_token must be one of {', '.join(FACT_TOKENS)}")
         if any(len(p) != 2 for p in self.prefixes):
@@ -73,7 +79,7 @@ class LocateEdit(EditMethod):
     @property
     def spec(self) -> TargetSpec:
         return TargetSpec(self.lr, self.steps, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
-                          self.stop_loss, self.essence, self.fact_token)
+                          self.stop_loss, self.essence, self.fact_token, self.stop_on)
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
         """Resolve the modules, draw the prefixes, load or compute the covariances (see the module docstring)."""

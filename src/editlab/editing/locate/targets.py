@@ -13,8 +13,11 @@ with ``delta`` clamped to ``||delta|| <= clamp_norm_factor * ||h||`` after every
 module's current output at that position averaged over the templates. The NLL of a template is the
 object's summed token NLL divided by its length (ROME's ``nll_loss_each``); the KL is read at the
 subject's last token of the essence prompt ``"{subject} <essence>"`` (ROME's ``"{} is a"`` with
-``fact_token=subject_last``). Optimisation stops for a request once its NLL is below ``stop_loss``
-(ROME: 5e-2).
+``fact_token=subject_last``). Optimisation stops for a request once its stop value (:func:`stop_value`)
+is below ``stop_loss`` (ROME: 5e-2): with ``stop_on="nll"`` (default) its NLL per object token averaged
+over the templates, the rule every optimisation-based editor shares (editing/loss.py, methods.md "Early
+stopping"); with ``stop_on="total"`` its whole loss, NLL + kl_factor KL + the decay term, as in ROME's
+reference code (``rome/compute_v.py``).
 
 Many requests are optimised together (MEMIT computes thousands of targets): each request has its own
 ``delta`` row and its own loss terms, the total loss is their sum and Adam is element-wise, so this is
@@ -64,6 +67,18 @@ class TargetSpec:
     stop_loss: float = 5e-2
     essence: str = "is a"
     fact_token: str = "subject_last"
+    stop_on: str = "nll"
+
+
+STOP_ON = ("nll", "total")
+
+
+def stop_value(spec: TargetSpec, nll: torch.Tensor, kl: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """Per request, what is compared with ``spec.stop_loss``: the NLL per object token (``stop_on="nll"``, the
+    shared rule) or ROME's reference total, ``nll + kl_factor * kl + decay`` (``stop_on="total"``); detached."""
+    if spec.stop_on == "nll":
+        return nll.detach()
+    return (nll + spec.kl_factor * kl + decay).detach()
 
 
 @dataclass
@@ -193,13 +208,14 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
         h = per_request_mean(got["output"][:run.n_rew].float(), run.rew_req, n)
         key = per_request_mean(got["input"][:run.n_rew].float(), run.rew_req, n)
     h_norm = h.norm(dim=1).clamp(min=1e-12)
+    stop = nll.clone()  # at delta = 0 the KL and the decay term are 0: both rules read the NLL
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=spec.lr)
     with torch.enable_grad():
         steps = 0
         was_done = torch.zeros(n, dtype=torch.bool, device=device)
         for _ in range(spec.steps):
-            still = (~(nll.detach() < spec.stop_loss)).float()  # a NaN loss is not done
+            still = (~(stop < spec.stop_loss)).float()  # a NaN loss is not done
             done = torch.zeros(n, device=device).index_add_(0, tie, still)[tie] == 0  # a shared delta: all its requests
             if bool(done.all()):
                 break
@@ -219,6 +235,7 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
             loss = (nll_sub + spec.kl_factor * kl + decay)[~done[sub]].sum()
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             nll = nll.detach().index_copy(0, sub, nll_sub.detach())
+            stop = stop.index_copy(0, sub, stop_value(spec, nll_sub, kl, decay))
             frozen = delta.detach()[done].clone()
             opt.step()
             with torch.no_grad():

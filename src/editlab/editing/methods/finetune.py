@@ -39,7 +39,8 @@ class FineTune(EditMethod):
         lr, steps, weight_decay: Adam (ROME/EasyEdit use no decay).
         norm_constraint: eps of the clamp ``|W - W0| <= eps`` after every step (``None``: no clamp).
         objective: ``teacher_forced`` or ``last_position`` (the original FT-L code).
-        stop_loss: stop once the target NLL is below this (0: always run ``steps``).
+        stop_loss: stop once every request's target NLL per object token is below this (editing/loss.py's
+            shared rule; 0: always run ``steps``).
     """
 
     layer: int = 0

@@ -34,8 +34,8 @@ expansion); k = the nearest key, d = ||q - k||:
   balls meet but do not overlap (radii are only ever shrunk here; the paper's code sets both to d / 2
   even when that would grow eps_k).
 
-Only edits the model gets wrong are made (the paper edits on errors): a request whose object tokens are
-all already the greedy next tokens under teacher forcing is skipped and recorded (``info["skipped"]``).
+Every request given is edited, including one the model already answers: the paper edits on errors, and
+here that gate belongs to the run, the same for every method (``edits.skip_correct``, evaluation.md).
 Sequential editing is the method's purpose: ``commit`` keeps the entries, ``restore`` drops them; the
 codebook (keys, values, radii, targets) is the method state, and ``load_state_dict`` re-wraps the base.
 Paper defaults (EasyEdit's GRACE hparams, ``val_init: cold``): eps_init 1.0, Adam lr 1.0, 50 steps.
@@ -202,7 +202,8 @@ class Grace(EditMethod):
         layer: block index of the adapted layer (negative counts from the last block).
         module: the adapted module: a role of the architecture adapter (``mlp_out``) or a ``{}`` template.
         eps_init: radius of a new entry (distance in the layer-input space).
-        lr, steps, stop_loss: Adam on the entry's value, stopping once the target NLL is below ``stop_loss``.
+        lr, steps, stop_loss: Adam on the entry's value, stopping once the target NLL per object token is below
+            ``stop_loss`` (the shared rule of editing/loss.py).
         value_init: ``cold`` (uniform [0, 1), the paper's default) or ``warm`` (the layer's own output there).
         replacement: which positions a match replaces: ``last`` (the matching position: the paper's
             ``replace_last``), ``target`` (from the match through the positions predicting the entry's target),
@@ -240,16 +241,12 @@ class Grace(EditMethod):
         device = next(base.parameters()).device
         enc = PromptEncoder(ctx.tokenizer)
         batch = target_batch(enc, requests).to(device)
-        keys, outs, right = self._read(model, base.get_submodule(name), batch)
+        keys, outs = self._read(model, base.get_submodule(name), batch)
         book = (self.codebook.clone() if self.codebook is not None
                 else Codebook.empty(keys.shape[-1], outs.shape[-1], device))
         wrapper = GraceWrapper(base, name, book, self.replacement)
-        info: dict = {"skipped": 0, "actions": [], "steps": 0, "loss_initial": [], "loss_final": []}
+        info: dict = {"actions": [], "steps": 0, "loss_initial": [], "loss_final": []}
         for i, req in enumerate(requests):
-            if right[i]:
-                info["skipped"] += 1
-                info["actions"].append("skip")
-                continue
             target = enc.objects([req.target])[0]
             idx, action = book.update(keys[i], target, self._init_value(outs[i], req, ctx.seed), self.eps_init)
             value = book.values[idx].clone().requires_grad_(True)
@@ -264,8 +261,6 @@ class Grace(EditMethod):
             info["loss_initial"].append(res["loss_initial"])
             info["loss_final"].append(res["loss_final"])
         info["codebook"] = len(book)
-        if info["skipped"] == len(requests):  # nothing to edit: the model as it came, whatever it is
-            return EditHandle(model, base=base, restore_fn=lambda: model, commit_fn=lambda: model, info=info)
 
         def commit() -> nn.Module:
             self.codebook = book
@@ -274,9 +269,8 @@ class Grace(EditMethod):
         return EditHandle(wrapper, base=base, restore_fn=lambda: model, commit_fn=commit, info=info)
 
     @torch.no_grad()
-    def _read(self, model: nn.Module, layer: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
-        """(keys (B, d_in) and layer outputs (B, d_out) at the last prompt token, whether the current model
-        already predicts every object token greedily under teacher forcing)."""
+    def _read(self, model: nn.Module, layer: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (B, d_in) and layer outputs (B, d_out) at the last prompt token, under the current model."""
         seen: dict[str, torch.Tensor] = {}
 
         def grab(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -285,14 +279,12 @@ class Grace(EditMethod):
 
         handle = layer.register_forward_hook(grab)
         try:
-            logits = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
+            model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
         finally:
             handle.remove()
         rows = torch.arange(batch.ids.shape[0], device=batch.ids.device)
-        pred = logits[:, :-1].argmax(-1) == batch.ids[:, 1:]
-        right = [bool(pred[r][batch.target[r, 1:]].all()) for r in range(len(rows))]
         pos = batch.last_prompt
-        return seen["x"][rows, pos].float(), seen["y"][rows, pos].float(), right
+        return seen["x"][rows, pos].float(), seen["y"][rows, pos].float()
 
     def _init_value(self, out: torch.Tensor, req: EditRequest, seed: int) -> torch.Tensor:
         if self.value_init == "warm":

@@ -39,7 +39,8 @@ class AdapterEdit(EditMethod):
         layers: blocks to adapt (``None``: all; negative indices count from the last).
         lr, weight_decay, steps, clip: AdamW with a constant learning rate, gradient-norm clipping.
         objective: ``teacher_forced`` (default) or ``last_position`` (see editing/loss.py).
-        stop_loss: stop once the target NLL is below this (0: always run ``steps``).
+        stop_loss: stop once every request's target NLL per object token is below this (editing/loss.py's
+            shared rule; 0: always run ``steps``).
     """
 
     modules: list[str] = field(default_factory=lambda: ["mlp_out"])
