@@ -52,7 +52,7 @@ def test_setups_means_and_student_t_intervals(tmp_path):
     md = compare.comparison_markdown(comp)
     assert "| lora | 0.001 | 3 | single | 100.0 ± 0.0 | 70.0 ± 49.7 |" in md
     csv_lines = compare.comparison_csv(comp).splitlines()
-    assert csv_lines[0] == "method.name,method.hparams.lr,metric,group,higher_is_better,mean,ci95,seeds"
+    assert csv_lines[0] == "method.name,method.hparams.lr,metric,group,higher_is_better,mean,ci95,seeds,golds"
     assert len(csv_lines) == 1 + 4 * len(compare.METRICS)
 
 

@@ -150,8 +150,10 @@ def _finish(world: World, cases: list[dict], records: list[dict], metrics: Metri
     from editlab.eval.summary import summarize
 
     summary = summarize({c["case_id"]: c for c in cases}, records, metrics.protocol)
-    times = sorted(r["time_s"] for r in records)
+    edited = [r for r in records if r.get("edited", True)]
+    times = sorted(r["time_s"] for r in edited) or [0.0]  # a request left unedited (edits.skip_correct) costs nothing
     out = {"method": method.name, "mode": edits.mode, "n": len(records), "protocol": metrics.protocol,
+           "skip_correct": edits.skip_correct, "edited_share": len(edited) / len(records),
            "summary": summary, "locality_acc_pre": loc_acc_pre, "wall_s": round(wall, 2),
            "median_edit_s": times[len(times) // 2], "peak_mem_mb": max(r["peak_mem_mb"] for r in records),
            "world_hash": world.hash, "results": str(run_dir / FINAL)}

@@ -51,6 +51,7 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("portability TF", "portability_tf", "editing", True),
     ("fluency", "fluency", "editing", True),
     ("consistency", "consistency", "editing", True),
+    ("edited", "@edited_share", "editing", True),
     ("ms/edit", "@median_edit_s", "cost", False),
     ("peak MB", "@peak_mem_mb", "cost", False),
     ("wall s", "@wall_s", "cost", False),
