@@ -76,7 +76,7 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     ``editor.out`` or, by default, next to the checkpoint where edit.py looks for it (default_editor_dir)."""
     from editlab.editing.registry import get_method
     from editlab.editing.train_editor import train_editor, training_dir
-    from editlab.editing.trainable import EditorTraining, default_editor_dir
+    from editlab.editing.trainable import EditorTraining, TrainableEditor, default_editor_dir
     from editlab.utils.typed import from_dict
 
     if cfg.get("method") is None:
@@ -85,14 +85,16 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     ed = OmegaConf.to_container(cfg.editor, resolve=True)
     out, checkpoint = ed.pop("out"), Path(to_absolute_path(ed.pop("checkpoint")))
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
-    out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, method.editor_name())
+    # a method with nothing to train is refused by train_editor, with one line naming the trainable ones
+    name = method.editor_name() if isinstance(method, TrainableEditor) else method.name
+    out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, name)
     training = from_dict(EditorTraining, ed, "editor")
     # the logs belong to the editor's training run, not to the pretraining run in run_dir
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
     if logger_cfg:
         logger_cfg["save_dir"] = str(training_dir(out))
         if logger_cfg.get("name") and "wandb" in str(logger_cfg.get("_target_")):
-            logger_cfg["name"] = f"{logger_cfg['name']}-{method.editor_name()}"
+            logger_cfg["name"] = f"{logger_cfg['name']}-{name}"
     logger = instantiate(logger_cfg) if logger_cfg else None
     return train_editor(world, checkpoint, method, out, int(cfg.seed), training,
                         OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],

@@ -72,7 +72,7 @@ def test_sweep_jobs_are_recorded_and_compared_in_one_table(tiny_world, random_ch
     assert res["n"] == 2 and res["setups"] == 2 and res["missing"] == 0
     assert res["keys"] == ["method.name", "method.hparams.steps"]
     table = (sweep / "comparison" / "comparison.md").read_text().splitlines()
-    assert table[0].startswith("| method.name | method.hparams.steps | seeds | edit success")
+    assert table[0].startswith("| method.name | method.hparams.steps | seeds | golds | edit success")
     assert [line.split("|")[2].strip() for line in table[2:4]] == ["1", "3"]
     runs, _ = compare.find_runs(sweep)
     assert {r.values["s1r1 acc"] for r in runs} == {
