@@ -97,7 +97,9 @@ def main(argv: list[str]) -> dict:
     cases = world.cases("eval")[:n]
     t0 = time.perf_counter()
     shifts = [batch_shift(world, cases, int(k)) for k in opts.get("sizes", "10,100,1000").split(",")]
-    return {"bench": "batch_golds", "data": data["name"], "n": len(cases), "batches": shifts,
+    from editlab.utils.hardware import describe
+
+    return {"bench": "batch_golds", "data": data["name"], "n": len(cases), "batches": shifts, "hardware": describe(),
             "seconds": round(time.perf_counter() - t0, 2), "runs": [run_cells(world, r) for r in runs]}
 
 
