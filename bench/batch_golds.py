@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from editlab.eval.records import read_records
 from editlab.eval.summary import summarize
+from editlab.utils.rundir import read_yaml
 from editlab.vocab import ATOMIC
 from editlab.world.loading import World
 from editlab.world.stream import AgentStream
@@ -70,8 +71,8 @@ def batch_shift(world: World, cases: list[dict], size: int) -> dict:
 def run_cells(world: World, run: Path) -> dict:
     """A run's post-edit (final for sequential) Table 4 cells against its own golds and against single-edit golds."""
     records = read_records(run / "results.jsonl")
-    cases = {c["case_id"]: c for c in world.cases(json.loads((run / "metrics.json").read_text()).get("split",
-                                                                                                     "eval"))}
+    split = (read_yaml(run / "run_config.yaml").get("edits") or {}).get("split", "eval")  # the split the run edited
+    cases = {c["case_id"]: c for c in world.cases(split)}
     stage = "final" if "final" in records[0] else "post"
     drop = STREAM_FIELDS if records[0].get("mode") == "sequential" else BATCH_FIELDS
     old = [{k: v for k, v in r.items() if k not in drop} for r in records]

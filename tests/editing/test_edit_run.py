@@ -48,6 +48,8 @@ def test_single_mode_writes_complete_records_and_metrics(tiny_world, ckpt, tmp_p
         assert r["time_s"] > 0 and r["peak_mem_mb"] > 0 and {"agree", "acc", "kl"} <= set(r["locality"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 3 and metrics["summary"]["subsets"]["all"]["n"] == 3
+    # the default gate edits every request, and says so in each record and in metrics.json
+    assert all(r["edited"] for r in recs) and metrics["skip_correct"] is False and metrics["edited_share"] == 1.0
     assert not (run / "results.jsonl.partial").exists()
     # a finished run with the same config is reused, not redone
     again = _cli(tiny_world, ckpt, run, ["edits.n=3"])
