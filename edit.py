@@ -38,7 +38,7 @@ def edit(cfg: DictConfig) -> dict:
 
     apply_threads(cfg.threads)  # parallel multirun jobs share the cores (utils/threads.py)
 
-    # conf/method/<name>.yaml, specialised by conf/method_model/<name>_<model>.yaml, then the command line
+    # conf/method/<name>.yaml, specialised by conf/method_model/tuned/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")

@@ -87,6 +87,7 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
     # a method with nothing to train is refused by train_editor, with one line naming the trainable ones
     name = method.editor_name() if isinstance(method, TrainableEditor) else method.name
+    name += str(cfg.preset.tag) if cfg.get("preset") else ""  # preset=paper: its own editor, editors/<name>-paper
     out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, name)
     training = from_dict(EditorTraining, ed, "editor")
     # the logs belong to the editor's training run, not to the pretraining run in run_dir

@@ -300,7 +300,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--quick", action="store_true", help="smoke run: few cases, one round")
     ap.add_argument("--world", type=Path, default=None, help="built world directory (default: the tiny world)")
     ap.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the tiny export)")
-    ap.add_argument("--preset", default="mistral_tiny", help="use conf/method_model/<method>_<this>.yaml")
+    ap.add_argument("--preset", default="mistral_tiny", help="use conf/method_model/tuned/<method>_<this>.yaml")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--score-cases", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's default)")

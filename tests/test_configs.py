@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
 from editlab.editing import registry
+from editlab.editing.weights import relative_layers
 from editlab.world.config import world_config, world_hash
 from tests.conftest import CONF, data_config
 
@@ -20,7 +21,7 @@ ROOT = Path(CONF)
 PRIMARY = ("train", "edit", "evaluate", "world")
 METHODS = sorted(p.stem for p in (ROOT / "method").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (ROOT / "model").glob("*.yaml"))
-SPECIALISED = sorted((ROOT / "method_model").glob("*.yaml"))
+SPECIALISED = sorted((ROOT / "method_model" / "tuned").glob("*.yaml"))
 
 
 def _compose(name: str, overrides: list[str] = (), hydra: bool = False):
@@ -55,7 +56,7 @@ def test_hydra_group_sets_no_chdir_no_output_subdir_and_stdout_logging(primary):
 
 def _split(stem: str) -> tuple[str, str]:
     found = [(m, stem[len(m) + 1:]) for m in METHODS if stem.startswith(f"{m}_") and stem[len(m) + 1:] in MODELS]
-    assert len(found) == 1, f"conf/method_model/{stem}.yaml must be named <method>_<model> of existing configs"
+    assert len(found) == 1, f"conf/method_model/tuned/{stem}.yaml must be named <method>_<model> of existing configs"
     return found[0]
 
 
@@ -68,8 +69,9 @@ def test_method_model_specialises_the_method_and_builds_it(path):
     inherited: dict = {}  # a preset may start from another model's preset of the same method (defaults list)
     for parent in own.pop("defaults", []):
         if parent != "_self_":
+            parent = parent.removeprefix("tuned/")
             assert _split(parent)[0] == method, f"{path.name} may only extend a {method}_<model> preset"
-            inherited.update(OmegaConf.to_container(OmegaConf.load(ROOT / "method_model" / f"{parent}.yaml"),
+            inherited.update(OmegaConf.to_container(OmegaConf.load(ROOT / "method_model" / "tuned" / f"{parent}.yaml"),
                                                     resolve=True)["hparams"])
     own_hp = own.get("hparams") or {}
     assert set(own) <= {"hparams"} and (own_hp or inherited)
@@ -79,14 +81,34 @@ def test_method_model_specialises_the_method_and_builds_it(path):
     hp = OmegaConf.to_container(cfg.method.hparams, resolve=True)
     assert hp == {**base["hparams"], **inherited, **own_hp}
     assert registry.get_method(method, hp).name == method
-    other = next(m for m in MODELS if m != model and not (ROOT / "method_model" / f"{method}_{m}.yaml").exists())
+    other = next(m for m in MODELS if m != model and not (ROOT / "method_model" / "tuned" / f"{method}_{m}.yaml").exists())
     assert OmegaConf.to_container(_compose("edit", [f"method={method}", f"model={other}"]).method.hparams,
                                   resolve=True) == base["hparams"]  # another model: the method's own values
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_preset_paper_is_the_methods_own_values_on_every_model(method):
+    """preset=paper takes conf/method/<method>.yaml alone (no per-model file), and its layers fit every model
+    preset's depth; preset=tuned is the default and names nothing in run directories."""
+    base = OmegaConf.to_container(OmegaConf.load(ROOT / "method" / f"{method}.yaml"), resolve=True)["hparams"]
+    for model in MODELS:
+        cfg = _compose("edit", [f"method={method}", f"model={model}", "preset=paper"])
+        assert OmegaConf.to_container(cfg.method.hparams, resolve=True) == base
+        assert f"/{method}-paper-single-" in cfg.run_dir.replace("${editlab.job_subdir:}", "")
+        depth = cfg.model.get("config", {}).get("num_hidden_layers")
+        for key in ("layers", "layer"):
+            spec = base.get(key)
+            if depth is not None and spec is not None:
+                for s in spec if isinstance(spec, list) else [spec]:
+                    idx = relative_layers(s, depth) if isinstance(s, str) else [s]
+                    assert all(-depth <= i < depth for i in idx), (method, model, s)
+    tuned = _compose("edit", [f"method={method}"])
+    assert tuned.preset.name == "tuned" and f"/{method}-single-" in tuned.run_dir.replace("${editlab.job_subdir:}", "")
+
+
 def test_command_line_beats_the_per_model_value():
     default = _compose("edit").method.hparams
-    assert (default.lr, default.stop_loss) == (1e-3, 0.1)  # conf/method_model/lora_mistral_tiny.yaml
+    assert (default.lr, default.stop_loss) == (1e-3, 0.1)  # conf/method_model/tuned/lora_mistral_tiny.yaml
     cfg = _compose("edit", ["method.hparams.lr=1e-4"]).method.hparams
     assert (cfg.lr, cfg.stop_loss) == (1e-4, 0.1)
 

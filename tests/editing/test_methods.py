@@ -17,7 +17,7 @@ from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.loss import TargetBatch, fit, request_nll, stop_nll, target_batch, target_nll
 from editlab.editing.methods.lora import adapter_param_groups
-from editlab.editing.weights import linear_weight, module_names, resolve_layers
+from editlab.editing.weights import linear_weight, module_names, relative_layers, resolve_layers
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import encode_pairs
@@ -149,8 +149,20 @@ def test_module_names_and_layers(tiny_lm):
     assert module_names(m, ["model.layers.{}.mlp.down_proj"], [1]) == ["model.layers.1.mlp.down_proj"]
     with pytest.raises(EditlabError):
         resolve_layers(m, [4])
+    # a paper's layer at its relative depth: ROME's 17 of 48 and MEMIT's GPT-J band 3..8 of 28 on 4 blocks
+    assert resolve_layers(m, ["17/48"]) == [1] and resolve_layers(m, ["3..8/28", -1]) == [0, 1, 3]
+    for bad in ["17", "48/48", "8..3/28", "a/b"]:
+        with pytest.raises(EditlabError, match="17/48"):
+            resolve_layers(m, [bad])
     with pytest.raises(EditlabError, match=r"transformer\.h"):
         module_names(m, ["transformer.h.{}.mlp.c_proj"], None)
+
+
+@pytest.mark.parametrize(("spec", "n", "want"), [
+    ("17/48", 48, [17]), ("17/48", 12, [4]), ("0/48", 4, [0]), ("47/48", 4, [3]),  # same model; first, last kept
+    ("3..8/28", 12, [1, 2, 3]), ("3..8/28", 28, [3, 4, 5, 6, 7, 8]), ("13..17/48", 28, [7, 8, 9, 10])])
+def test_relative_layers_keep_the_papers_depth(spec, n, want):
+    assert relative_layers(spec, n) == want
 
 
 def _ctx(lm) -> EditContext:

@@ -38,7 +38,7 @@ def test_sweep_over_lr_gets_the_values_asked_for_in_two_directories_reused_on_re
     tail = "method.hparams.steps=2,metrics.n_locality=5,metrics.n_samples=0"
     # Hydra writes the swept values as it parsed them (1e-4 -> 0.0001)
     assert sorted(jobs) == [f"method.hparams.lr=0.0001,{tail}", f"method.hparams.lr=0.001,{tail}"]
-    # the command line wins over conf/method_model/lora_mistral_tiny.yaml (lr 1e-3); its other value stays
+    # the command line wins over conf/method_model/tuned/lora_mistral_tiny.yaml (lr 1e-3); its other value stays
     assert jobs[f"method.hparams.lr=0.0001,{tail}"]["lr"] == 1e-4
     assert jobs[f"method.hparams.lr=0.001,{tail}"]["lr"] == 1e-3
     assert all(hp["steps"] == 2 and hp["stop_loss"] == 0.1 for hp in jobs.values())

@@ -45,6 +45,11 @@ from editlab.world.loading import World
 from editlab.world.stream import AgentStream
 
 
+def preset_of(run_config: dict) -> str:
+    """The run's preset (conf/preset/: ``tuned``, the default, or ``paper``), as records and tables name it."""
+    return str((run_config.get("preset") or {}).get("name", "tuned"))
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +80,8 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     mid = model_id(checkpoint)
     if isinstance(method, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint
         fallback = {"data": (run_config.get("data") or {}).get("name"),
-                    "model": (run_config.get("model") or {}).get("name"), "seed": run_config.get("model_seed")}
+                    "model": (run_config.get("model") or {}).get("name"), "seed": run_config.get("model_seed"),
+                    "preset": run_config.get("preset")}
         editor_path = resolve_editor(editor_path, method, checkpoint, mid, fallback)
     run_dir = Path(run_dir)
     state = prepare(run_dir, run_config, ignore=NON_RESULT_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
@@ -109,8 +115,8 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
         RestoringProtocol(session, model, edits.mode, edits.batch_size, stream).run(chosen, pre, pre_fluency, writer,
                                                                                     progress)
     wall = time.perf_counter() - t0
-    out = _finish(world, chosen, writer.records, metrics, edits, method, run_dir, loggers or [], wall,
-                  base_loc.accuracy(loc))
+    out = _finish(world, chosen, writer.records, metrics, edits, (method.name, preset_of(run_config)), run_dir,
+                  loggers or [], wall, base_loc.accuracy(loc))
     writer.finish()  # last: results.jsonl appears only once metrics.json is written, so "done" means complete
     return out
 
@@ -146,13 +152,15 @@ def _run_sequential(session: Session, model: torch.nn.Module, cases: list[dict],
 
 
 def _finish(world: World, cases: list[dict], records: list[dict], metrics: MetricsConfig, edits: EditsConfig,
-            method: EditMethod, run_dir: Path, loggers: list, wall: float, loc_acc_pre: float) -> dict:
+            method: tuple[str, str], run_dir: Path, loggers: list, wall: float, loc_acc_pre: float) -> dict:
+    """Summarise the records into ``metrics.json`` and the loggers; ``method`` is (name, preset)."""
     from editlab.eval.summary import summarize
 
     summary = summarize({c["case_id"]: c for c in cases}, records, metrics.protocol)
     edited = [r for r in records if r.get("edited", True)]
     times = sorted(r["time_s"] for r in edited) or [0.0]  # a request left unedited (edits.skip_correct) costs nothing
-    out = {"method": method.name, "mode": edits.mode, "n": len(records), "protocol": metrics.protocol,
+    name, preset = method
+    out = {"method": name, "preset": preset, "mode": edits.mode, "n": len(records), "protocol": metrics.protocol,
            "skip_correct": edits.skip_correct, "edited_share": len(edited) / len(records),
            "summary": summary, "locality_acc_pre": loc_acc_pre, "wall_s": round(wall, 2),
            "median_edit_s": times[len(times) // 2], "peak_mem_mb": max(r["peak_mem_mb"] for r in records),

@@ -1,7 +1,7 @@
-"""The hyper-parameters ``edit.py`` gives a method: conf/method/<name>.yaml, specialised for ``model=<preset>``
-by conf/method_model/<name>_<preset>.yaml (Hydra's specializing-config pattern). The one place that
-composes them outside edit.py itself (bench/edit.py, the analyses of evaluate.py), so a method is measured
-with the values it edits with.
+"""The hyper-parameters ``edit.py`` gives a method: conf/method/<name>.yaml (the paper's values, ``preset=paper``),
+specialised for ``model=<model>`` by conf/method_model/tuned/<name>_<model>.yaml under ``preset=tuned`` (the
+default; Hydra's specializing-config pattern). The one place that composes them outside edit.py itself
+(bench/edit.py, the analyses of evaluate.py), so a method is measured with the values it edits with.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
-def method_hparams(name: str, preset: str | None, conf_dir: Path = CONF) -> dict:
-    """``hparams`` of conf/method/<name>.yaml as edit.py composes them for ``model=<preset>`` (with
-    conf/method_model/<name>_<preset>.yaml where it exists); ``preset=None``: the method's own (paper) values.
+def method_hparams(name: str, model: str | None, preset: str = "tuned", conf_dir: Path = CONF) -> dict:
+    """``hparams`` of conf/method/<name>.yaml as edit.py composes them for ``model=<model> preset=<preset>``
+    (with conf/method_model/<preset>/<name>_<model>.yaml where it exists); ``model=None``: the method's own
+    (paper) values.
 
     Without a YAML file: {} (the class defaults). Inside a running Hydra app (evaluate.py) the app's
     config search path is used, which is ``conf/`` for every entry point of this repository.
@@ -25,9 +26,9 @@ def method_hparams(name: str, preset: str | None, conf_dir: Path = CONF) -> dict
     path = Path(conf_dir) / "method" / f"{name}.yaml"
     if not path.is_file():
         return {}
-    if preset is None:
+    if model is None:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=True).get("hparams") or {}
-    overrides = [f"method={name}", f"model={preset}"]
+    overrides = [f"method={name}", f"model={model}", f"preset={preset}"]
     if GlobalHydra.instance().is_initialized():
         cfg = compose(config_name="edit", overrides=overrides)
     else:

@@ -247,9 +247,14 @@ def resolve_editor(editor_path: Path | None, method: TrainableEditor, checkpoint
                    fallback: dict) -> Path:
     """The editor directory ``edit.py`` uses: ``editor_path``, or :func:`default_editor_dir` of the checkpoint
     when unset; checked whole (method, base model, readable files) so that bad input fails before editing,
-    with the exact train command (:func:`train_command`) in the error."""
-    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint, method.editor_name())
-    command = train_command(method.name, checkpoint, fallback, method.train_overrides())
+    with the exact train command (:func:`train_command`) in the error. ``fallback["preset"]`` (the run's
+    ``preset`` node, conf/preset/) names the directory: ``<editor name><preset tag>``, e.g. ``mend-paper``,
+    because an editor meta-trained with the paper's values is another editor than the tuned one."""
+    preset = fallback.get("preset") or {"name": "tuned", "tag": ""}
+    name = method.editor_name() + preset["tag"]
+    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint, name)
+    overrides = method.train_overrides() + ([f"preset={preset['name']}"] if preset["name"] != "tuned" else [])
+    command = train_command(method.name, checkpoint, fallback, overrides)
     if not (path / EDITOR_INFO).is_file():
         where = f"editor_path={path} holds no editor" if editor_path is not None else f"no trained editor at {path}"
         then = "" if editor_path is None else " (then leave editor_path unset: edit.py finds it)"

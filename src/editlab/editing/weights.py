@@ -27,18 +27,45 @@ def num_layers(model: nn.Module) -> int:
     return adapter_for(model).num_blocks(model)
 
 
-def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
-    """Block indices: ``None`` means all blocks; negative indices count from the last block."""
+def resolve_layers(model: nn.Module, layers: Sequence[int | str] | None) -> list[int]:
+    """Block indices of ``layers`` for this model; ``None`` means all blocks.
+
+    Each entry is a block index (negative counts from the last block) or a paper's layer named relative to the
+    paper's model, so that one method config fits every depth (:func:`relative_layers`): ``"17/48"`` is block
+    17 of a 48-block model (ROME's GPT-2 XL layer), ``"3..8/28"`` blocks 3 to 8 of a 28-block model (MEMIT's
+    GPT-J band).
+    """
     n = num_layers(model)
     if layers is None:
         return list(range(n))
     out = []
     for i in layers:
+        if isinstance(i, str):
+            out += relative_layers(i, n)
+            continue
         j = int(i) + n if int(i) < 0 else int(i)
         if not 0 <= j < n:
-            raise EditlabError(f"layer {i} is out of range for a {n}-layer model; use 0..{n - 1} or -1..-{n}")
+            raise EditlabError(f"layer {i} is out of range for a {n}-layer model; use 0..{n - 1} or -1..-{n}, "
+                               "or a paper's layer at its relative depth such as '17/48'")
         out.append(j)
     return sorted(set(out))
+
+
+def relative_layers(spec: str, n: int) -> list[int]:
+    """``"a/N"`` or ``"a..b/N"`` (blocks a..b of an N-block model) at the same relative depth of an ``n``-block
+    model: block ``i`` goes to ``round(i * (n - 1) / (N - 1))`` (halves up), so first maps to first and last to
+    last; a band keeps every block its members land on. How ROME's and MEMIT's authors moved their layers
+    between GPT-2 XL and GPT-J (by depth), without the model's own causal trace."""
+    try:
+        band, total = spec.split("/")
+        lo, _, hi = band.partition("..")
+        first, last, big = int(lo), int(hi or lo), int(total)
+    except ValueError:
+        raise EditlabError(f"layer {spec!r} is not a block index or 'a/N' / 'a..b/N' (blocks a..b of an N-block "
+                           "model), e.g. '17/48'") from None
+    if not (big >= 2 and 0 <= first <= last < big):
+        raise EditlabError(f"layer {spec!r} needs 0 <= a <= b < N and N >= 2, e.g. '17/48' or '3..8/28'")
+    return sorted({int(i * (n - 1) / (big - 1) + 0.5) for i in range(first, last + 1)})
 
 
 def templates(model: nn.Module, specs: Sequence[str]) -> list[str]:

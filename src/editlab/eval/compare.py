@@ -98,6 +98,7 @@ def read_run(path: Path) -> Run:
         values[column] = float(v) if isinstance(v, int | float) and math.isfinite(v) else None
     ignore = set(LOCATION_KEYS) | set(NON_RESULT_KEYS) | {"checkpoint", "editor_path"}
     config = flatten({k: v for k, v in read_yaml(path / "run_config.yaml").items() if k not in ignore})
+    config.pop("preset.tag", None)  # a directory suffix derived from preset.name, which names the setup
     return Run(path, config, values, str(summary.get("gold_agent", "single")))
 
 
