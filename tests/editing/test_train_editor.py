@@ -235,6 +235,11 @@ def test_edit_py_finds_the_default_editor_and_names_the_exact_train_command(tiny
     default = save_editor(default_editor_dir(trained_ckpt, method.name), method, {"log_step": torch.tensor([0.5])},
                           mid, {}, {})
     assert resolve_editor(None, method, trained_ckpt, mid, fallback) == default
+    # preset=paper: the paper's values make another editor, in its own directory, trained with preset=paper
+    paper = {**fallback, "preset": {"name": "paper", "tag": "-paper"}}
+    with pytest.raises(EditlabError, match=(r"no trained editor at .*editors/toy_learned_step-paper; train it with: "
+                                            r"python train.py task=editor method=toy_learned_step preset=paper data=")):
+        resolve_editor(None, method, trained_ckpt, mid, paper)
     # a checkpoint that is not its run's model/ directory: the command says which checkpoint to train on
     moved = export_checkpoint(load_checkpoint_(trained_ckpt), tiny_world.dir, tmp_path / "elsewhere" / "model",
                               {"seed": 3}, tiny_world.world["hash"], {}, model_id=mid)
