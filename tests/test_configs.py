@@ -74,7 +74,10 @@ def test_method_model_specialises_the_method_and_builds_it(path):
             inherited.update(OmegaConf.to_container(OmegaConf.load(ROOT / "method_model" / "tuned" / f"{parent}.yaml"),
                                                     resolve=True)["hparams"])
     own_hp = own.get("hparams") or {}
-    assert set(own) <= {"hparams"} and (own_hp or inherited)
+    assert set(own) <= {"hparams", "train"} and (own_hp or inherited or own.get("train"))
+    if "train" in own:  # an editor's training schedule: keys of train.py's editor node, which reads them
+        editor = _compose("train", ["task=editor", f"method={method}", f"model={model}"]).editor
+        assert {k: editor[k] for k in own["train"]} == own["train"]
     base = OmegaConf.to_container(OmegaConf.load(ROOT / "method" / f"{method}.yaml"), resolve=True)
     assert set(own_hp) | set(inherited) <= set(base["hparams"])  # overrides of known keys only
     cfg = _compose("edit", [f"method={method}", f"model={model}"])
