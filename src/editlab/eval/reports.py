@@ -140,7 +140,7 @@ def evaluate_sweep(directory: Path, out: Path, wandb_dir: Path | None = None) ->
     Args:
         directory: a multirun record (``<outputs>/multirun/edit/<date>_<time>``, whose ``jobs/`` lists its runs)
             or any directory holding finished edit runs.
-        out: the report directory to (re)place (``comparison.md``, ``comparison.csv``,
+        out: the report directory to (re)place (``comparison.md``, ``comparison.csv``, ``generations.md``,
             ``success_locality.png``, ``bars_<group>.png``).
         wandb_dir: when set, also log the table as a W&B table (offline unless logged in) under this directory.
     """
@@ -148,8 +148,12 @@ def evaluate_sweep(directory: Path, out: Path, wandb_dir: Path | None = None) ->
     comp = compare.compare(runs, missing)
     labels = [compare.setup_label(row, comp.keys) for row in comp.rows]
 
+    generations = _generations(runs, comp.keys)
+
     def write(tmp: Path) -> None:
         (tmp / "comparison.md").write_text(compare.comparison_markdown(comp))
+        if generations:
+            (tmp / "generations.md").write_text(generations)
         (tmp / "comparison.csv").write_text(compare.comparison_csv(comp))
         points = [(lab, row["edit success"][0], row["locality agree"][0], row["edit success"][1],
                    row["locality agree"][1]) for lab, row in zip(labels, comp.rows, strict=True)
@@ -166,6 +170,26 @@ def evaluate_sweep(directory: Path, out: Path, wandb_dir: Path | None = None) ->
         _log_wandb_table(comp, labels, wandb_dir)
     return {"report": str(out), "n": len(runs), "setups": len(comp.rows), "missing": len(missing),
             "keys": comp.keys}
+
+
+def _generations(runs: list[compare.Run], keys: list[str], n: int = 3) -> str:
+    """generations.md of a sweep (eval/generations.py): one row per setup (its first run, e.g. seed 0), the
+    records beside the world's cases; "" when no run records its world."""
+    from editlab.eval.generations import generations_markdown
+
+    first: dict[str, compare.Run] = {}
+    for r in runs:
+        label = compare.setup_label({k: r.config.get(k, "<unset>") for k in keys}, keys)
+        if (r.path / "results.jsonl").is_file():
+            first.setdefault(label, r)
+    data = read_yaml(next(iter(first.values())).path / "run_config.yaml").get("data") if first else None
+    if not data:
+        return ""
+    world = World.from_config(data, data["cache_dir"])
+    cases = {c["case_id"]: c for split in ("eval", "meta") for c in world.cases(split)}
+    protocol = str(next(iter(first.values())).config.get("metrics.protocol", "paper"))
+    return generations_markdown(list(first), [read_records(r.path / "results.jsonl") for r in first.values()],
+                                cases, protocol, n)
 
 
 def _log_wandb_table(comp: compare.Comparison, labels: list[str], save_dir: Path) -> None:
