@@ -45,7 +45,7 @@ class Band(LocateEdit):
     """Requests with the same key (same subject at ``subject_last``) share one target vector, optimised on all
     their losses (:func:`~editlab.editing.locate.targets.optimise_targets`). False: one target per request, as
     in MEMIT, whose evaluation batches have distinct subjects; with several facts per subject in a batch the
-    solver can only average their targets (measured in conf/method_model/tuned/memit_mistral_tiny.yaml)."""
+    solver can only average their targets (measured: docs/tuning.md#memit)."""
 
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
