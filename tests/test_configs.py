@@ -211,7 +211,9 @@ def test_multirun_job_directory_name_stays_short():
 def test_methods_table_experiment_lists_every_registered_method():
     cfg = _compose("edit", ["experiment=methods_table"], hydra=True)
     listed = str(cfg.hydra.sweeper.params.method).split(",")
-    assert sorted(listed) == sorted(registry.available()) and cfg.edits.n == 200
+    assert sorted(listed) == sorted(registry.available()) and cfg.edits.n == 500
+    params = cfg.hydra.sweeper.params
+    assert str(params.preset).split(",") == ["paper", "tuned"] and len(str(params.seed).split(",")) >= 3
 
 
 def test_sequential_locate_experiment_compares_memit_and_alphaedit_in_the_papers_setting():
