@@ -243,7 +243,7 @@ def test_solvers_rank_one_memit_and_null_space():
     d = memit_update(memit_system(cov, keys, 2.0), keys, resid)
     assert torch.allclose((2.0 * cov + keys.T @ keys) @ d.T, keys.T @ resid, atol=1e-9)
     # AlphaEdit: Delta k0 = 0 for every k0 the projector annihilates (the preserved keys)
-    proj, null = null_space_projector(cov, 1e-3)
+    proj, null = null_space_projector(cov, 1e-3, "relative")
     assert 0 < null < 12
     d = alphaedit_update(proj, keys, resid, torch.zeros(12, 12, dtype=torch.float64), 1.0)
     vals, vecs = torch.linalg.eigh(cov)
@@ -257,10 +257,13 @@ def test_alphaedit_keeps_preserved_outputs_and_commits_keys(setup, tiny_lm):
     m.prepare(model, ctx)
     module = get_module(model, m._names[-1])
     vals, vecs = torch.linalg.eigh(m._cov[m._names[-1]])
-    keep = vecs[:, vals >= m.nullspace_threshold * vals.max()].float().T  # keys in the preserved space
+    assert m.nullspace_scale == "absolute"  # AlphaEdit's code: eigenvalues below the threshold itself
+    keep = vecs[:, vals >= m.nullspace_threshold].float().T  # keys in the preserved space
+    assert 0 < keep.shape[0] < vals.shape[0]
     with torch.no_grad():
         before = module(keep)
     handle = m.apply(model, [req], ctx)
+    assert handle.info["null_space_dim"][-1] == vals.shape[0] - keep.shape[0]
     with torch.no_grad():
         after = module(keep)
         changed = float((_weight(model, m._names[-1]) - linear_weight(module).detach()).abs().max())
