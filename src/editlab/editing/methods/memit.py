@@ -6,7 +6,7 @@
 2. for each edited layer l in ascending order: the keys ``K`` (the ``mlp_out`` inputs at the subject's
    last token, averaged over the templates per ``key_average``, read with the layers below already
    edited), the current residual ``H`` at L (read as ``h_i`` is), the residual share
-   ``R = (Z - H) / (layers left)``, and
+   ``R = (Z - H) / (layers left)`` (:func:`residual_share`), and
    ``Delta_l = R K^T (lambda C_l + K K^T)^-1`` (MEMIT Eq. 14, fp64 Cholesky), applied before the next layer.
 
 ``lambda`` is MEMIT's ``mom2_update_weight``; C = E[k k^T] per layer (:mod:`editlab.editing.locate.stats`).
@@ -33,6 +33,13 @@ from editlab.editing.locate.targets import optimise_targets
 from editlab.editing.registry import register
 from editlab.editing.weights import get_module
 from editlab.errors import EditlabError
+
+
+def residual_share(z: torch.Tensor, h: torch.Tensor, layers_left: int) -> torch.Tensor:
+    """What the current layer writes: an equal share of the residual ``z - h`` the layers left (this one included)
+    still have to write (``memit_main.py``: ``resid = targets / (len(hparams.layers) - i)``). ``h`` is read after
+    the layers below were edited, so whatever they did not realise is spread over the layers above."""
+    return (z - h) / layers_left
 
 
 @dataclass
@@ -65,7 +72,7 @@ class Band(LocateEdit):
             module = get_module(model, name)
             (keys, _), (_, h) = average_io(model, [module, last], ctx.tokenizer, requests, self._templates,
                                           self.fact_token, groups=self._groups, output=self.target_init)
-            resid = (z - h) / (len(self._layers) - i)
+            resid = residual_share(z, h, len(self._layers) - i)
             self.add(model, name, self.solve(layer, name, keys, resid))
             self._keys[name] = keys
         return {**tgt.info, "layers": list(self._layers)}
