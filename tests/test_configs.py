@@ -84,7 +84,8 @@ def test_method_model_specialises_the_method_and_builds_it(path):
     hp = OmegaConf.to_container(cfg.method.hparams, resolve=True)
     assert hp == {**base["hparams"], **inherited, **own_hp}
     assert registry.get_method(method, hp).name == method
-    other = next(m for m in MODELS if m != model and not (ROOT / "method_model" / "tuned" / f"{method}_{m}.yaml").exists())
+    tuned = ROOT / "method_model" / "tuned"
+    other = next(m for m in MODELS if m != model and not (tuned / f"{method}_{m}.yaml").exists())
     assert OmegaConf.to_container(_compose("edit", [f"method={method}", f"model={other}"]).method.hparams,
                                   resolve=True) == base["hparams"]  # another model: the method's own values
 

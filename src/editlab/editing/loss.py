@@ -16,10 +16,10 @@ Two objectives:
 Both return the mean over requests of the per-request NLL (summed over the object's tokens), so a
 batch of k edits is one loss whose scale does not grow with k.
 
-Early stopping (methods.md, "Early stopping"; the same rule in ROME/MEMIT/AlphaEdit's target
-optimisation): a request is done once its NLL *per object token* (:func:`stop_nll`, ROME's
-``nll_loss_each``) is below ``stop_loss``; an edit stops, before its next optimizer step, once every
-request of it is done. ``stop_loss`` 0 never stops.
+Early stopping (methods.md, "Early stopping"; ROME/MEMIT/AlphaEdit's target optimisation offers it as
+``stop_on: nll``, their reference codes stop on the whole loss): a request is done once its NLL *per object
+token* (:func:`stop_nll`, ROME's ``nll_loss_each``) is below ``stop_loss``; an edit stops, before its next
+optimizer step, once every request of it is done. ``stop_loss`` 0 never stops.
 """
 
 from __future__ import annotations

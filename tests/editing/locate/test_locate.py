@@ -97,7 +97,9 @@ def test_memit_one_edit_one_layer_is_the_rome_closed_form(setup):
     w0 = _weight(model, name).double()
     block = m.block(model, 1)
     tgt = optimise_targets(model, block, ctx.tokenizer, [req], m._templates, m.spec)
-    (k, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates, m.fact_token)
+    (k, _), = average_io(model, [get_module(model, name)], ctx.tokenizer, [req], m._templates, m.fact_token,
+                         groups=m._groups)  # MEMIT's key: the mean of the template groups' means
+    assert m.key_average == "groups" and m._groups == [0, 1, 1]
     m.apply(model, [req], ctx)
     cov, k, r = m._cov[name], k[0].double(), tgt.delta[0].double()
     u = torch.linalg.solve(cov, k)  # C^-1 k
@@ -241,7 +243,7 @@ def test_solvers_rank_one_memit_and_null_space():
     d = memit_update(memit_system(cov, keys, 2.0), keys, resid)
     assert torch.allclose((2.0 * cov + keys.T @ keys) @ d.T, keys.T @ resid, atol=1e-9)
     # AlphaEdit: Delta k0 = 0 for every k0 the projector annihilates (the preserved keys)
-    proj, null = null_space_projector(cov, 1e-3)
+    proj, null = null_space_projector(cov, 1e-3, "relative")
     assert 0 < null < 12
     d = alphaedit_update(proj, keys, resid, torch.zeros(12, 12, dtype=torch.float64), 1.0)
     vals, vecs = torch.linalg.eigh(cov)
@@ -255,10 +257,13 @@ def test_alphaedit_keeps_preserved_outputs_and_commits_keys(setup, tiny_lm):
     m.prepare(model, ctx)
     module = get_module(model, m._names[-1])
     vals, vecs = torch.linalg.eigh(m._cov[m._names[-1]])
-    keep = vecs[:, vals >= m.nullspace_threshold * vals.max()].float().T  # keys in the preserved space
+    assert m.nullspace_scale == "absolute"  # AlphaEdit's code: eigenvalues below the threshold itself
+    keep = vecs[:, vals >= m.nullspace_threshold].float().T  # keys in the preserved space
+    assert 0 < keep.shape[0] < vals.shape[0]
     with torch.no_grad():
         before = module(keep)
     handle = m.apply(model, [req], ctx)
+    assert handle.info["null_space_dim"][-1] == vals.shape[0] - keep.shape[0]
     with torch.no_grad():
         after = module(keep)
         changed = float((_weight(model, m._names[-1]) - linear_weight(module).detach()).abs().max())
@@ -369,23 +374,26 @@ def test_a_failed_edit_in_a_sequential_stream_is_recorded_and_the_stream_goes_on
 
 def test_stop_value_is_the_nll_or_romes_total():
     nll, kl, decay = torch.tensor([0.04, 0.2]), torch.tensor([0.5, 0.0]), torch.tensor([0.01, 0.03])
-    assert torch.equal(targets.stop_value(TargetSpec(), nll, kl, decay), nll)
-    total = targets.stop_value(TargetSpec(kl_factor=0.0625, stop_on="total"), nll, kl, decay)
+    assert torch.equal(targets.stop_value(TargetSpec(stop_on="nll"), nll, kl, decay), nll)
+    total = targets.stop_value(TargetSpec(kl_factor=0.0625), nll, kl, decay)  # the default: the reference's total
     assert total.tolist() == pytest.approx([0.04 + 0.0625 * 0.5 + 0.01, 0.2 + 0.03])
-    with pytest.raises(EditlabError, match="stop_on"):
-        _method("rome", stop_on="loss")
+    for field in ("stop_on", "stop_check", "kl_direction", "target_init", "key_average"):
+        with pytest.raises(EditlabError, match=field):
+            _method("rome", **{field: "loss"})
 
 
 def test_stop_on_total_stops_later_than_on_the_nll(tiny_lm):
     """ROME's reference rule adds the KL and the decay term (both > 0 once delta moves), so on the same threshold a
     request stops later than on its NLL alone. On this request the NLL per token falls from 0.36 to 0.197 by step
-    10 while NLL + KL + decay stays above 0.208 for 25 steps."""
+    10 while NLL + KL + decay stays above 0.208 for 25 steps (measured with the kernel's earlier choices, pinned
+    here: the check one update late, KL(init || new), h averaged over the templates)."""
     tok, model = tiny_lm.tok, tiny_lm.model
     reqs = [EditRequest.from_case(tiny_lm.world.cases[1])]
     module = model.model.layers[1]
     templates = ["", *corpus_prefixes(tok, tiny_lm.world.dir, [[5, 2]])]
     run = lambda **kw: optimise_targets(model, module, tok, reqs, templates,  # noqa: E731
-                                        TargetSpec(steps=15, fact_token="last", stop_loss=0.2, **kw))
+                                        TargetSpec(steps=15, fact_token="last", stop_loss=0.2, stop_check="previous",
+                                                   kl_direction="init_new", target_init="mean", **kw))
     nll, total = run(stop_on="nll"), run(stop_on="total")
     assert 0 < nll.info["steps"] < total.info["steps"] == 15
-    assert _method("rome", stop_on="total").spec.stop_on == "total" and _method("rome").spec.stop_on == "nll"
+    assert _method("rome", stop_on="nll").spec.stop_on == "nll" and _method("rome").spec.stop_on == "total"

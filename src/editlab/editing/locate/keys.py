@@ -5,6 +5,13 @@ subject's last token, averaged over N context prefixes x_j (the bare prompt incl
 et al. 2024, "Rebuilding ROME") showed that ROME's code used this averaged key in the update's
 direction but the bare prompt's key in its scale, which makes sequential ROME collapse; every kernel
 here reads its keys through :func:`average_io`, so the one averaged key is used in every term.
+
+How the templates are averaged differs between the reference codes, so it is a choice
+(:data:`KEY_AVERAGES`): ROME's ``compute_u`` takes the flat mean over its list of templates (the bare
+prompt weighs 1/21 with ROME's 20 prefixes); MEMIT's ``compute_ks`` (and AlphaEdit's copy of it) averages
+within each group of templates (the bare prompt ``"{}"`` is a group of its own, then one group per
+``[tokens, count]`` pair of prefixes) and then across the groups, so with MEMIT's one group of 5 prefixes
+the bare prompt weighs 1/2.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from editlab.editing.base import EditRequest
 from editlab.editing.locate.hooks import read_at
 from editlab.editing.locate.rows import Rows, build_rows
+from editlab.errors import EditlabError
 
 CHUNK_ROWS = 256
 """Rows per forward pass (bounded memory for a batch of thousands of edits)."""
@@ -79,12 +87,59 @@ def per_request_mean(x: torch.Tensor, req: torch.Tensor, n: int) -> torch.Tensor
     return out / count[:, None]
 
 
+KEY_AVERAGES = ("flat", "groups")
+"""How keys are averaged over the templates: ``flat`` (ROME's ``compute_u``: every template weighs the same) or
+``groups`` (MEMIT's ``compute_ks``: the mean of the per-group means, see the module docstring)."""
+
+TARGET_INITS = ("mean", "bare")
+"""Which output a target starts from (``target_init``): the mean over the templates, or the bare prompt's (ROME's
+``compute_v`` / MEMIT's ``compute_z`` record ``target_init`` on ``context_templates[0]``, the bare ``"{}"``)."""
+
+
+def template_groups(prefix_counts: Sequence[int]) -> list[int]:
+    """Group of each template for ``key_average="groups"``: the bare prompt (template 0) is group 0, the prefixes of
+    the i-th ``[tokens, count]`` pair are group i + 1 (MEMIT's ``context_templates``: ``[["{}"], [prefixes], ...]``)."""
+    return [0] + [i + 1 for i, count in enumerate(prefix_counts) for _ in range(int(count))]
+
+
+def template_mean(x: torch.Tensor, req: torch.Tensor, tpl: torch.Tensor, n: int,
+                  groups: Sequence[int] | None = None) -> torch.Tensor:
+    """Per request, the mean of its rows ``x`` (R, d) over the templates -> (n, d): flat (``groups`` None) or the mean
+    over the groups of the per-group means (``groups[t]``: the group of template ``t``, :func:`template_groups`)."""
+    if groups is None:
+        return per_request_mean(x, req, n)
+    of_row = torch.as_tensor(list(groups))[tpl.cpu()]
+    means = []
+    for g in of_row.unique().tolist():
+        sel = (of_row == g).nonzero(as_tuple=True)[0].to(x.device)
+        means.append(per_request_mean(x[sel], req.to(x.device)[sel], n))
+    return torch.stack(means).mean(0)
+
+
+def bare_rows(x: torch.Tensor, req: torch.Tensor, tpl: torch.Tensor, n: int) -> torch.Tensor:
+    """Per request, its row of ``x`` (R, d) behind template 0, the bare prompt -> (n, d)."""
+    sel = (tpl == 0).nonzero(as_tuple=True)[0].to(x.device)
+    return per_request_mean(x[sel], req.to(x.device)[sel], n)
+
+
 def average_io(model: nn.Module, modules: Sequence[nn.Module], tok: PreTrainedTokenizerBase,
-               requests: Sequence[EditRequest], templates: Sequence[str], fact_token: str = "subject_last"
-               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per module and request, the input (k*) and output at the subject's last token averaged over ``templates``
-    (context prefixes; ``""`` = the bare prompt): ``[(keys (n, d_in), outputs (n, d_out)), ...]``, fp32."""
+               requests: Sequence[EditRequest], templates: Sequence[str], fact_token: str = "subject_last",
+               groups: Sequence[int] | None = None, output: str = "mean") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per module and request, the input (k*) and output at the subject's last token over ``templates`` (context
+    prefixes; ``""`` = the bare prompt, always template 0): ``[(keys (n, d_in), outputs (n, d_out)), ...]``, fp32.
+
+    Keys are averaged flat or by ``groups`` (:func:`template_mean`); outputs are the flat mean (``output="mean"``)
+    or the bare prompt's (``"bare"``, :data:`TARGET_INITS`).
+    """
+    if output not in TARGET_INITS:
+        raise EditlabError(f"output={output!r} must be one of {', '.join(TARGET_INITS)}")
+    if output == "bare" and templates[0] != "":
+        raise EditlabError("output='bare' reads template 0, which must be the bare prompt ''")
     rows = build_rows(tok, requests, templates, fact_token=fact_token)
     n = len(requests)
-    return [(per_request_mean(i.float(), rows.req, n), per_request_mean(o.float(), rows.req, n))
+
+    def out(o: torch.Tensor) -> torch.Tensor:
+        return per_request_mean(o, rows.req, n) if output == "mean" else bare_rows(o, rows.req, rows.tpl, n)
+
+    return [(template_mean(i.float(), rows.req, rows.tpl, n, groups), out(o.float()))
             for i, o in rows_io(model, modules, rows)]

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from editlab.editing.base import EditContext, EditFailed, EditHandle, EditMethod, snapshot
+from editlab.editing.locate.keys import KEY_AVERAGES, template_groups
 from editlab.editing.locate.prefixes import corpus_prefixes
-from editlab.editing.locate.rows import FACT_TOKENS
 from editlab.editing.locate.stats import covariances
-from editlab.editing.locate.targets import STOP_ON, TargetSpec
+from editlab.editing.locate.targets import TargetSpec, check_spec
 from editlab.editing.weights import get_module, linear_weight, module_names, resolve_layers, weight_param_name
 from editlab.errors import EditlabError
 from editlab.lm.arch import adapter_for
@@ -39,9 +39,20 @@ class LocateEdit(EditMethod):
         kl_factor, weight_decay, clamp_norm_factor: the essence KL weight, the norm penalty and the norm
             clamp of the target vector [kl_factor, v_weight_decay, clamp_norm_factor].
         stop_loss: a request's optimisation stops once its stop value is below this (ROME: 5e-2).
-        stop_on: the stop value: ``nll`` (default; the target NLL per object token averaged over the templates,
-            the rule every optimisation-based editor shares) or ``total`` (ROME's reference code: NLL +
-            kl_factor KL + the weight-decay term).
+        stop_on: the stop value: ``total`` (default, the reference code: NLL + kl_factor KL + the weight-decay
+            term) or ``nll`` (the target NLL per object token averaged over the templates, the rule every
+            optimisation-based editor shares).
+        stop_check: ``current`` (default, the reference: the loss of the current target is checked before its
+            step; at most ``steps - 1`` updates) or ``previous`` (the value from before the last update is
+            checked: a request is frozen one update later; ``steps`` updates).
+        kl_direction: the essence KL, ``new_init`` (default, the reference: KL(edited || unedited)) or
+            ``init_new`` (KL(unedited || edited)).
+        target_init: the output ``h`` a target starts from (the clamp and the norm penalty are relative to its
+            norm; MEMIT's target is ``h + delta``): ``bare`` (default, the reference: the bare prompt's) or
+            ``mean`` (the mean over the templates).
+        key_average: how keys are averaged over the templates: ``flat`` (ROME's ``compute_u``, this class's
+            default) or ``groups`` (MEMIT's ``compute_ks``: the bare prompt is a group, each ``prefixes`` pair
+            one more, and the group means are averaged; :mod:`editlab.editing.locate.keys`).
         essence: the relation text of the essence prompt ``"{subject} <essence>"`` (only the subject's last
             token is read, so it only has to tokenise after the subject).
         fact_token: ``subject_last`` (the method) or ``last`` (the prompt's last token, ROME's ablation).
@@ -61,6 +72,10 @@ class LocateEdit(EditMethod):
     essence: str = TargetSpec.essence
     fact_token: str = TargetSpec.fact_token
     stop_on: str = TargetSpec.stop_on
+    stop_check: str = TargetSpec.stop_check
+    kl_direction: str = TargetSpec.kl_direction
+    target_init: str = TargetSpec.target_init
+    key_average: str = "flat"
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -69,23 +84,29 @@ class LocateEdit(EditMethod):
             raise EditlabError(f"method {self.name}: lr > 0, steps >= 0, kl_factor >= 0 and weight_decay >= 0")
         if not self.clamp_norm_factor > 0 or self.stats_tokens < 1:
             raise EditlabError(f"method {self.name}: clamp_norm_factor > 0 and stats_tokens >= 1")
-        if self.stop_on not in STOP_ON:
-            raise EditlabError(f"method {self.name}: stop_on={self.stop_on!r} must be one of {', '.join(STOP_ON)}")
-        if self.fact_token not in FACT_TOKENS:
-            raise EditlabError(f"method {self.name}: fact_token must be one of {', '.join(FACT_TOKENS)}")
+        try:
+            check_spec(self.spec)
+        except EditlabError as exc:
+            raise EditlabError(f"method {self.name}: {exc}") from None
+        if self.key_average not in KEY_AVERAGES:
+            raise EditlabError(f"method {self.name}: key_average={self.key_average!r} must be one of "
+                               f"{', '.join(KEY_AVERAGES)}")
         if any(len(p) != 2 for p in self.prefixes):
             raise EditlabError(f"method {self.name}: prefixes must be [[tokens, count], ...], got {self.prefixes}")
 
     @property
     def spec(self) -> TargetSpec:
-        return TargetSpec(self.lr, self.steps, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
-                          self.stop_loss, self.essence, self.fact_token, self.stop_on)
+        return TargetSpec(lr=self.lr, steps=self.steps, kl_factor=self.kl_factor, weight_decay=self.weight_decay,
+                          clamp_norm_factor=self.clamp_norm_factor, stop_loss=self.stop_loss, essence=self.essence,
+                          fact_token=self.fact_token, stop_on=self.stop_on, kl_direction=self.kl_direction,
+                          target_init=self.target_init, stop_check=self.stop_check)
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
         """Resolve the modules, draw the prefixes, load or compute the covariances (see the module docstring)."""
         self._layers = resolve_layers(model, self.layers)
         self._names = module_names(model, [self.module], self._layers)
         self._templates = ["", *corpus_prefixes(ctx.tokenizer, ctx.world_dir, self.prefixes)]
+        self._groups = template_groups([c for _, c in self.prefixes]) if self.key_average == "groups" else None
         self._cov = covariances(model, self._names, ctx, self.stats_tokens)
         for name in self._names:
             d_in = linear_weight(get_module(model, name)).shape[1]

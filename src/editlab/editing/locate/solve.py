@@ -10,7 +10,8 @@ orientation of :func:`editlab.editing.weights.linear_weight`.
   with ``r = v* - W k*``, so ``(W + Delta) k* = v*`` and Delta has rank one;
 - MEMIT (Meng et al. 2023, Eq. 14): ``Delta = R K^T (lambda C + K K^T)^-1``;
 - AlphaEdit (Fang et al. 2025, Eq. 13 / its code): ``Delta = R K^T P (K_p K_p^T P + K K^T P + alpha I)^-1``
-  with ``P`` the projector on the null space of C, so ``Delta k0 = 0`` for every key ``k0`` with ``P k0 = 0``.
+  with ``P`` the projector on the null space of C (:func:`null_space_projector`), so ``Delta k0 = 0`` for
+  every key ``k0`` with ``P k0 = 0``.
 """
 
 from __future__ import annotations
@@ -57,14 +58,20 @@ def memit_system(cov: torch.Tensor, keys: torch.Tensor, lam: float) -> torch.Ten
         raise EditFailed(str(exc)) from None
 
 
-def null_space_projector(cov: torch.Tensor, rel_threshold: float) -> tuple[torch.Tensor, int]:
-    """``P = U0 U0^T`` over the eigenvectors of C with eigenvalue ``< rel_threshold * max eigenvalue``.
+NULLSPACE_SCALES = ("absolute", "relative")
 
-    The threshold is relative to the spectrum: AlphaEdit's absolute 1e-2 only works at GPT-J's scale
-    of key norms. Returns P (fp64) and the null space's dimension.
+
+def null_space_projector(cov: torch.Tensor, threshold: float, scale: str) -> tuple[torch.Tensor, int]:
+    """``P = U0 U0^T`` over the eigenvectors of C with eigenvalue ``< threshold`` (``scale="absolute"``, AlphaEdit's
+    code: ``get_project`` keeps the singular vectors of C with ``S < nullspace_threshold``) or
+    ``< threshold * max eigenvalue`` (``"relative"``: AlphaEdit's absolute 2e-2 is tied to GPT-J's scale of key
+    norms, so the same number keeps all or none of the space of another model). Returns P (fp64) and the null
+    space's dimension.
     """
+    if scale not in NULLSPACE_SCALES:
+        raise EditlabError(f"nullspace_scale={scale!r} must be one of {', '.join(NULLSPACE_SCALES)}")
     vals, vecs = torch.linalg.eigh(cov.double())
-    small = vals < rel_threshold * vals.max()
+    small = vals < (threshold * vals.max() if scale == "relative" else threshold)
     u0 = vecs[:, small]
     return u0 @ u0.T, int(small.sum())
 

@@ -92,8 +92,8 @@ def compute(model: nn.Module, modules: Sequence[str], world_dir: Path | None, n_
 
     def hook_for(name: str):
         def hook(_mod: nn.Module, args: tuple, _out) -> None:
-            x = args[0][take["mask"]].double()
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            x = outer_sum(args[0], take["mask"])
+            sums[name] = sums[name] + x if name in sums else x
         return hook
 
     handles = [model.get_submodule(m).register_forward_hook(hook_for(m)) for m in modules]
@@ -130,6 +130,13 @@ def compute(model: nn.Module, modules: Sequence[str], world_dir: Path | None, n_
         for h in handles:
             h.remove()
     return {m: (sums[m] / seen).cpu() for m in modules}
+
+
+def outer_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum k k^T`` (fp64) over the positions of ``x`` (B, T, d) where ``mask`` (B, T) is True: the real tokens, so
+    padding never enters the statistic (ROME's ``layer_stats`` drops it with ``flatten_masked_batch``)."""
+    k = x[mask].double()
+    return k.T @ k
 
 
 def _save(path: Path, cov: torch.Tensor, module: str, n_tokens: int) -> None:

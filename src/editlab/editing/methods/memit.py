@@ -1,10 +1,12 @@
 """MEMIT (Meng et al. 2023, "Mass-Editing Memory in a Transformer"): thousands of edits at once over a band of layers.
 
 1. targets: for each request, ``z_i = h_i + delta_i`` on the residual stream after the last edited block
-   L (MEMIT Eq. 16, :mod:`editlab.editing.locate.targets`; ``h_i`` averaged over the templates, like k*);
+   L (MEMIT Eq. 16, :mod:`editlab.editing.locate.targets`; ``h_i`` the bare prompt's residual, as
+   ``memit/compute_z.py``'s ``target_init``, or with ``target_init: mean`` the mean over the templates);
 2. for each edited layer l in ascending order: the keys ``K`` (the ``mlp_out`` inputs at the subject's
-   last token, template-averaged, read with the layers below already edited), the current residual
-   ``H`` at L, the residual share ``R = (Z - H) / (layers left)``, and
+   last token, averaged over the templates per ``key_average``, read with the layers below already
+   edited), the current residual ``H`` at L (read as ``h_i`` is), the residual share
+   ``R = (Z - H) / (layers left)`` (:func:`residual_share`), and
    ``Delta_l = R K^T (lambda C_l + K K^T)^-1`` (MEMIT Eq. 14, fp64 Cholesky), applied before the next layer.
 
 ``lambda`` is MEMIT's ``mom2_update_weight``; C = E[k k^T] per layer (:mod:`editlab.editing.locate.stats`).
@@ -33,6 +35,13 @@ from editlab.editing.weights import get_module
 from editlab.errors import EditlabError
 
 
+def residual_share(z: torch.Tensor, h: torch.Tensor, layers_left: int) -> torch.Tensor:
+    """What the current layer writes: an equal share of the residual ``z - h`` the layers left (this one included)
+    still have to write (``memit_main.py``: ``resid = targets / (len(hparams.layers) - i)``). ``h`` is read after
+    the layers below were edited, so whatever they did not realise is spread over the layers above."""
+    return (z - h) / layers_left
+
+
 @dataclass
 class Band(LocateEdit):
     """MEMIT's edit of a band of layers (targets, then ascending layer updates); :meth:`solve` is the per-layer
@@ -41,6 +50,7 @@ class Band(LocateEdit):
     clamp_norm_factor: float = 0.75
     steps: int = 25
     prefixes: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    key_average: str = "groups"
     shared_keys: bool = False
     """Requests with the same key (same subject at ``subject_last``) share one target vector, optimised on all
     their losses (:func:`~editlab.editing.locate.targets.optimise_targets`). False: one target per request, as
@@ -55,14 +65,14 @@ class Band(LocateEdit):
         """Compute and add the layer updates in ascending order (see the module docstring); returns diagnostics."""
         last = self.block(model, self._layers[-1])
         tgt = optimise_targets(model, last, ctx.tokenizer, requests, self._templates, self.spec,
-                               shared_keys=self.shared_keys)
+                               shared_keys=self.shared_keys, tpl_groups=self._groups)
         z = tgt.h + tgt.delta
         self._keys: dict[str, torch.Tensor] = {}
         for i, (layer, name) in enumerate(zip(self._layers, self._names, strict=True)):
             module = get_module(model, name)
             (keys, _), (_, h) = average_io(model, [module, last], ctx.tokenizer, requests, self._templates,
-                                          self.fact_token)
-            resid = (z - h) / (len(self._layers) - i)
+                                          self.fact_token, groups=self._groups, output=self.target_init)
+            resid = residual_share(z, h, len(self._layers) - i)
             self.add(model, name, self.solve(layer, name, keys, resid))
             self._keys[name] = keys
         return {**tgt.info, "layers": list(self._layers)}

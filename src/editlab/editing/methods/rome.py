@@ -64,7 +64,8 @@ class ROME(LocateEdit):
 
         def edit() -> dict:
             module = get_module(model, name)
-            tgt = optimise_targets(model, module, ctx.tokenizer, requests, self._templates, self.spec)
+            tgt = optimise_targets(model, module, ctx.tokenizer, requests, self._templates, self.spec,
+                                   tpl_groups=self._groups)
             delta = rome_update(self._factor, tgt.key[0], tgt.delta[0])  # v* - W k* = delta: one key in every term
             self.add(model, name, delta)
             return {**tgt.info, "layer": self._layers[0], "param": f"{name}.weight"}
