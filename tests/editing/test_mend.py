@@ -12,6 +12,7 @@ base weights bit for bit. A trained normaliser makes it the normalised-factor up
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -20,13 +21,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.hyper.factors import record_factors
-from editlab.editing.hyper.mlp import EditorMLP
+from editlab.editing.hyper.mlp import BLOCKS, EditorMLP
 from editlab.editing.hyper.norm import RunningNorm
 from editlab.editing.loss import target_batch, target_nll
 from editlab.editing.meta_data import MetaBatch
 from editlab.editing.methods.mend import MendTrainer, edited_weights
 from editlab.editing.train_editor import fit_editor
-from editlab.editing.trainable import EditorTraining, MetaDataModule, save_editor
+from editlab.editing.trainable import EDITOR_INFO, EditorTraining, MetaDataModule, save_editor
 from editlab.editing.weights import get_module, linear_weight, weight_param_name
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
@@ -54,9 +55,10 @@ def _random(kind: str, tok) -> torch.nn.Module:
         return build_model(arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id).eval()
 
 
-def test_editor_network_and_normaliser_are_the_identity_at_initialisation():
+@pytest.mark.parametrize("block", BLOCKS)
+def test_editor_network_and_normaliser_are_the_identity_at_initialisation(block):
     torch.manual_seed(0)
-    net = EditorMLP(dim=40, rank=8, n_modes=3, n_hidden=1)
+    net = EditorMLP(dim=40, rank=8, n_modes=3, n_hidden=1, block=block)
     z = torch.randn(17, 40)
     for mode in range(3):
         assert torch.equal(net(z, mode), z)
@@ -79,12 +81,13 @@ def test_running_norm_matches_the_batch_statistics():
     assert float(norm.count) == 38  # frozen outside training
 
 
-@pytest.mark.parametrize("kind", ["mistral", "gpt2"])
-def test_untrained_edit_is_the_plain_gradient_step(kind, tiny_world):
-    """Hooks give sum_i delta_i u_i^T == dL/dW, and the untrained editor's edited weights are W - alpha * dL/dW."""
+@pytest.mark.parametrize(("kind", "reduction"), [("mistral", "mean"), ("gpt2", "mean"), ("mistral", "sum")])
+def test_untrained_edit_is_the_plain_gradient_step(kind, reduction, tiny_world):
+    """Hooks give sum_i delta_i u_i^T == dL/dW, and the untrained editor's edited weights are W - alpha * dL/dW,
+    with L the sum over requests of each one's target NLL under the method's ``loss_reduction``."""
     tok = _tok(tiny_world)
     model = _random(kind, tok)
-    method = registry.get_method("mend", {"rank": 8, "alpha_init": 0.3})
+    method = registry.get_method("mend", {"rank": 8, "alpha_init": 0.3, "loss_reduction": reduction})
     names = method.module_names(model)
     assert len(names) == (9 if kind == "mistral" else 6)  # gate+up+down / c_fc+c_proj of the last 3 blocks
     reqs = [EditRequest.from_case(c) for c in tiny_world.cases[:2]]
@@ -92,14 +95,15 @@ def test_untrained_edit_is_the_plain_gradient_step(kind, tiny_world):
     weights = [get_module(model, n).weight for n in names]
     with torch.enable_grad():
         model.requires_grad_(True)
-        grads = torch.autograd.grad(target_nll(model, batch) * len(reqs), weights)
+        grads = torch.autograd.grad(target_nll(model, batch, reduction=reduction) * len(reqs), weights)
     editor = method.build_editor(model).eval()
-    factors = record_factors(model, names, batch)
+    factors = record_factors(model, names, batch, reduction)
     for row in (None, 0):
         new = edited_weights(editor, model, names, factors, row)
         if row is not None:  # one request's own gradient
             with torch.enable_grad():
-                grads = torch.autograd.grad(target_nll(model, target_batch(PromptEncoder(tok), reqs[:1])), weights)
+                one = target_batch(PromptEncoder(tok), reqs[:1])
+                grads = torch.autograd.grad(target_nll(model, one, reduction=reduction), weights)
         for name, w, g in zip(names, weights, grads, strict=True):
             assert torch.allclose(new[weight_param_name(name)], w - 0.3 * g, atol=1e-6, rtol=1e-4), name
     editor.alpha.data.zero_()
@@ -189,6 +193,25 @@ def test_mend_refuses_without_editor_or_for_other_layers(tiny_world, tmp_path):
         other.prepare(model, EditContext(tokenizer=tok, model_id="m", editor_path=out))
     with pytest.raises(EditlabError, match="rank >= 1"):
         registry.get_method("mend", {"rank": 0})
+
+
+def test_an_editor_meta_trained_with_another_block_or_loss_reduction_is_refused(tiny_world, tmp_path):
+    tok = _tok(tiny_world)
+    model = _random("mistral", tok)
+    tuned = {"rank": 8, "block": "bottleneck_relu", "loss_reduction": "sum"}
+    method = registry.get_method("mend", tuned)
+    out = save_editor(tmp_path / "ed", method, method.build_editor(model).state_dict(), "m", {}, {})
+    ctx = EditContext(tokenizer=tok, model_id="m", editor_path=out)
+    registry.get_method("mend", tuned).prepare(model, ctx)
+    with pytest.raises(EditlabError, match=r"meta-trained with block=bottleneck_relu.*method\.hparams\.block="):
+        registry.get_method("mend", {"rank": 8}).prepare(model, ctx)  # the reference block would not even load
+    # an editor.json written before these options: what every editor was meta-trained with then
+    info = json.loads((out / EDITOR_INFO).read_text())
+    del info["hparams"]["block"], info["hparams"]["loss_reduction"]
+    (out / EDITOR_INFO).write_text(json.dumps(info))
+    registry.get_method("mend", tuned).prepare(model, ctx)
+    with pytest.raises(EditlabError, match="loss_reduction=sum"):
+        registry.get_method("mend", {**tuned, "loss_reduction": "mean"}).prepare(model, ctx)
 
 
 def test_meta_training_step_leaves_the_base_model_untouched(tiny_world):
