@@ -6,7 +6,8 @@ input exactly, for every layer mode; the running normaliser is the identity unti
 So the untrained editor's first edit of layer ``l`` is ``W' = W - alpha_l * sum_i delta_i u_i^T``, i.e.
 the base weights minus ``alpha_l`` times the plain gradient of the edit loss (checked against autograd,
 for Mistral's ``nn.Linear`` and GPT-2's ``Conv1D``), and with ``alpha = 0`` the edited weights equal the
-base weights bit for bit. A trained normaliser makes it the normalised-factor update of the paper.
+base weights bit for bit. A trained normaliser makes it the normalised-factor update of the paper. That
+meta-training raises held-out edit success is tests/editing/test_meta_training.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from editlab.editing.hyper.factors import record_factors
 from editlab.editing.hyper.mlp import BLOCKS, EditorMLP
 from editlab.editing.hyper.norm import RunningNorm
 from editlab.editing.loss import target_batch, target_nll
-from editlab.editing.meta_data import MetaBatch
 from editlab.editing.methods.mend import MendTrainer, edited_weights
 from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EDITOR_INFO, EditorTraining, MetaDataModule, save_editor
@@ -32,7 +32,6 @@ from editlab.editing.weights import get_module, linear_weight, weight_param_name
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 from editlab.lm.presets import Arch, build_model
-from tests.editing.fixture_hparams import fixture_hparams
 
 
 def _tok(world):
@@ -109,45 +108,6 @@ def test_untrained_edit_is_the_plain_gradient_step(kind, reduction, tiny_world):
     editor.alpha.data.zero_()
     zero = edited_weights(editor, model, names, factors, None)
     assert all(torch.equal(zero[weight_param_name(n)], w) for n, w in zip(names, weights, strict=True))
-
-
-def _val_metrics(module: MendTrainer, dm: MetaDataModule) -> dict[str, float]:
-    """Validation metrics over ``dm``'s validation batches, weighted by batch size (as Lightning logs them)."""
-    module.eval()
-    batches = [MetaBatch(dm.val_cases[i: i + 8]) for i in range(0, len(dm.val_cases), 8)]
-    out = [(len(b), module.meta_loss(b)[1]) for b in batches]
-    return {k: sum(n * o[k] for n, o in out) / len(dm.val_cases) for k in out[0][1]}
-
-
-def test_short_meta_training_improves_validation_edits(tiny_lm):
-    """30 meta-training steps on the fixture lower the post-edit NLL of held-out edits below the untrained
-    editor's and do not lower their success (measured with the seeded step stream of editing/trainable.py:
-    success 0.154 -> 0.154 of 39 held-out edits, NLL down; deterministic on CPU; with the earlier shuffled
-    loader 0.154 -> 0.179). The fixture's 12-step editors are too short for success to move reliably.
-
-    Started from a small step (alpha 3e-4: edits barely move the model), the per-layer steps and the
-    network must learn how far to move; locality must stay high while they do.
-    """
-    hp = {**fixture_hparams("mend"), "alpha_init": 3.0e-04, "lr_alpha": 1.0e-03}
-    cases = tiny_lm.world.meta_cases[:200]
-    training = EditorTraining(max_steps=30, batch_size=8, val_fraction=0.2, val_every=30)
-    dm = MetaDataModule(cases, 8, 0.2, 0)
-    untrained = _val_metrics(MendTrainer(registry.get_method("mend", hp), copy.deepcopy(tiny_lm.model), tiny_lm.tok),
-                             dm)
-    method = registry.get_method("mend", hp)
-    state, metrics = fit_editor(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok, cases, training, seed=0)
-    for key in ("train/loss", "val/edit_success", "val/locality"):
-        assert key in metrics
-    trained = MendTrainer(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok)
-    trained.editor.load_state_dict(state)
-    after = _val_metrics(trained, dm)
-    assert after["edit_success"] == pytest.approx(metrics["val/edit_success"], abs=1e-6)
-    print(f"val edit success {untrained['edit_success']:.3f} -> {after['edit_success']:.3f}, "
-          f"edit NLL {untrained['edit_loss']:.3f} -> {after['edit_loss']:.3f}, "
-          f"locality {untrained['locality']:.3f} -> {after['locality']:.3f}")
-    assert after["edit_loss"] < untrained["edit_loss"]
-    assert after["edit_success"] >= untrained["edit_success"]
-    assert after["locality"] >= 0.8
 
 
 def test_gpt2_meta_trains_saves_loads_and_edits(tiny_world, tmp_path):
