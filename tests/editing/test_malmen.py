@@ -100,7 +100,7 @@ def test_split_backward_matches_one_autograd_graph(tiny_world):
 
     names = module.modules_
     batch = target_batch(PromptEncoder(tok), [ex.request for ex in examples])
-    keys, grads = record_keys(model, names, batch, chunk=100)
+    keys, grads = record_keys(model, names, batch, chunk=100, reduction=method.loss_reduction)
     params = {}
     for i, n in enumerate(names):  # layers of one shape share their statistics: all rows first, as aggregate()
         naive.observe(i, keys[n], grads[n])
@@ -112,7 +112,7 @@ def test_split_backward_matches_one_autograd_graph(tiny_world):
         w = get_module(model, n).weight
         params[weight_param_name(n)] = w + (s.T if is_transposed(get_module(model, n)) else s)
     losses, _ = meta_losses(model, params, PromptEncoder(tok), without_edited_facts(examples), method.c_edit,
-                            method.c_loc, "cpu")
+                            method.c_loc, "cpu", method.loss_reduction)
     ref_loss = torch.stack(losses).mean()
     ref_loss.backward()
     assert loss == pytest.approx(float(ref_loss.detach()), rel=1e-5)
@@ -154,7 +154,8 @@ def test_untrained_shift_is_the_ridge_regression_of_scaled_gradients(tiny_world)
     assert torch.equal(method.editor.nets["32x64"](z, 0), z)
     reqs = [EditRequest.from_case(c) for c in tiny_world.cases[:6]]
     names = method.module_names(model)
-    keys, grads = record_keys(model, names, target_batch(PromptEncoder(tok), reqs), chunk=2)
+    keys, grads = record_keys(model, names, target_batch(PromptEncoder(tok), reqs), chunk=2,
+                              reduction=method.loss_reduction)
     before = {n: linear_weight(get_module(model, n)).clone() for n in names}
     handle = method.apply(model, reqs, EditContext(tokenizer=tok))
     for n in names:

@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest
-from editlab.editing.loss import TargetBatch, fit, request_nll, stop_nll, target_batch, target_nll
+from editlab.editing.loss import TargetBatch, fit, reduce_nll, request_nll, stop_nll, target_batch, target_nll
 from editlab.editing.methods.lora import adapter_param_groups
 from editlab.editing.weights import linear_weight, module_names, relative_layers, resolve_layers
 from editlab.errors import EditlabError
@@ -98,6 +98,33 @@ def test_stop_quantity_is_each_requests_nll_per_object_token():
     per_request = request_nll(model, batch)
     assert stop_nll(per_request, batch).tolist() == pytest.approx([per_request[0].item() / 2, per_request[1].item()])
     assert per_request.mean().item() == pytest.approx(target_nll(model, batch).item())
+
+
+def test_loss_reductions_scale_each_request_by_its_own_token_count():
+    """sum: -log p(o*|s r); mean: per object token; mean_with_prompt: over the prompt and object tokens, BOS not
+    counted (Hase et al.'s LoRA code). Row 0: prompt [3], object [4, 5]; row 1: prompt [2, 3], object [5]."""
+    model, batch = _toy()
+    per_request = request_nll(model, batch)
+    r0, r1 = per_request.tolist()
+    assert torch.equal(reduce_nll(per_request, batch, "sum"), per_request)
+    assert reduce_nll(per_request, batch, "mean").tolist() == pytest.approx([r0 / 2, r1])
+    assert reduce_nll(per_request, batch, "mean_with_prompt").tolist() == pytest.approx([r0 / 3, r1 / 3])
+    assert target_nll(model, batch, reduction="mean").item() == pytest.approx((r0 / 2 + r1) / 2, rel=1e-6)
+    with pytest.raises(EditlabError, match="reduction"):
+        reduce_nll(per_request, batch, "avg")
+    # fit minimises and reports the reduced loss; its stop rule stays the NLL per object token
+    model = _peaked({(3, 4): 4.4, (4, 5): 4.4})
+    done = fit(model, _rows(0), [model.table], torch.optim.SGD([model.table], lr=1e-3), 3, stop_loss=0.1,
+               reduction="mean_with_prompt")
+    assert done["steps"] == 0 and done["loss_initial"] == pytest.approx(2 * _nll(4.4) / 3, rel=1e-5)
+
+
+def test_each_fine_tuner_defaults_to_its_reference_codes_loss_reduction():
+    assert registry.get_method("lora").loss_reduction == "mean_with_prompt"  # Hase et al.'s main.py
+    assert all(registry.get_method(m).loss_reduction == "mean" for m in ("adalora", "ft_l", "ft_m"))
+    for m in ("lora", "ft_m"):
+        with pytest.raises(EditlabError, match="loss_reduction"):
+            registry.get_method(m, {"loss_reduction": "avg"})
 
 
 def test_fit_stops_on_the_per_token_nll_of_every_request():

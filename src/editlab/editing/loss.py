@@ -13,8 +13,18 @@ Two objectives:
   distribution at the *last prompt position*, ``-sum_j log p(o_j | s r)``. It is not the
   likelihood of a multi-token object; it is kept only to compare against the original numbers.
 
-Both return the mean over requests of the per-request NLL (summed over the object's tokens), so a
-batch of k edits is one loss whose scale does not grow with k.
+Both give each request's NLL summed over the object's tokens (:func:`request_nll`); the loss minimised is
+the mean over requests of that NLL under a ``reduction`` (:data:`REDUCTIONS`), so a batch of k edits is one
+loss whose scale does not grow with k:
+
+- ``sum``: the summed NLL itself, ``-log p(o*|s r)``;
+- ``mean``: divided by the object's number of tokens, the NLL per object token (the reference code of
+  ROME's FT-L, EasyEdit's FT-M and LoRA, MEND, MALMEN: a cross-entropy averaged over the label tokens);
+- ``mean_with_prompt``: divided by the number of prompt and object tokens (BOS not counted), the "avg per
+  token" of Hase et al.'s LoRA code (``main.py``: the object's summed NLL over ``compute_num_tokens_in_batch``).
+
+The reduction scales each request's gradient by a per-request constant; under Adam that matters through
+the gradient clip, the balance of requests in a batch and Adam's epsilon, not through the step size.
 
 Early stopping (methods.md, "Early stopping"; ROME/MEMIT/AlphaEdit's target optimisation offers it as
 ``stop_on: nll``, their reference codes stop on the whole loss): a request is done once its NLL *per object
@@ -35,6 +45,7 @@ from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 
 OBJECTIVES = ("teacher_forced", "last_position")
+REDUCTIONS = ("sum", "mean", "mean_with_prompt")
 
 
 @dataclass
@@ -75,9 +86,23 @@ def target_batch(enc: PromptEncoder, requests: Sequence[EditRequest]) -> TargetB
     return TargetBatch(ids, mask, target, last)
 
 
-def target_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced") -> torch.Tensor:
-    """Mean over requests of ``-log p(o* | s r)`` under ``objective`` (scalar, differentiable)."""
-    return request_nll(model, batch, objective).mean()
+def target_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced",
+               reduction: str = "sum") -> torch.Tensor:
+    """Mean over requests of ``-log p(o* | s r)`` under ``objective`` and ``reduction`` (scalar, differentiable)."""
+    return reduce_nll(request_nll(model, batch, objective), batch, reduction).mean()
+
+
+def reduce_nll(per_request: torch.Tensor, batch: TargetBatch, reduction: str) -> torch.Tensor:
+    """Each request's summed NLL (:func:`request_nll`, (B,)) under ``reduction`` (the module docstring), (B,)."""
+    if reduction == "sum":
+        return per_request
+    if reduction == "mean":
+        count = batch.target.sum(-1)
+    elif reduction == "mean_with_prompt":
+        count = batch.mask.sum(-1) - 1  # prompt + object tokens, BOS not counted
+    else:
+        raise EditlabError(f"reduction={reduction!r} must be one of {', '.join(REDUCTIONS)}")
+    return per_request / count.clamp(min=1).to(per_request.dtype)
 
 
 def request_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced") -> torch.Tensor:
@@ -100,8 +125,9 @@ def request_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_
 
 def stop_nll(per_request: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
     """The early-stopping quantity: each request's NLL (:func:`request_nll`, summed) divided by its number of
-    object tokens, i.e. the mean of -log p over the object's tokens ((B,), detached)."""
-    return per_request.detach() / batch.target.sum(-1).clamp(min=1).to(per_request.dtype)
+    object tokens, i.e. the mean of -log p over the object's tokens ((B,), detached), whatever the loss's
+    reduction."""
+    return reduce_nll(per_request.detach(), batch, "mean")
 
 
 def all_done(per_token: torch.Tensor, stop_loss: float) -> bool:
@@ -110,7 +136,7 @@ def all_done(per_token: torch.Tensor, stop_loss: float) -> bool:
 
 
 def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
-        steps: int, *, objective: str = "teacher_forced", clip: float | None = None,
+        steps: int, *, objective: str = "teacher_forced", reduction: str = "sum", clip: float | None = None,
         extra_loss: Callable[[], torch.Tensor] | None = None, after_step: Callable[[int], None] | None = None,
         on_step: Callable[[int, nn.Module], None] | None = None, stop_loss: float = 0.0) -> dict[str, float]:
     """Minimise :func:`target_nll` over ``params`` for ``steps`` optimizer steps (the shared edit loop).
@@ -119,21 +145,23 @@ def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], op
     the model ever gets a ``.grad`` (an edit must leave nothing behind but its weight change).
     ``after_step(step)`` runs right after each optimizer step (FT-L's clamp, AdaLoRA's rank
     allocation, which needs the gradients still in place), then ``on_step(step, model)`` (tracing).
-    The loss minimised is :func:`target_nll` (the batch mean of the summed NLL); early stopping is the
-    shared rule (module docstring): before each optimizer step, stop once every request's per-token NLL
-    (:func:`stop_nll`) is below ``stop_loss`` (0 = never).
+    The loss minimised is :func:`target_nll` under ``reduction`` (the batch mean of each request's reduced
+    NLL); early stopping is the shared rule (module docstring): before each optimizer step, stop once every
+    request's per-token NLL (:func:`stop_nll`) is below ``stop_loss`` (0 = never), whatever the reduction.
 
     Returns:
-        ``loss_initial`` (before any step), ``loss_final`` (after the last step), both :func:`target_nll`,
-        and ``steps`` taken.
+        ``loss_initial`` (before any step), ``loss_final`` (after the last step), both that loss, and
+        ``steps`` taken.
     """
+    if reduction not in REDUCTIONS:
+        raise EditlabError(f"reduction={reduction!r} must be one of {', '.join(REDUCTIONS)}")
     params = list(params)
     first = None
     done = 0
     with torch.enable_grad():
         for step in range(1, steps + 1):
             per_request = request_nll(model, batch, objective)
-            nll = per_request.mean()
+            nll = reduce_nll(per_request, batch, reduction).mean()
             first = nll.item() if first is None else first
             if all_done(stop_nll(per_request, batch), stop_loss):
                 break
@@ -152,5 +180,5 @@ def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], op
             if on_step is not None:
                 on_step(step, model)
     with torch.no_grad():
-        final = float(target_nll(model, batch, objective))
+        final = float(target_nll(model, batch, objective, reduction))
     return {"loss_initial": final if first is None else first, "loss_final": final, "steps": done}

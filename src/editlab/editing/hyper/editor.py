@@ -25,14 +25,16 @@ def shape_key(shape: tuple[int, int]) -> str:
 
 
 class GradientEditor(nn.Module):
-    """Editor networks for layers of the given (d_out, d_in) ``shapes`` (in layer order).
+    """Editor networks for layers of the given (d_out, d_in) ``shapes`` (in layer order), of block form ``block``
+    (:data:`~editlab.editing.hyper.mlp.BLOCKS`).
 
     Attributes:
         alpha: (n_layers,) learned per-layer step sizes.
         modes: per layer, (shape key, mode index inside that shape's network).
     """
 
-    def __init__(self, shapes: Sequence[tuple[int, int]], rank: int, n_hidden: int, alpha_init: float) -> None:
+    def __init__(self, shapes: Sequence[tuple[int, int]], rank: int, n_hidden: int, alpha_init: float,
+                 block: str) -> None:
         super().__init__()
         self.shapes = [tuple(int(x) for x in s) for s in shapes]
         groups: dict[str, list[int]] = {}
@@ -40,7 +42,7 @@ class GradientEditor(nn.Module):
             groups.setdefault(shape_key(s), []).append(i)
         self.modes = [(shape_key(s), groups[shape_key(s)].index(i)) for i, s in enumerate(self.shapes)]
         first = {k: self.shapes[v[0]] for k, v in groups.items()}
-        self.nets = nn.ModuleDict({k: EditorMLP(sum(s), min(rank, sum(s)), len(groups[k]), n_hidden)
+        self.nets = nn.ModuleDict({k: EditorMLP(sum(s), min(rank, sum(s)), len(groups[k]), n_hidden, block)
                                    for k, s in first.items()})
         self.norms = nn.ModuleDict({k: RunningNorm(sum(s)) for k, s in first.items()})
         self.alpha = nn.Parameter(torch.full((len(self.shapes),), float(alpha_init)))

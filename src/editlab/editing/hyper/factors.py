@@ -9,7 +9,8 @@ so the factors are orientation-free and the update is written through
 :func:`~editlab.editing.weights.linear_weight`'s (d_out, d_in) view.
 
 The loss is the sum over requests of the target NLL (editing/loss.py, the evaluation's
-tokenisation), so each row's ``delta`` is the gradient of that row's own edit alone and one pass
+tokenisation) under the method's reduction (``sum``, or ``mean`` per object token as MEND's and MALMEN's
+reference code), so each row's ``delta`` is the gradient of that row's own edit alone and one pass
 serves a whole batch of independent edits.
 """
 
@@ -32,7 +33,7 @@ class Factors:
     Attributes:
         rows: (B, T) bool, the token positions whose output reaches the loss (every real token but the
             last of each row: the last object token predicts nothing); ``delta`` is zero elsewhere.
-        loss: the summed target NLL the gradients are of (detached).
+        loss: the loss the gradients are of, the sum over requests of each one's reduced target NLL (detached).
     """
 
     u: dict[str, torch.Tensor]
@@ -54,8 +55,9 @@ def gradient_rows(batch: TargetBatch) -> torch.Tensor:
     return torch.arange(batch.ids.shape[1], device=batch.ids.device)[None, :] < lengths - 1
 
 
-def record_factors(model: nn.Module, modules: Sequence[str], batch: TargetBatch) -> Factors:
-    """Run ``model`` on ``batch`` with hooks on ``modules`` and return the factors of the summed target NLL.
+def record_factors(model: nn.Module, modules: Sequence[str], batch: TargetBatch, reduction: str = "sum") -> Factors:
+    """Run ``model`` on ``batch`` with hooks on ``modules`` and return the factors of the sum over requests of
+    the target NLL under ``reduction`` (editing/loss.py).
 
     Only gradients w.r.t. the hooked outputs are taken (``torch.autograd.grad``), so no parameter gets
     a ``.grad`` and the model's weights need not require grad (a frozen base model works too).
@@ -76,7 +78,7 @@ def record_factors(model: nn.Module, modules: Sequence[str], batch: TargetBatch)
     handles = [get_module(model, n).register_forward_hook(hook(n)) for n in modules]
     try:
         with torch.enable_grad():
-            loss = target_nll(model, batch) * batch.ids.shape[0]
+            loss = target_nll(model, batch, reduction=reduction) * batch.ids.shape[0]
             grads = torch.autograd.grad(loss, [outs[n] for n in modules])
     finally:
         for h in handles:
@@ -105,10 +107,11 @@ KEY_TOKENS = {"answer": answer_rows, "last_prompt": last_prompt_rows}
 token (MEMIT's ``fact_token: last``)."""
 
 
-def record_keys(model: nn.Module, modules: Sequence[str], batch: TargetBatch,
-                chunk: int, key_tokens: str = "answer") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def record_keys(model: nn.Module, modules: Sequence[str], batch: TargetBatch, chunk: int, key_tokens: str = "answer",
+                reduction: str = "sum") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per module, the keys ``u`` (N, d_in) and value gradients ``delta`` (N, d_out) at the rows ``key_tokens``
-    (:data:`KEY_TOKENS`) of every request of ``batch``, recorded ``chunk`` requests at a time.
+    (:data:`KEY_TOKENS`) of every request of ``batch``, recorded ``chunk`` requests at a time (the target NLL
+    under ``reduction``).
 
     The LM's forward/backward memory is that of one chunk; what is kept grows with the number of
     edits only by these N token rows (the official code caches the same tensors on disk).
@@ -119,7 +122,7 @@ def record_keys(model: nn.Module, modules: Sequence[str], batch: TargetBatch,
         width = int(batch.mask[start: start + chunk].sum(1).max())  # this chunk's own padding only
         part = TargetBatch(batch.ids[start: start + chunk, :width], batch.mask[start: start + chunk, :width],
                            batch.target[start: start + chunk, :width], batch.last_prompt[start: start + chunk])
-        f = record_factors(model, modules, part)
+        f = record_factors(model, modules, part, reduction)
         rows = KEY_TOKENS[key_tokens](part)
         for n in modules:
             keys[n].append(f.u[n][rows])

@@ -2,7 +2,9 @@
 
 Per example (editing/meta_data.py): ``c_edit * NLL(equivalents | edited) + c_loc * KL(p_base || p_edited)``
 over the object positions of its locality facts (Mitchell et al. 2022, Sec. 3.1; Tan et al. 2024, Eq. 6),
-plus, with soft downstream targets, ``-sum_o q(o) log p(o | s r2)`` in the edit term. The edited weights
+plus, with soft downstream targets, ``-sum_o q(o) log p(o | s r2)`` in the edit term. Each row's NLL is
+scaled by the method's ``reduction`` (editing/loss.py; both reference codes average over the label
+tokens, ``sum`` keeps the summed NLL); the KL is averaged over the locality facts' object positions. The edited weights
 go into the frozen base model with ``torch.func.functional_call`` (the base is never written).
 
 :func:`meta_losses` scores several examples under one set of edited weights in one forward pass: MEND
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from editlab.editing.loss import TargetBatch, target_batch
+from editlab.editing.loss import TargetBatch, reduce_nll, target_batch
 from editlab.editing.meta_data import MetaExample, Target
 from editlab.eval.probes import PromptEncoder
 
@@ -50,7 +52,7 @@ def edited_logits(base: nn.Module, params: dict[str, torch.Tensor], batch: Targe
 
 def meta_losses(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEncoder,
                 examples: Sequence[MetaExample], c_edit: float, c_loc: float,
-                device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
+                device: torch.device, reduction: str) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
     """(meta-loss of each example under the edited weights ``params``, its metrics).
 
     Metrics per example: ``edit_loss``, ``loc_kl``, ``edit_success`` (the request's object tokens all
@@ -69,7 +71,7 @@ def meta_losses(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEnc
     edited = edited_logits(base, params, batch)
     logp = torch.log_softmax(edited, -1)
     tok_lp = logp[:, :-1].gather(-1, batch.ids[:, 1:, None])[..., 0] * batch.target[:, 1:]
-    seq_lp = tok_lp.sum(-1)  # (R,) log p(object | prompt) per row
+    seq_lp = -reduce_nll(-tok_lp.sum(-1), batch, reduction)  # (R,) log p(object | prompt) per row, reduced
     losses, stats = [], []
     for ex, (start, n_eq, n_soft, n_loc) in zip(examples, spans, strict=True):
         edit = -seq_lp[start: start + n_eq].mean()

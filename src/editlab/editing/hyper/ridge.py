@@ -80,8 +80,8 @@ class RidgeEditor(GradientEditor):
     """
 
     def __init__(self, shapes: Sequence[tuple[int, int]], rank: int, n_hidden: int, alpha_init: float,
-                 log_lambda_init: float) -> None:
-        super().__init__(shapes, rank, n_hidden, alpha_init)
+                 log_lambda_init: float, block: str) -> None:
+        super().__init__(shapes, rank, n_hidden, alpha_init, block)
         self.log_lambda = nn.Parameter(torch.full((len(self.shapes),), float(log_lambda_init)))
 
     def observe(self, layer: int, u: torch.Tensor, delta: torch.Tensor) -> None:

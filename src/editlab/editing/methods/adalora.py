@@ -13,7 +13,10 @@ optimizer step with the gradients still in place (it reads them), as PEFT requir
 
 Defaults: AdaLoRA's own (init_r 12, target_r 8, beta1 = beta2 = 0.85, orth weight 0.5) on the
 paper's LoRA edit schedule (down_proj of all layers, AdamW lr 1e-4, weight decay 1e-4, 40 steps,
-clip 1) so the two adapter editors differ only in the adapter. restore/commit as LoRA.
+clip 1) so the two adapter editors differ in the adapter and in how the NLL is scaled: AdaLoRA's editing
+reference (EasyEdit's ``models/lora/lora_main.py`` with ``lora_type: adalora``, the model's own label loss)
+averages it over the object's tokens (``loss_reduction: mean``), LoRA's over prompt and object tokens.
+restore/commit as LoRA.
 """
 
 from __future__ import annotations

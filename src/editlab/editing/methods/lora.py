@@ -3,8 +3,11 @@
 A rank-r adapter ``Delta W = (alpha / r) B A`` (B initialised to zero, so the edit starts at the base
 model) is added to the MLP down-projection of every block and trained on the target NLL of the
 request(s) (:func:`~editlab.editing.loss.target_nll`) with AdamW, constant learning rate and gradient
-clipping. Weight decay applies to the adapter matrices only (the base weights are frozen; a decay
-on them would pull the *model* towards zero, which is not what the paper's 1e-4 meant).
+clipping. The reference code divides the object's summed NLL by the number of prompt and object tokens
+(``loss_reduction: mean_with_prompt``); with the clip at 1.0 that scale decides how often the clip acts,
+so the summed NLL (``sum``) is kept as an option, the one the tuned presets were chosen with. Weight decay
+applies to the adapter matrices only (the base weights are frozen; a decay on them would pull the *model*
+towards zero, which is not what the paper's 1e-4 meant).
 
 ``restore`` is PEFT's ``unload()``: the adapter modules are removed and the untouched base modules put
 back (bit-exact). ``commit`` is ``merge_and_unload()``: ``W <- W + (alpha / r) B A``, so sequential
@@ -21,7 +24,7 @@ from peft import LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, StepHook
-from editlab.editing.loss import OBJECTIVES, fit, target_batch
+from editlab.editing.loss import OBJECTIVES, REDUCTIONS, fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names
 from editlab.errors import EditlabError
@@ -39,6 +42,8 @@ class AdapterEdit(EditMethod):
         layers: blocks to adapt (``None``: all; negative indices count from the last).
         lr, weight_decay, steps, clip: AdamW with a constant learning rate, gradient-norm clipping.
         objective: ``teacher_forced`` (default) or ``last_position`` (see editing/loss.py).
+        loss_reduction: how each request's summed target NLL is scaled (editing/loss.py's ``REDUCTIONS``);
+            the default is the per-object-token mean of EasyEdit's adapter editors, LoRA overrides it.
         stop_loss: stop once every request's target NLL per object token is below this (editing/loss.py's
             shared rule; 0: always run ``steps``).
     """
@@ -50,9 +55,13 @@ class AdapterEdit(EditMethod):
     steps: int = 40
     clip: float | None = 1.0
     objective: str = "teacher_forced"
+    loss_reduction: str = "mean"
     stop_loss: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.loss_reduction not in REDUCTIONS:
+            raise EditlabError(f"method {self.name}: loss_reduction={self.loss_reduction!r} must be one of "
+                               f"{', '.join(REDUCTIONS)}")
         if not self.lr > 0 or self.weight_decay < 0 or self.steps < 1 or (self.clip is not None and not self.clip > 0):
             raise EditlabError(f"method {self.name}: lr > 0, weight_decay >= 0, steps >= 1 and clip > 0 (or null)")
         if self.objective not in OBJECTIVES:
@@ -74,7 +83,8 @@ class AdapterEdit(EditMethod):
         params = [p for g in groups for p in g["params"]]
         opt = torch.optim.AdamW(groups, lr=self.lr)
         batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(next(model.parameters()).device)
-        info = fit(peft_model, batch, params, opt, self.steps, objective=self.objective, clip=self.clip,
+        info = fit(peft_model, batch, params, opt, self.steps, objective=self.objective,
+                   reduction=self.loss_reduction, clip=self.clip,
                    extra_loss=self.extra_loss(peft_model), after_step=self.after_step(peft_model),
                    on_step=on_step, stop_loss=self.stop_loss)
         info["update_norm"] = adapter_update_norm(peft_model)
@@ -119,12 +129,14 @@ def adapter_update_norm(peft_model: nn.Module) -> float:
 @register
 @dataclass
 class LoRA(AdapterEdit):
-    """The paper's LoRA editor: rank 1, alpha 8, no dropout, on down_proj of all layers, 40 AdamW steps."""
+    """The paper's LoRA editor: rank 1, alpha 8, no dropout, on down_proj of all layers, 40 AdamW steps, the
+    object's NLL over the prompt and object tokens (Hase et al.'s ``main.py``)."""
 
     name = "lora"
     rank: int = 1
     alpha: float = 8.0
     dropout: float = 0.0
+    loss_reduction: str = "mean_with_prompt"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,6 +25,9 @@ So peak memory does not grow with the number of edits beyond the N recorded toke
 Meta-loss per example: ``c_edit * NLL(equivalents) + c_loc * KL(p_base || p_edited)`` over its locality
 facts (editing/hyper/meta_loss.py, shared with MEND), averaged over the batch. One Adam (the paper's
 ``meta_lr``; the steps in their own group with ``lr_alpha``), gradient norm clipped at ``max_grad_norm``.
+The NLLs are scaled by ``loss_reduction`` (the official code's ``F.cross_entropy`` averages over the answer
+tokens: ``mean``) and the blocks are of form ``block`` (the official ``MALMENBlock``: ``malmen``); the tuned
+presets pin the alternatives their editors were meta-trained with (docs/methods.md, MALMEN, "Deviations").
 Editor weights are float32 and the solve float64 whatever the trainer's precision; the shift is added
 to the real weights at edit time (snapshot restore is bit-exact), never subtracted back in low
 precision (the official code adds and subtracts shifts in place in bf16 during training).
@@ -87,7 +90,7 @@ def aggregate(method: Malmen, editor: RidgeEditor, model: nn.Module, modules: Se
     """
     device = next(model.parameters()).device
     batch = target_batch(enc, requests).to(device)
-    keys, grads = record_keys(model, modules, batch, method.lm_batch, method.key_tokens)
+    keys, grads = record_keys(model, modules, batch, method.lm_batch, method.key_tokens, method.loss_reduction)
     if rows is not None:
         keys, grads = {n: rows(k) for n, k in keys.items()}, {n: rows(g) for n, g in grads.items()}
     if observe:
@@ -136,7 +139,7 @@ class MalmenTrainer(MendTrainer):
                                                                 else leaves[n]).to(module.weight.dtype)
             with torch.set_grad_enabled(backward):
                 losses, st = meta_losses(self.base, params, self.enc, examples[s], m.c_edit, m.c_loc,
-                                         self.device)
+                                         self.device, m.loss_reduction)
                 loss = torch.stack(losses).sum() / n_global
             if backward:
                 loss.backward()
@@ -154,7 +157,8 @@ class MalmenTrainer(MendTrainer):
         opt = self.optimizers()
         opt.zero_grad()
         loss, s = self.meta_step(batch, backward=True)
-        self.clip_gradients(opt, gradient_clip_val=self.method.max_grad_norm, gradient_clip_algorithm="norm")
+        if self.method.max_grad_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=self.method.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
         self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)  # already the global mean
         self.log_dict({f"train/{k}": v for k, v in s.items()}, batch_size=len(batch), sync_dist=True)
@@ -184,7 +188,10 @@ class Malmen(Mend):
         lr: Adam learning rate of the editor network and ``log lambda`` (the paper's ``meta_lr``).
         lr_alpha: Adam learning rate of the per-layer steps (the paper: ``meta_lr`` too).
         c_edit, c_loc: weights of the edit NLL and of the locality KL in the meta-loss.
-        max_grad_norm: gradient norm clipping of each meta-step.
+        max_grad_norm: gradient norm clipping of each meta-step (``None``: none; the official code: 1).
+        block: the editor's block form (:data:`~editlab.editing.hyper.mlp.BLOCKS`; the official code: ``malmen``).
+        loss_reduction: how each edit's and each equivalent's summed NLL is scaled
+            (:data:`~editlab.editing.loss.REDUCTIONS`; the official code: ``mean``, per answer token).
         lm_batch: edits per LM forward/backward chunk (the paper's data ``batch_size``).
         net_batch: token rows per hypernetwork chunk (the paper's editor ``batch_size``).
         key_tokens: where the keys are read (:data:`~editlab.editing.hyper.factors.KEY_TOKENS`): ``answer``, every
@@ -202,7 +209,8 @@ class Malmen(Mend):
     lr_alpha: float = 1.0e-5
     c_edit: float = 1.0
     c_loc: float = 1.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
+    block: str = "malmen"
     lm_batch: int = 32
     net_batch: int = 1024
     key_tokens: str = "answer"
@@ -211,13 +219,13 @@ class Malmen(Mend):
         super().__post_init__()
         if self.key_tokens not in KEY_TOKENS:
             raise EditlabError(f"method malmen: key_tokens={self.key_tokens!r} must be one of {', '.join(KEY_TOKENS)}")
-        if self.lm_batch < 1 or self.net_batch < 1 or not self.max_grad_norm > 0:
-            raise EditlabError("method malmen: lm_batch >= 1, net_batch >= 1 and max_grad_norm > 0")
+        if self.lm_batch < 1 or self.net_batch < 1:
+            raise EditlabError("method malmen: lm_batch >= 1 and net_batch >= 1")
 
     def build_editor(self, model: nn.Module) -> RidgeEditor:
         """An untrained editor for ``model``'s edited layers (identity networks, initial step and lambda)."""
         shapes = [tuple(linear_weight(get_module(model, n)).shape) for n in self.module_names(model)]
-        return RidgeEditor(shapes, self.rank, self.n_hidden, self.alpha_init, self.log_lambda_init)
+        return RidgeEditor(shapes, self.rank, self.n_hidden, self.alpha_init, self.log_lambda_init, self.block)
 
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
@@ -232,14 +240,14 @@ class Malmen(Mend):
         editor.to(next(model.parameters()).device).eval()
         enc = PromptEncoder(ctx.tokenizer)
         agg = aggregate(self, editor, model, names, enc, requests)
-        loss_initial = sum(_chunk_losses(model, enc, requests, self.lm_batch))
+        loss_initial = sum(_chunk_losses(model, enc, requests, self.lm_batch, self.loss_reduction))
         with torch.no_grad():
             norms = []
             for name in names:
                 upd = agg.shift(name)
                 linear_weight(get_module(model, name)).add_(upd.to(saved[weight_param_name(name)].dtype))
                 norms.append(float(upd.norm()))
-        final = sum(_chunk_losses(model, enc, requests, self.lm_batch))
+        final = sum(_chunk_losses(model, enc, requests, self.lm_batch, self.loss_reduction))
         if on_step is not None:
             on_step(1, model)
         return EditHandle(model, touched=saved, info={"steps": 1, "loss_initial": loss_initial / len(requests),
@@ -247,12 +255,13 @@ class Malmen(Mend):
                                                       "update_norm": max(norms)})
 
 
-def _chunk_losses(model: nn.Module, enc: PromptEncoder, requests: Sequence[EditRequest], size: int) -> list[float]:
-    """Summed target NLL of ``requests``, ``size`` at a time (memory of one chunk)."""
+def _chunk_losses(model: nn.Module, enc: PromptEncoder, requests: Sequence[EditRequest], size: int,
+                  reduction: str) -> list[float]:
+    """Target NLL of ``requests`` under ``reduction``, summed over them, ``size`` at a time (memory of one chunk)."""
     device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for s in chunks(len(requests), size):
             part = requests[s]
-            out.append(float(target_nll(model, target_batch(enc, part).to(device))) * len(part))
+            out.append(float(target_nll(model, target_batch(enc, part).to(device), reduction=reduction)) * len(part))
     return out

@@ -14,7 +14,14 @@ The editor is meta-trained (``python train.py task=editor method=mend``) on the 
 subjects (c_edit 0.1, c_loc 1.0, the paper's values), optionally with the agent's posterior as soft
 targets on downstream facts (``editor.soft_downstream``). The editor network and the steps are
 optimised by Adam in two parameter groups (``lr``, ``lr_alpha``), as the paper's separate optimiser of
-the step sizes. The update is written in place on the real weights at edit time (snapshot restore is
+the step sizes, their joint gradient norm clipped at ``max_grad_norm`` (the code's ``grad_clip: 100``).
+
+Both NLLs, the one whose gradient is decomposed and the equivalents' in the meta-loss, are scaled by
+``loss_reduction`` (editing/loss.py): the reference code averages over the label tokens (``losses.py``,
+``masked_log_probs``; one edit per example), ``sum`` keeps the summed NLL. The editor's block form is
+``block`` (editing/hyper/mlp.py). Each default is the reference code's; the tuned presets pin the
+alternatives their editors were meta-trained with (docs/methods.md, MEND, "Deviations").
+ The update is written in place on the real weights at edit time (snapshot restore is
 bit-exact; ``commit`` keeps it: sequential editing applies the editor to the model as it is now).
 """
 
@@ -32,13 +39,18 @@ from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook,
 from editlab.editing.hyper.editor import GradientEditor
 from editlab.editing.hyper.factors import Factors, record_factors
 from editlab.editing.hyper.meta_loss import meta_losses
-from editlab.editing.loss import target_batch, target_nll
+from editlab.editing.hyper.mlp import BLOCKS
+from editlab.editing.loss import REDUCTIONS, target_batch, target_nll
 from editlab.editing.meta_data import MetaBatch, MetaExample
 from editlab.editing.registry import register
-from editlab.editing.trainable import EditorTraining, TrainableEditor
+from editlab.editing.trainable import EditorTraining, TrainableEditor, editor_info
 from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
+
+TRAINED_BEFORE_OPTIONS = {"block": "bottleneck_relu", "loss_reduction": "sum"}
+"""The hyper-parameters that change what a trained editor means, with the values an editor whose editor.json
+predates them was meta-trained with."""
 
 
 def edited_weights(editor: GradientEditor, base: nn.Module, modules: Sequence[str], factors: Factors,
@@ -71,13 +83,14 @@ class MendTrainer(L.LightningModule):
     def example_loss(self, ex: MetaExample, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """(meta-loss of one example under its edited weights ``params``, its metrics)."""
         losses, stats = meta_losses(self.base, params, self.enc, [ex], self.method.c_edit, self.method.c_loc,
-                                    self.device)
+                                    self.device, self.method.loss_reduction)
         return losses[0], stats[0]
 
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean meta-loss over the batch's examples (one edit each, the base model's gradient factors)."""
         reqs = [ex.request for ex in batch]
-        factors = record_factors(self.base, self.modules_, target_batch(self.enc, reqs).to(self.device))
+        factors = record_factors(self.base, self.modules_, target_batch(self.enc, reqs).to(self.device),
+                                 self.method.loss_reduction)
         losses, stats = [], []
         for i, ex in enumerate(batch):
             loss, s = self.example_loss(ex, edited_weights(self.editor, self.base, self.modules_, factors, i))
@@ -99,6 +112,12 @@ class MendTrainer(L.LightningModule):
         self.log("val/loss", loss.detach(), batch_size=len(batch))
         self.log_dict({f"val/{k}": v for k, v in s.items()}, batch_size=len(batch), prog_bar=True)
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """The method's ``max_grad_norm`` over every editor parameter (``None``: no clipping)."""
+        if self.method.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.method.max_grad_norm, gradient_clip_algorithm="norm")
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         nets = [p for n, p in self.editor.named_parameters() if n != "alpha"]
         return torch.optim.Adam([{"params": nets, "lr": self.method.lr},
@@ -119,6 +138,11 @@ class Mend(TrainableEditor):
         lr: Adam learning rate of the editor network.
         lr_alpha: Adam learning rate of the per-layer steps (their own parameter group).
         c_edit, c_loc: weights of the edit NLL and of the locality KL in the meta-loss.
+        block: the editor's block form (:data:`~editlab.editing.hyper.mlp.BLOCKS`; the original: ``mend``).
+        loss_reduction: how each edit's and each equivalent's summed NLL is scaled
+            (:data:`~editlab.editing.loss.REDUCTIONS`; the original: ``mean``, per object token).
+        max_grad_norm: gradient-norm clip of each meta-step over all editor parameters (``None``: none;
+            the original: 100).
     """
 
     name = "mend"
@@ -131,6 +155,9 @@ class Mend(TrainableEditor):
     lr_alpha: float = 1.0e-4
     c_edit: float = 0.1
     c_loc: float = 1.0
+    block: str = "mend"
+    loss_reduction: str = "mean"
+    max_grad_norm: float | None = 100.0
     editor: GradientEditor | None = field(default=None, init=False, repr=False, compare=False)
     _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -139,6 +166,11 @@ class Mend(TrainableEditor):
             raise EditlabError(f"method {self.name}: rank >= 1, n_hidden >= 0, lr > 0 and lr_alpha >= 0")
         if self.c_edit < 0 or self.c_loc < 0 or not self.modules:
             raise EditlabError(f"method {self.name}: c_edit, c_loc >= 0 and at least one module role")
+        if self.block not in BLOCKS or self.loss_reduction not in REDUCTIONS:
+            raise EditlabError(f"method {self.name}: block must be one of {', '.join(BLOCKS)} and loss_reduction "
+                               f"one of {', '.join(REDUCTIONS)} (got {self.block!r}, {self.loss_reduction!r})")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise EditlabError(f"method {self.name}: max_grad_norm > 0 (or null: no clipping)")
 
     def module_names(self, model: nn.Module) -> list[str]:
         return module_names(model, self.modules, self.layers)
@@ -146,7 +178,7 @@ class Mend(TrainableEditor):
     def build_editor(self, model: nn.Module) -> GradientEditor:
         """An untrained editor for ``model``'s edited layers (identity networks, steps at ``alpha_init``)."""
         shapes = [tuple(linear_weight(get_module(model, n)).shape) for n in self.module_names(model)]
-        return GradientEditor(shapes, self.rank, self.n_hidden, self.alpha_init)
+        return GradientEditor(shapes, self.rank, self.n_hidden, self.alpha_init, self.block)
 
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
@@ -159,8 +191,10 @@ class Mend(TrainableEditor):
         self._weights = dict(state)
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
-        """Load the trained editor (checked against ``ctx.model_id``) into a network shaped for ``model``."""
+        """Load the trained editor (checked against ``ctx.model_id``, and against the ``block`` and
+        ``loss_reduction`` it was trained with) into a network shaped for ``model``."""
         super().prepare(model, ctx)
+        self.check_trained_with(editor_info(ctx.editor_path).get("hparams") or {}, ctx)
         editor = self.build_editor(model)
         try:
             editor.load_state_dict(self._weights)
@@ -169,6 +203,15 @@ class Mend(TrainableEditor):
             raise EditlabError(f"editor {ctx.editor_path} does not fit this model's layers ({first}...); edit with the "
                                "modules/layers/rank it was trained with (its editor.json)") from None
         self.editor = editor.eval()
+
+    def check_trained_with(self, trained: dict, ctx: EditContext) -> None:
+        """Refuse an editor meta-trained with another block form or loss reduction: the network would not load
+        (block) or would read gradients scaled otherwise than in training (loss_reduction)."""
+        for key, before in TRAINED_BEFORE_OPTIONS.items():
+            was, now = trained.get(key, before), getattr(self, key)
+            if was != now:
+                raise EditlabError(f"editor {ctx.editor_path} was meta-trained with {key}={was}, this run edits with "
+                                   f"{key}={now}; pass method.hparams.{key}={was} or train an editor with {now}")
 
     def trained_editor(self) -> GradientEditor:
         """The editor ``prepare`` loaded, or one clear error naming the command that trains it."""
@@ -185,7 +228,7 @@ class Mend(TrainableEditor):
         device = next(model.parameters()).device
         self.editor.to(device).eval()
         batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(device)
-        factors = record_factors(model, names, batch)
+        factors = record_factors(model, names, batch, self.loss_reduction)
         with torch.no_grad():
             norms = []
             for i, name in enumerate(names):
@@ -193,7 +236,7 @@ class Mend(TrainableEditor):
                 upd = self.editor.update(i, u, delta)
                 linear_weight(get_module(model, name)).add_(upd.to(saved[weight_param_name(name)].dtype))
                 norms.append(float(upd.norm()))
-            final = float(target_nll(model, batch))
+            final = float(target_nll(model, batch, reduction=self.loss_reduction))
         if on_step is not None:
             on_step(1, model)
         return EditHandle(model, touched=saved, info={"steps": 1, "loss_initial": float(factors.loss) / len(requests),
