@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -85,6 +86,12 @@ def test_killed_sequential_stream_resumes_with_the_same_final_metrics(tiny_world
     assert ma == mb
     curve_a = (full / "curve.jsonl").read_text()
     assert curve_a == (killed / "curve.jsonl").read_text() and len(curve_a.splitlines()) == 3
+    # the final model's locality is in the summary (the curve's last point), so a sweep's objective is defined
+    last = json.loads(curve_a.splitlines()[-1])
+    assert ma["subsets"]["all"]["final/locality_agree"] == last["locality_agree"]
+    from editlab.eval.objectives import Objective
+
+    assert math.isfinite(Objective("success_at_locality")(ma))
     assert torch.equal(_weights(full / "model"), _weights(killed / "model"))  # the final edited model, bit for bit
 
 

@@ -44,6 +44,10 @@ from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 from editlab.world.loading import World
 from editlab.world.stream import AgentStream
 
+FINAL_LOCALITY = ("locality_agree", "locality_acc", "locality_kl")
+"""Curve values of a sequential run's final model that its summary carries as ``final/<key>`` (records score
+each edit's own probes; locality is measured on the model, once per curve point)."""
+
 
 def preset_of(run_config: dict) -> str:
     """The run's preset (conf/preset/: ``tuned``, the default, or ``paper``), as records and tables name it."""
@@ -157,6 +161,9 @@ def _finish(world: World, cases: list[dict], records: list[dict], metrics: Metri
     from editlab.eval.summary import summarize
 
     summary = summarize({c["case_id"]: c for c in cases}, records, metrics.protocol)
+    if edits.mode == "sequential":  # the final model's locality: the curve's last point (written at the end)
+        last = json.loads((run_dir / "curve.jsonl").read_text().splitlines()[-1])
+        summary["subsets"]["all"].update({f"final/{k}": last[k] for k in FINAL_LOCALITY if k in last})
     edited = [r for r in records if r.get("edited", True)]
     times = sorted(r["time_s"] for r in edited) or [0.0]  # a request left unedited (edits.skip_correct) costs nothing
     name, preset = method
