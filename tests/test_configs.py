@@ -99,7 +99,7 @@ def test_preset_paper_is_the_methods_own_values_on_every_model(method):
         cfg = _compose("edit", [f"method={method}", f"model={model}", "preset=paper"])
         assert OmegaConf.to_container(cfg.method.hparams, resolve=True) == base
         assert f"/{method}-paper-single-" in cfg.run_dir.replace("${editlab.job_subdir:}", "")
-        depth = cfg.model.get("config", {}).get("num_hidden_layers")
+        depth = (cfg.model.get("arch") or {}).get("num_hidden_layers")
         for key in ("layers", "layer"):
             spec = base.get(key)
             if depth is not None and spec is not None:
