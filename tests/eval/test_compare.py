@@ -56,6 +56,22 @@ def test_setups_means_and_student_t_intervals(tmp_path):
     assert len(csv_lines) == 1 + 4 * len(compare.METRICS)
 
 
+def test_a_methods_paper_and_tuned_rows_are_named_by_the_preset_not_by_every_value(tmp_path):
+    """preset=paper vs tuned changes many hparams at once; the table names the preset, and a hparam only where
+    runs of one method under one preset differ in it."""
+    for name, preset, lr, seed in (("p0", "paper", 1e-4, 0), ("p1", "paper", 1e-4, 1), ("t", "tuned", 1e-3, 0),
+                                   ("t-hi", "tuned", 1e-2, 0)):
+        d = _run(tmp_path, name, "lora", lr, seed, 0.5)
+        cfg = yaml.safe_load((d / "run_config.yaml").read_text())
+        cfg["preset"] = {"name": preset, "tag": "" if preset == "tuned" else "-paper"}
+        cfg["method"]["hparams"]["stop_loss"] = 0.0 if preset == "paper" else 0.1
+        (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    comp = compare.compare(*compare.find_runs(tmp_path))
+    assert comp.keys == ["method.name", "preset.name", "method.hparams.lr"]  # not stop_loss, not preset.tag
+    assert sorted((r["preset.name"], r["method.hparams.lr"], r["seeds"]) for r in comp.rows) == [
+        ("paper", 1e-4, 2), ("tuned", 1e-3, 1), ("tuned", 1e-2, 1)]
+
+
 def test_multirun_jobs_define_the_runs_and_unfinished_jobs_are_listed(tmp_path):
     a = _run(tmp_path / "runs", "a", "lora", 1e-3, 0, 0.5)
     _run(tmp_path / "runs", "b", "lora", 1e-2, 0, 0.6)  # not a job of this sweep: left out

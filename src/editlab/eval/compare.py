@@ -137,24 +137,24 @@ def interval95(xs: list[float]) -> tuple[float, float | None]:
 def compare(runs: list[Run], missing: list[str] | None = None) -> Comparison:
     """Group ``runs`` by the config keys that differ between them (seed excepted); mean and 95% interval per metric.
 
-    The method name is always a key (a one-method table still says which method it is); ``method.*`` keys count
-    only where runs of the same method differ in them, so a table of many methods is not a list of every
-    method's defaults.
+    The method name is always a key (a one-method table still says which method it is), then the preset where
+    runs differ in it; ``method.*`` keys count only where runs of the same method under the same preset differ in
+    them, so a table of many methods (or of a method's paper and tuned values) is not a list of every default.
     """
     all_keys = sorted({k for r in runs for k in r.config})
-    by_method: dict[str, list[Run]] = {}
+    by_method: dict[tuple[str, str], list[Run]] = {}  # one method under one preset (a preset sets many values)
     for r in runs:
-        by_method.setdefault(str(r.config.get("method.name")), []).append(r)
+        by_method.setdefault((str(r.config.get("method.name")), str(r.config.get("preset.name"))), []).append(r)
 
     def differs(k: str, group: list[Run]) -> bool:
         return len({repr(r.config.get(k, "<unset>")) for r in group}) > 1
 
     # a method's own hyper-parameters name a setup only where runs OF THAT METHOD differ in them (the defaults of
     # two methods differ by nature); every other key wherever two runs differ
-    differing = [k for k in all_keys if k not in SEED_KEYS and k != "method.name"
+    differing = [k for k in all_keys if k not in SEED_KEYS and k not in ("method.name", "preset.name")
                  and (any(differs(k, g) for g in by_method.values()) if k.startswith("method.")
                       else differs(k, runs))]
-    keys = ["method.name", *differing]
+    keys = ["method.name", *(["preset.name"] if differs("preset.name", runs) else []), *differing]
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(tuple(repr(r.config.get(k, "<unset>")) for k in keys), []).append(r)
