@@ -66,8 +66,13 @@ def test_a_methods_paper_and_tuned_rows_are_named_by_the_preset_not_by_every_val
         cfg["preset"] = {"name": preset, "tag": "" if preset == "tuned" else "-paper"}
         cfg["method"]["hparams"]["stop_loss"] = 0.0 if preset == "paper" else 0.1
         (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+        m = json.loads((d / "metrics.json").read_text())  # the downstream-change requests' own subset
+        m["summary"]["subsets"]["downstream_changes"] = {"post/s1r2_acc": 0.25 if preset == "paper" else 0.0}
+        (d / "metrics.json").write_text(json.dumps(m))
     comp = compare.compare(*compare.find_runs(tmp_path))
     assert comp.keys == ["method.name", "preset.name", "method.hparams.lr"]  # not stop_loss, not preset.tag
+    paper = next(r for r in comp.rows if r["preset.name"] == "paper")
+    assert paper["downstream s1r2 acc"] == (0.25, 0.0) and paper["s1r2 acc"] == (None, None)
     assert sorted((r["preset.name"], r["method.hparams.lr"], r["seeds"]) for r in comp.rows) == [
         ("paper", 1e-4, 2), ("tuned", 1e-3, 1), ("tuned", 1e-2, 1)]
 

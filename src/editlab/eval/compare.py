@@ -29,7 +29,9 @@ from editlab.eval.summary import headline_stage
 from editlab.utils.jsonio import read_json
 from editlab.utils.rundir import LOCATION_KEYS, NON_RESULT_KEYS, flatten, read_yaml
 
-# (column, source, group, higher is better): source = summary key after "<stage>/", or a top-level metrics.json key
+# (column, source, group, higher is better): source = summary key after "<stage>/" (of the ``all`` subset, or of
+# ``<subset>:`` where named: the requests whose agent answer for s1r2 moves, Hase et al.'s downstream changes), or a
+# top-level metrics.json key ("@")
 METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("edit success", "edit_exact", "editing", True),
     ("s1r1 acc", "s1r1_acc", "table4", True),
@@ -44,6 +46,8 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("logic not", "logic_not", "coherence", False),
     ("logic and", "logic_and", "coherence", False),
     ("logic or", "logic_or", "coherence", False),
+    ("downstream s1r2 acc", "downstream_changes:s1r2_acc", "table4", True),
+    ("downstream s1r2 coh", "downstream_changes:s1r2_prob_coh", "coherence", False),
     ("locality agree", "locality_agree", "editing", True),
     ("locality acc", "locality_acc", "editing", True),
     ("locality KL", "locality_kl", "editing", False),
@@ -94,7 +98,9 @@ def read_run(path: Path) -> Run:
             v = metrics.get(source[1:])
             v = v * 1000.0 if source == "@median_edit_s" and v is not None else v
         else:
-            v = allsub.get(f"{stage}/{source}", allsub.get(f"post/{source}"))
+            subset, _, key = source.rpartition(":")
+            sub = summary.get("subsets", {}).get(subset, {}) if subset else allsub
+            v = sub.get(f"{stage}/{key}", sub.get(f"post/{key}"))
         values[column] = float(v) if isinstance(v, int | float) and math.isfinite(v) else None
     ignore = set(LOCATION_KEYS) | set(NON_RESULT_KEYS) | {"checkpoint", "editor_path"}
     config = flatten({k: v for k, v in read_yaml(path / "run_config.yaml").items() if k not in ignore})
