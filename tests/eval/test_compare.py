@@ -73,6 +73,7 @@ def test_a_methods_paper_and_tuned_rows_are_named_by_the_preset_not_by_every_val
     assert comp.keys == ["method.name", "preset.name", "method.hparams.lr"]  # not stop_loss, not preset.tag
     paper = next(r for r in comp.rows if r["preset.name"] == "paper")
     assert paper["downstream s1r2 acc"] == (0.25, 0.0) and paper["s1r2 acc"] == (None, None)
+    assert compare.setup_label(paper, comp.keys) == "lora (preset=paper,lr=0.0001)"
     assert sorted((r["preset.name"], r["method.hparams.lr"], r["seeds"]) for r in comp.rows) == [
         ("paper", 1e-4, 2), ("tuned", 1e-3, 1), ("tuned", 1e-2, 1)]
 

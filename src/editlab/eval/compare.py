@@ -224,5 +224,6 @@ def comparison_csv(comp: Comparison) -> str:
 
 def setup_label(row: dict, keys: list[str]) -> str:
     """A short name for a setup: the method, then ``key=value`` of the other distinguishing keys."""
-    rest = ",".join(f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in keys[1:])
+    short = lambda k: k.split(".")[0] if k.endswith(".name") else k.rsplit(".", 1)[-1]  # noqa: E731  preset.name -> preset
+    rest = ",".join(f"{short(k)}={row[k]}" for k in keys[1:])
     return f"{row[keys[0]]}" + (f" ({rest})" if rest else "")
