@@ -76,7 +76,7 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     ``editor.out`` or, by default, next to the checkpoint where edit.py looks for it (default_editor_dir)."""
     from editlab.editing.registry import get_method
     from editlab.editing.train_editor import train_editor, training_dir
-    from editlab.editing.trainable import EditorTraining, TrainableEditor, default_editor_dir
+    from editlab.editing.trainable import EditorTraining, default_editor_dir, editor_dir_name
     from editlab.utils.typed import from_dict
 
     if cfg.get("method") is None:
@@ -86,8 +86,7 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     out, checkpoint = ed.pop("out"), Path(to_absolute_path(ed.pop("checkpoint")))
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
     # a method with nothing to train is refused by train_editor, with one line naming the trainable ones
-    name = method.editor_name() if isinstance(method, TrainableEditor) else method.name
-    name += str(cfg.preset.tag) if cfg.get("preset") else ""  # preset=paper: its own editor, editors/<name>-paper
+    name = editor_dir_name(method, str(cfg.preset.tag) if cfg.get("preset") else "")  # preset=paper: <name>-paper
     out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, name)
     training = from_dict(EditorTraining, ed, "editor")
     # the logs belong to the editor's training run, not to the pretraining run in run_dir

@@ -213,6 +213,13 @@ class TrainableEditor(EditMethod):
         self.load_editor(read_editor(Path(ctx.editor_path), self.name, ctx.model_id))
 
 
+def editor_dir_name(method: EditMethod, preset_tag: str = "") -> str:
+    """The directory name of ``method``'s editor under ``editors/``: :meth:`TrainableEditor.editor_name` (the
+    method's name for a method with nothing to train), plus the preset's tag (conf/preset/: ``-paper``), because an
+    editor meta-trained with the paper's values is another editor than the tuned one."""
+    return (method.editor_name() if isinstance(method, TrainableEditor) else method.name) + preset_tag
+
+
 def default_editor_dir(checkpoint: Path, method: str) -> Path:
     """Where ``train.py task=editor`` writes ``method``'s editor for the base model at ``checkpoint`` and where
     ``edit.py`` looks for it: ``<checkpoint's run dir>/editors/<method>`` (the one definition of that path;
@@ -248,11 +255,10 @@ def resolve_editor(editor_path: Path | None, method: TrainableEditor, checkpoint
     """The editor directory ``edit.py`` uses: ``editor_path``, or :func:`default_editor_dir` of the checkpoint
     when unset; checked whole (method, base model, readable files) so that bad input fails before editing,
     with the exact train command (:func:`train_command`) in the error. ``fallback["preset"]`` (the run's
-    ``preset`` node, conf/preset/) names the directory: ``<editor name><preset tag>``, e.g. ``mend-paper``,
-    because an editor meta-trained with the paper's values is another editor than the tuned one."""
+    ``preset`` node, conf/preset/) names the directory (:func:`editor_dir_name`, e.g. ``mend-paper``)."""
     preset = fallback.get("preset") or {"name": "tuned", "tag": ""}
-    name = method.editor_name() + preset["tag"]
-    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint, name)
+    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint,
+                                                                                editor_dir_name(method, preset["tag"]))
     overrides = method.train_overrides() + ([f"preset={preset['name']}"] if preset["name"] != "tuned" else [])
     command = train_command(method.name, checkpoint, fallback, overrides)
     if not (path / EDITOR_INFO).is_file():
