@@ -77,7 +77,7 @@ def templates(model: nn.Module, specs: Sequence[str]) -> list[str]:
     return out
 
 
-def module_names(model: nn.Module, specs: Sequence[str], layers: Sequence[int] | None) -> list[str]:
+def module_names(model: nn.Module, specs: Sequence[str], layers: Sequence[int | str] | None) -> list[str]:
     """Full module names of ``specs`` (roles or templates, see :func:`templates`) at ``layers``; all must exist."""
     names = [t.format(i) for i in resolve_layers(model, layers) for t in templates(model, specs)]
     have = dict(model.named_modules())

@@ -58,7 +58,7 @@ class LocateEdit(EditMethod):
         fact_token: ``subject_last`` (the method) or ``last`` (the prompt's last token, ROME's ablation).
     """
 
-    layers: list[int] = field(default_factory=lambda: [1])
+    layers: list[int | str] = field(default_factory=lambda: [1])
     module: str = "mlp_out"
     prefixes: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
     stats_tokens: int = 100_000

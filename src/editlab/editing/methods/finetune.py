@@ -40,7 +40,7 @@ class FineTune(EditMethod):
     """The shared kernel: Adam on ``module.format(layer)``'s weight, optional L-infinity clamp.
 
     Attributes:
-        layer: block index (negative counts from the last block).
+        layer: block index (negative counts from the last block) or a paper's block at its relative depth ("17/48").
         module: a role resolved by the architecture adapter (``mlp_out``) or a template with ``{}`` for the block.
         lr, steps, weight_decay: Adam (ROME/EasyEdit use no decay).
         norm_constraint: eps of the clamp ``|W - W0| <= eps`` after every step (``None``: no clamp).
@@ -51,7 +51,7 @@ class FineTune(EditMethod):
             shared rule; 0: always run ``steps``).
     """
 
-    layer: int = 0
+    layer: int | str = 0
     module: str = "mlp_out"
     lr: float = 5e-4
     steps: int = 25

@@ -211,7 +211,7 @@ class Grace(EditMethod):
     """
 
     name = "grace"
-    layer: int = -2
+    layer: int | str = -2
     module: str = "mlp_out"
     eps_init: float = 1.0
     lr: float = 1.0

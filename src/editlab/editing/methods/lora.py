@@ -49,7 +49,7 @@ class AdapterEdit(EditMethod):
     """
 
     modules: list[str] = field(default_factory=lambda: ["mlp_out"])
-    layers: list[int] | None = None
+    layers: list[int | str] | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-4
     steps: int = 40

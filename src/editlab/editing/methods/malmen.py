@@ -180,7 +180,7 @@ class Malmen(Mend):
 
     Attributes:
         modules: roles (editlab.lm.arch) or templates of the edited Linear layers.
-        layers: blocks (negative counts from the last).
+        layers: blocks (negative counts from the last; "a..b/N": a paper's blocks at their relative depth).
         rank: rank of the editor's low-rank blocks (capped at d_in + d_out).
         n_hidden: hidden blocks of the editor (the paper: 1, i.e. two residual blocks).
         alpha_init: initial per-layer step (the official code's ``lr``).
@@ -200,7 +200,7 @@ class Malmen(Mend):
 
     name = "malmen"
     modules: list[str] = field(default_factory=lambda: ["mlp_out"])
-    layers: list[int] = field(default_factory=lambda: [-6, -5, -4, -3, -2, -1])
+    layers: list[int | str] = field(default_factory=lambda: [-6, -5, -4, -3, -2, -1])
     rank: int = 1920
     n_hidden: int = 1
     alpha_init: float = 1.0e-6
