@@ -81,4 +81,4 @@ def test_sweep_jobs_are_recorded_and_compared_in_one_table(tiny_world, random_ch
     for png in ("success_locality.png", "bars_editing.png", "bars_table4.png", "bars_coherence.png", "bars_cost.png"):
         assert (sweep / "comparison" / png).stat().st_size > 0
     generations = (sweep / "comparison" / "generations.md").read_text()  # one row per setup under each request
-    assert "| lora (steps=1) |" in generations and "| lora (steps=3) |" in generations and "| **agent** |" in generations
+    assert all(row in generations for row in ("| lora (steps=1) |", "| lora (steps=3) |", "| **agent** |"))

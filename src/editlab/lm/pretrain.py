@@ -117,7 +117,7 @@ def pretrain(
     if ckpt_path is None and (done := finished_run(run_dir, run_config, overwrite)) is not None:
         return done
     resume = resolve_resume(ckpt_path, run_dir)
-    # decided once, here: "auto" becomes bf16-mixed or 32-true for this machine (logged, and recorded below)
+    # decided once, here: "auto" becomes bf16-mixed or 32-true for the machine it runs on (logged, and recorded below)
     precision = resolve_and_log(trainer_kwargs.get("precision", "auto"),
                                 str(trainer_kwargs.get("accelerator", "auto")))
     trainer_kwargs = {**trainer_kwargs, "precision": precision}
