@@ -182,12 +182,13 @@ def _generations(runs: list[compare.Run], keys: list[str], n: int = 3) -> str:
         label = compare.setup_label({k: r.config.get(k, "<unset>") for k in keys}, keys)
         if (r.path / "results.jsonl").is_file():
             first.setdefault(label, r)
-    data = read_yaml(next(iter(first.values())).path / "run_config.yaml").get("data") if first else None
+    lead = next(iter(first.values()), None)
+    data = read_yaml(lead.path / "run_config.yaml").get("data") if lead else None
     if not data:
         return ""
     world = World.from_config(data, data["cache_dir"])
     cases = {c["case_id"]: c for split in ("eval", "meta") for c in world.cases(split)}
-    protocol = str(next(iter(first.values())).config.get("metrics.protocol", "paper"))
+    protocol = str(lead.config.get("metrics.protocol", "paper"))
     return generations_markdown(list(first), [read_records(r.path / "results.jsonl") for r in first.values()],
                                 cases, protocol, n)
 
