@@ -61,10 +61,11 @@ from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.eval.reference import reference_score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.utils.hardware import describe
+from editlab.vocab import PromptEncoder
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 from editlab.world.loading import World

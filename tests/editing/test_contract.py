@@ -39,9 +39,8 @@ from editlab.editing.base import EditContext, EditRequest, unwrap
 from editlab.editing.export import export_edited, load_edited
 from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
-from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import greedy_continuations
-from editlab.vocab import hit_exact
+from editlab.vocab import PromptEncoder, hit_exact
 from tests.conftest import pretrain_briefly
 from tests.editing import toys
 from tests.editing.fixture_hparams import EDITOR_TRAINING, fixture_hparams

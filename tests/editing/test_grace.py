@@ -14,7 +14,7 @@ from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, unwrap
 from editlab.editing.methods.grace import EXPAND_MARGIN, Codebook, GraceWrapper
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 from tests.editing.fixture_hparams import fixture_hparams
 
 

@@ -33,8 +33,8 @@ from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, read_editor, save_editor
 from editlab.editing.weights import get_module, is_transposed, linear_weight, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.lm.presets import Arch, build_model
+from editlab.vocab import PromptEncoder
 
 HP = {"rank": 8, "layers": [-2, -1], "alpha_init": 1.0e-2, "lm_batch": 3, "net_batch": 5}
 

@@ -30,8 +30,8 @@ from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EDITOR_INFO, EditorTraining, MetaDataModule, save_editor
 from editlab.editing.weights import get_module, linear_weight, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.lm.presets import Arch, build_model
+from editlab.vocab import PromptEncoder
 
 
 def _tok(world):

@@ -16,8 +16,9 @@ from editlab.editing.protocols import RestoringProtocol
 from editlab.editing.results import ResultsWriter
 from editlab.editing.session import Session
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.presets import Arch, build_model
+from editlab.vocab import PromptEncoder
 
 
 @dataclass

@@ -20,7 +20,7 @@ from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, pre
 from editlab.editing.methods.serac_train import Query, SeracTrainer, in_scope, queries, query_batch
 from editlab.editing.trainable import EditorTraining
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 STEPS = 500
 """Classifier steps of the routing test. 250 left 12.5% of the out-of-scope positions routed wrong (hard negatives

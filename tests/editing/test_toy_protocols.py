@@ -37,8 +37,9 @@ from editlab.editing.export import METHOD_STATE, load_edited
 from editlab.editing.registry import get_method
 from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, save_editor
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_weights, model_id
+from editlab.vocab import PromptEncoder
 from tests.editing import toys
 from tests.editing.test_edit_run import ROOT, _records, _weights
 from tests.editing.test_edit_stop import _lines, _strip, _summary, _wait

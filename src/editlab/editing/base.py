@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -310,3 +310,8 @@ class EditMethod(ABC):
     def context_prefix(self) -> str:
         """The text prefix the committed edits imply (in-context methods); ``""`` for all others."""
         return ""
+
+
+def method_hparams_of(method: EditMethod) -> dict:
+    """The constructor hyper-parameters of ``method`` (its init fields), JSON-ready."""
+    return {f.name: getattr(method, f.name) for f in fields(method) if f.init}

@@ -36,11 +36,12 @@ from editlab.editing.session import Session
 from editlab.editing.trainable import TrainableEditor, resolve_editor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.pretrain import resolve_resume
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
+from editlab.vocab import PromptEncoder
 from editlab.world.loading import World
 from editlab.world.stream import AgentStream
 

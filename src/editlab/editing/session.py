@@ -24,11 +24,11 @@ from torch import nn
 
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
 from editlab.eval.locality import LocalityState
-from editlab.eval.probes import CaseScores, PromptEncoder, score_cases
+from editlab.eval.probes import CaseScores, score_cases
 from editlab.eval.scoring import sample_continuations
 from editlab.metrics.consistency import case_consistency
 from editlab.metrics.fluency import case_fluency
-from editlab.vocab import case_prompt, hit_exact
+from editlab.vocab import PromptEncoder, case_prompt, hit_exact
 
 
 def peak_memory_mb(device: torch.device) -> float:

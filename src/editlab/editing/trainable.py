@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from editlab.editing.base import EditContext, EditMethod
+from editlab.editing.base import EditContext, EditMethod, method_hparams_of
 from editlab.editing.meta_data import MetaBatch, MetaDataOptions, meta_examples
 from editlab.errors import EditlabError
 from editlab.utils.atomic import atomic_directory
@@ -275,8 +275,6 @@ def save_editor(out: Path, method: TrainableEditor, state: dict[str, torch.Tenso
 
     ``extra(tmp)`` writes more files into it (the meta-training curves) before it is published.
     """
-    from editlab.editing.export import method_hparams_of
-
     out = Path(out)
     info = {"format": FORMAT, "method": method.name, "hparams": method_hparams_of(method),
             "base_model_id": base_model_id, "config": config, "metrics": metrics}
