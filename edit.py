@@ -29,9 +29,9 @@ register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per mul
 
 def edit(cfg: DictConfig) -> dict:
     """Validate the config and run the edits; returns the run's metrics."""
-    from editlab.editing.config import EditsConfig, MetricsConfig
-    from editlab.editing.experiment import edit_run
     from editlab.editing.registry import get_method
+    from editlab.runs.config import EditsConfig, MetricsConfig
+    from editlab.runs.edit import edit_run
     from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World

@@ -31,7 +31,7 @@ TASKS = ("pretrain", "editor")
 def train(cfg: DictConfig) -> dict:
     """Validate the config and run the task; returns its final metrics."""
     from editlab.lm.presets import arch_from, recipe_from
-    from editlab.lm.pretrain import pretrain
+    from editlab.runs.pretrain import pretrain
     from editlab.utils.threads import apply_threads
     from editlab.world.loading import World
 
@@ -72,11 +72,12 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
-    """task=editor: meta-train ``method`` on ``editor.checkpoint`` (editing/train_editor.py); the editor goes to
+    """task=editor: meta-train ``method`` on ``editor.checkpoint`` (runs/train_editor.py); the editor goes to
     ``editor.out`` or, by default, next to the checkpoint where edit.py looks for it (default_editor_dir)."""
     from editlab.editing.registry import get_method
-    from editlab.editing.train_editor import train_editor, training_dir
-    from editlab.editing.trainable import EditorTraining, default_editor_dir, editor_dir_name
+    from editlab.editing.trainable import EditorTraining
+    from editlab.runs.editors import default_editor_dir, editor_dir_name
+    from editlab.runs.train_editor import train_editor, training_dir
     from editlab.utils.typed import from_dict
 
     if cfg.get("method") is None:

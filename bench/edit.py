@@ -55,15 +55,15 @@ from transformers import PreTrainedTokenizerFast
 
 from editlab.cli import run_cli
 from editlab.editing.base import EditContext, EditRequest
-from editlab.editing.hparams import method_hparams  # what edit.py composes for model=<preset>
 from editlab.editing.registry import available, get_method
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.eval.reference import reference_score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
+from editlab.runs.hparams import method_hparams  # what edit.py composes for model=<preset>
+from editlab.runs.train_editor import fit_editor
 from editlab.utils.hardware import describe
 from editlab.vocab import PromptEncoder
 from editlab.world.build import build_world

@@ -36,10 +36,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, unwrap
-from editlab.editing.export import export_edited, load_edited
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
 from editlab.eval.scoring import greedy_continuations
+from editlab.runs.export import export_edited, load_edited
+from editlab.runs.train_editor import fit_editor
 from editlab.vocab import PromptEncoder, hit_exact
 from tests.conftest import pretrain_briefly
 from tests.editing import toys

@@ -33,12 +33,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
-from editlab.editing.export import METHOD_STATE, load_edited
 from editlab.editing.registry import get_method
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, save_editor
 from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_weights, model_id
+from editlab.runs.export import METHOD_STATE, load_edited
+from editlab.runs.train_editor import fit_editor
 from editlab.vocab import PromptEncoder
 from tests.editing import toys
 from tests.editing.test_edit_run import ROOT, _records, _weights
@@ -54,8 +54,8 @@ from editlab.cli import run_cli
 from tests.editing.toys import register_toys
 
 def main(a):
-    from editlab.editing.config import EditsConfig, MetricsConfig
-    from editlab.editing.experiment import edit_run
+    from editlab.runs.config import EditsConfig, MetricsConfig
+    from editlab.runs.edit import edit_run
     from editlab.editing.registry import get_method
     from editlab.world.loading import World
     register_toys()

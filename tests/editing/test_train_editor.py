@@ -26,19 +26,18 @@ from safetensors.torch import load_file
 
 from editlab.editing.base import EditHandle
 from editlab.editing.registry import get_method
-from editlab.editing.train_editor import fit_editor, train_editor, training_dir
 from editlab.editing.trainable import (
     EDITOR_INFO,
     EDITOR_WEIGHTS,
     EditorTraining,
     MetaDataModule,
     TrainableEditor,
-    default_editor_dir,
-    resolve_editor,
     save_editor,
 )
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import export_checkpoint, model_id
+from editlab.runs.editors import default_editor_dir, resolve_editor
+from editlab.runs.train_editor import fit_editor, train_editor, training_dir
 from editlab.utils.csvlog import log_files, read_csv_log
 from editlab.world.loading import World
 from tests.conftest import export_random_model

@@ -10,12 +10,12 @@ import torch
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, EditWrapper, unwrap
-from editlab.editing.export import METHOD_STATE, export_edited, load_edited
-from editlab.editing.train_editor import train_editor
 from editlab.editing.trainable import EditorTraining, save_editor, split_by_subject
 from editlab.errors import EditlabError
 from editlab.eval.scoring import greedy_continuations, object_scores
 from editlab.lm.checkpoint import INFO, compute_model_id, export_checkpoint, load_checkpoint, model_id
+from editlab.runs.export import METHOD_STATE, export_edited, load_edited
+from editlab.runs.train_editor import train_editor
 from editlab.vocab import PromptEncoder, hit_exact
 from editlab.world.loading import World
 from tests.editing import toys

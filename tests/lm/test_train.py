@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editlab.lm.presets import arch_from, recipe_from
-from editlab.lm.pretrain import pretrain
+from editlab.runs.pretrain import pretrain
 from editlab.world.loading import World
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -341,9 +341,9 @@ def test_failed_edits_leave_the_weights_untouched(setup, name):
 
 def test_a_failed_edit_in_a_sequential_stream_is_recorded_and_the_stream_goes_on(tiny_world, ckpt, tmp_path,
                                                                                    monkeypatch):
-    from editlab.editing.config import EditsConfig, MetricsConfig
-    from editlab.editing.experiment import edit_run
     from editlab.editing.methods import rome
+    from editlab.runs.config import EditsConfig, MetricsConfig
+    from editlab.runs.edit import edit_run
     from editlab.world.loading import World
     from tests.editing.test_toy_protocols import _trainer
 

@@ -28,17 +28,18 @@ from pathlib import Path
 import torch
 
 from editlab.editing.base import EditContext, EditMethod
-from editlab.editing.config import EditsConfig, MetricsConfig
-from editlab.editing.export import export_edited
-from editlab.editing.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
-from editlab.editing.results import FINAL, PARTIAL, ResultsWriter
-from editlab.editing.session import Session
-from editlab.editing.trainable import TrainableEditor, resolve_editor
+from editlab.editing.trainable import TrainableEditor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
-from editlab.lm.pretrain import resolve_resume
+from editlab.runs.config import EditsConfig, MetricsConfig
+from editlab.runs.editors import resolve_editor
+from editlab.runs.export import export_edited
+from editlab.runs.pretrain import resolve_resume
+from editlab.runs.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
+from editlab.runs.results import FINAL, PARTIAL, ResultsWriter
+from editlab.runs.session import Session
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 from editlab.vocab import PromptEncoder

@@ -3,7 +3,7 @@
 Meta-trains a :class:`~editlab.editing.trainable.TrainableEditor` on a pretrained checkpoint with the
 world's ``meta`` split as a Lightning run and writes the editor checkpoint (trainable.py) that ``edit.py``
 loads. Plain typed arguments only; same seed + config -> same editor. Layout (``out`` is
-:func:`~editlab.editing.trainable.default_editor_dir` unless ``editor.out`` says otherwise)::
+:func:`~editlab.runs.editors.default_editor_dir` unless ``editor.out`` says otherwise)::
 
     <out>/                                the editor (atomic): editor.safetensors, editor.json, meta_training.png
     <out>-training/run_config.yaml        the config these checkpoints belong to
@@ -61,7 +61,7 @@ from editlab.editing.trainable import (
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.precision import resolve_and_log
-from editlab.lm.pretrain import resolve_resume
+from editlab.runs.pretrain import resolve_resume
 from editlab.utils import hardware
 from editlab.utils.csvlog import keep_for_resume, log_files, read_csv_log
 from editlab.utils.jsonio import strict

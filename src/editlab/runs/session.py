@@ -1,6 +1,6 @@
 """What every edit of a run shares, and the one per-edit step: apply, score, measure, build the records.
 
-Used by both protocols of :mod:`editlab.editing.protocols` (evaluation.md, "Protocols for many edits"),
+Used by both protocols of :mod:`editlab.runs.protocols` (evaluation.md, "Protocols for many edits"),
 which own the model and decide what happens to an edit afterwards (restore or commit). The session
 holds no model: every call takes the model it scores, so there is exactly one owner of the model
 state per run (the protocol) and nothing to keep in sync. Everything the record of an edit needs

@@ -31,11 +31,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import export_checkpoint
 from editlab.lm.datamodule import PackedDataModule
-from editlab.lm.fact_probe import FactProbe
 from editlab.lm.module import PretrainModule
 from editlab.lm.packing import Corpus
 from editlab.lm.precision import resolve_and_log
 from editlab.lm.presets import Arch, Recipe, build_model
+from editlab.runs.fact_probe import FactProbe
 from editlab.utils import hardware
 from editlab.utils.jsonio import strict, write_json
 from editlab.utils.rundir import prepare
