@@ -58,10 +58,6 @@ class CaseScores:
         return {"p": self.p, "p_false": self.p_false, "gen": self.gen, "token_acc": self.token_acc,
                 "req_tf": list(self.req_tf)}
 
-    @staticmethod
-    def from_json(d: dict) -> CaseScores:
-        return CaseScores(d["p"], d["p_false"], d["gen"], d["token_acc"], tuple(d["req_tf"]))
-
 
 def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict], max_new_tokens: int,
                 prefixes: Sequence[str] | None = None, batch_size: int = 256, decode: bool = True) -> list[CaseScores]:
