@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -176,7 +177,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
                                     seed=0)
         out.update(meta_train_s=round(time.perf_counter() - t, 2), meta_train_steps=meta_steps,
                    editor_params=sum(v.numel() for v in state.values()))
-        ctx.editor_path = save_editor(work / "editor", method, state, model_id, {"bench": "edit"}, metrics)
+        ctx = replace(ctx, editor_path=save_editor(work / "editor", method, state, model_id, {"bench": "edit"},
+                                                   metrics))
     m = copy.deepcopy(model)
     out["prepare_cold_s"] = round(timed(lambda: method.prepare(m, ctx)), 3)
     warm = get_method(name, hp)

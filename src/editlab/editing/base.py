@@ -86,9 +86,10 @@ class EditRequest:
         return EditRequest(case["subject"], case["relation"], case["requested_object"], case["case_id"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class EditContext:
-    """What a method may need beyond the model, built once per run by the caller (never mutated by it).
+    """What a method may need beyond the model, built once per run by the caller; frozen, so that no method
+    or protocol changes what the next edit sees (``dataclasses.replace`` makes a changed copy).
 
     Attributes:
         tokenizer: the world's tokenizer (BOS id, pad id, object tokenisation).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -279,7 +280,7 @@ def test_alphaedit_keeps_preserved_outputs_and_commits_keys(setup, tiny_lm):
 
 def test_cached_statistics_give_bit_identical_edits(setup, tmp_path, monkeypatch):
     model, ctx, req = setup
-    ctx.cache_dir, ctx.model_id = tmp_path, "fixture"
+    ctx = replace(ctx, cache_dir=tmp_path, model_id="fixture")
     m = _method("rome")
     m.prepare(model, ctx)
     (name,) = m._names
@@ -302,7 +303,7 @@ def test_cached_statistics_give_bit_identical_edits(setup, tmp_path, monkeypatch
 
 def test_bad_statistics_are_one_clear_error(setup, tmp_path):
     model, ctx, _ = setup
-    ctx.cache_dir, ctx.model_id = tmp_path, "fixture"
+    ctx = replace(ctx, cache_dir=tmp_path, model_id="fixture")
     m = _method("rome")
     name = f"model.layers.{m.layers[0]}.mlp.down_proj"
     path = stats.cache_path(ctx, name, N_TOK)
