@@ -54,16 +54,17 @@ from editlab.cli import run_cli
 from tests.editing.toys import register_toys
 
 def main(a):
-    from editlab.runs.config import EditsConfig, MetricsConfig
+    from editlab.runs.config import EditRun, EditsConfig, MetricsConfig
     from editlab.runs.edit import edit_run
     from editlab.editing.registry import get_method
     from editlab.world.loading import World
     register_toys()
-    return edit_run(world=World.open(a["world"]), checkpoint=Path(a["checkpoint"]),
-                    method=get_method(a["method"], a["hparams"]), edits=EditsConfig(**a["edits"]),
-                    metrics=MetricsConfig(**a["metrics"]), run_dir=Path(a["run_dir"]), seed=0, run_config=a,
-                    device="cpu", progress=False, trainer=a["trainer"], cache_root=Path(a["run_dir"]).parent / "stats",
-                    editor_path=Path(a["editor_path"]) if a["editor_path"] else None)
+    return edit_run(EditRun(world=World.open(a["world"]), checkpoint=Path(a["checkpoint"]),
+                            method=get_method(a["method"], a["hparams"]), edits=EditsConfig(**a["edits"]),
+                            metrics=MetricsConfig(**a["metrics"]), run_dir=Path(a["run_dir"]), seed=0, run_config=a,
+                            device="cpu", progress=False, trainer=a["trainer"],
+                            cache_root=Path(a["run_dir"]).parent / "stats",
+                            editor_path=Path(a["editor_path"]) if a["editor_path"] else None))
 
 run_cli(lambda: main(json.loads(sys.argv[1])))
 """
