@@ -31,7 +31,7 @@ TASKS = ("pretrain", "editor")
 def train(cfg: DictConfig) -> dict:
     """Validate the config and run the task; returns its final metrics."""
     from editlab.lm.presets import arch_from, recipe_from
-    from editlab.runs.pretrain import pretrain
+    from editlab.runs.pretrain import PretrainRun, pretrain
     from editlab.utils.threads import apply_threads
     from editlab.world.loading import World
 
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.task == "editor":
         return _train_editor(cfg, world, trainer_kwargs)
     logger = instantiate(cfg.logger)
-    return pretrain(
+    return pretrain(PretrainRun(
         world=world,
         arch=arch_from(model_cfg["arch"]) if model_cfg.get("arch") else None,
         recipe=recipe_from(model_cfg["recipe"]),
@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> dict:
         max_steps=cfg.max_steps,
         progress=bool(cfg.progress),
         overwrite=bool(cfg.overwrite),
-    )
+    ))
 
 
 def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
