@@ -77,7 +77,7 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     from editlab.editing.registry import get_method
     from editlab.editing.trainable import EditorTraining
     from editlab.runs.editors import default_editor_dir, editor_dir_name
-    from editlab.runs.train_editor import train_editor, training_dir
+    from editlab.runs.train_editor import EditorRun, train_editor, training_dir
     from editlab.utils.typed import from_dict
 
     if cfg.get("method") is None:
@@ -97,9 +97,9 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
         if logger_cfg.get("name") and "wandb" in str(logger_cfg.get("_target_")):
             logger_cfg["name"] = f"{logger_cfg['name']}-{name}"
     logger = instantiate(logger_cfg) if logger_cfg else None
-    return train_editor(world, checkpoint, method, out, int(cfg.seed), training,
-                        OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],
-                        progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path)
+    return train_editor(EditorRun(world, checkpoint, method, out, int(cfg.seed), training,
+                                  OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],
+                                  progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path))
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
