@@ -2,6 +2,7 @@
 #   make demo    the whole pipeline on the tiny CPU default: world -> pretrain -> 200 LoRA edits -> Table 4 + plots
 #   make test    run the test suite (fast; slow tests: make test-slow)
 #   make bench   benchmarks, one JSON object each
+#   make lint    ruff, and the package order's import contracts (pyproject.toml [tool.importlinter])
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -44,6 +45,7 @@ bench: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf .cache outputs multirun

@@ -29,9 +29,9 @@ register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per mul
 
 def edit(cfg: DictConfig) -> dict:
     """Validate the config and run the edits; returns the run's metrics."""
-    from editlab.editing.config import EditsConfig, MetricsConfig
-    from editlab.editing.experiment import edit_run
     from editlab.editing.registry import get_method
+    from editlab.runs.config import EditRun, EditsConfig, MetricsConfig
+    from editlab.runs.edit import edit_run
     from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
@@ -51,7 +51,7 @@ def edit(cfg: DictConfig) -> dict:
                            f"model={cfg.model.name} (or pass checkpoint=<dir>)")
     logger = instantiate(cfg.logger)
     record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
-    return edit_run(
+    return edit_run(EditRun(
         world=world,
         checkpoint=checkpoint,
         method=method,
@@ -67,7 +67,7 @@ def edit(cfg: DictConfig) -> dict:
         editor_path=Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else None,
         trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
         cache_root=Path(to_absolute_path(cfg.paths.stats)),
-    )
+    ))
 
 
 def check_method_args(argv: list[str]) -> None:

@@ -8,7 +8,7 @@
     python evaluate.py analysis=hase analysis.method=rome
 
 The story: compose config -> (checkpoint mode: open the world, load the model) -> write the report
-(editlab.eval.reports; every report directory is replaced atomically). Returns the headline s1r1 accuracy.
+(editlab.runs.reports; every report directory is replaced atomically). Returns the headline s1r1 accuracy.
 Errors the user can fix print one line and exit with status 2.
 """
 
@@ -29,7 +29,7 @@ register_resolvers()  # a method config composed for an analysis may take ${edit
 
 def evaluate(cfg: DictConfig) -> dict:
     """Validate the config and run the mode it names; returns the report's location and headline numbers."""
-    from editlab.eval.reports import evaluate_checkpoint, evaluate_run, evaluate_sweep
+    from editlab.runs.reports import evaluate_checkpoint, evaluate_run, evaluate_sweep
 
     if cfg.get("analysis") is not None:
         return analyse(cfg)
@@ -60,9 +60,9 @@ def evaluate(cfg: DictConfig) -> dict:
 def analyse(cfg: DictConfig) -> dict:
     """``analysis=<name>``: compose the analysis and the hyper-parameters of the methods it edits with (as
     edit.py composes them for this ``model``), open the world and the checkpoint, run it."""
-    from editlab.analysis.run import run_analysis
-    from editlab.editing.hparams import method_hparams
     from editlab.lm.checkpoint import load_checkpoint
+    from editlab.runs.analysis import run_analysis
+    from editlab.runs.hparams import method_hparams
     from editlab.world.loading import World
 
     if cfg.run is not None:

@@ -31,7 +31,7 @@ TASKS = ("pretrain", "editor")
 def train(cfg: DictConfig) -> dict:
     """Validate the config and run the task; returns its final metrics."""
     from editlab.lm.presets import arch_from, recipe_from
-    from editlab.lm.pretrain import pretrain
+    from editlab.runs.pretrain import PretrainRun, pretrain
     from editlab.utils.threads import apply_threads
     from editlab.world.loading import World
 
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.task == "editor":
         return _train_editor(cfg, world, trainer_kwargs)
     logger = instantiate(cfg.logger)
-    return pretrain(
+    return pretrain(PretrainRun(
         world=world,
         arch=arch_from(model_cfg["arch"]) if model_cfg.get("arch") else None,
         recipe=recipe_from(model_cfg["recipe"]),
@@ -68,15 +68,16 @@ def train(cfg: DictConfig) -> dict:
         max_steps=cfg.max_steps,
         progress=bool(cfg.progress),
         overwrite=bool(cfg.overwrite),
-    )
+    ))
 
 
 def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
-    """task=editor: meta-train ``method`` on ``editor.checkpoint`` (editing/train_editor.py); the editor goes to
+    """task=editor: meta-train ``method`` on ``editor.checkpoint`` (runs/train_editor.py); the editor goes to
     ``editor.out`` or, by default, next to the checkpoint where edit.py looks for it (default_editor_dir)."""
     from editlab.editing.registry import get_method
-    from editlab.editing.train_editor import train_editor, training_dir
-    from editlab.editing.trainable import EditorTraining, default_editor_dir, editor_dir_name
+    from editlab.editing.trainable import EditorTraining
+    from editlab.runs.editors import default_editor_dir, editor_dir_name
+    from editlab.runs.train_editor import EditorRun, train_editor, training_dir
     from editlab.utils.typed import from_dict
 
     if cfg.get("method") is None:
@@ -96,9 +97,9 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
         if logger_cfg.get("name") and "wandb" in str(logger_cfg.get("_target_")):
             logger_cfg["name"] = f"{logger_cfg['name']}-{name}"
     logger = instantiate(logger_cfg) if logger_cfg else None
-    return train_editor(world, checkpoint, method, out, int(cfg.seed), training,
-                        OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],
-                        progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path)
+    return train_editor(EditorRun(world, checkpoint, method, out, int(cfg.seed), training,
+                                  OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],
+                                  progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path))
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

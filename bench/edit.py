@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,16 +56,17 @@ from transformers import PreTrainedTokenizerFast
 
 from editlab.cli import run_cli
 from editlab.editing.base import EditContext, EditRequest
-from editlab.editing.hparams import method_hparams  # what edit.py composes for model=<preset>
 from editlab.editing.registry import available, get_method
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.eval.reference import reference_score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
+from editlab.runs.hparams import method_hparams  # what edit.py composes for model=<preset>
+from editlab.runs.train_editor import fit_editor
 from editlab.utils.hardware import describe
+from editlab.vocab import PromptEncoder
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 from editlab.world.loading import World
@@ -175,7 +177,8 @@ def bench_method(name: str, model, tok, world: World, cases: list[dict], preset:
                                     seed=0)
         out.update(meta_train_s=round(time.perf_counter() - t, 2), meta_train_steps=meta_steps,
                    editor_params=sum(v.numel() for v in state.values()))
-        ctx.editor_path = save_editor(work / "editor", method, state, model_id, {"bench": "edit"}, metrics)
+        ctx = replace(ctx, editor_path=save_editor(work / "editor", method, state, model_id, {"bench": "edit"},
+                                                   metrics))
     m = copy.deepcopy(model)
     out["prepare_cold_s"] = round(timed(lambda: method.prepare(m, ctx)), 3)
     warm = get_method(name, hp)

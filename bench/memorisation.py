@@ -25,12 +25,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pretrain import _step, reference_batches
 
-from editlab.lm.fact_probe import FactProbe
 from editlab.lm.optim import param_groups
 from editlab.lm.packing import Corpus, PackedStream
 from editlab.lm.presets import arch_from, build_model, recipe_from
-from editlab.lm.pretrain import plan
 from editlab.lm.schedule import lr_factor
+from editlab.runs.fact_probe import FactProbe
+from editlab.runs.pretrain import plan
 from editlab.utils.hardware import describe, native_bf16
 from editlab.world.build import build_world
 from editlab.world.config import world_config

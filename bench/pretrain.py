@@ -29,7 +29,7 @@ from editlab.lm.optim import param_groups
 from editlab.lm.packing import Corpus, PackedStream
 from editlab.lm.precision import resolve_precision
 from editlab.lm.presets import arch_from, build_model, recipe_from
-from editlab.lm.pretrain import plan
+from editlab.runs.pretrain import plan
 from editlab.utils.hardware import describe
 from editlab.world.build import build_world
 from editlab.world.config import world_config

@@ -11,7 +11,8 @@ editing protocols, the summary, the report and the plots cannot drift apart:
   TF sentence ``'"s r o" is'`` with its labels `` true`` / `` false``, an in-context prefix before a
   prompt, and the token ids the scorer feeds (BOS + tokens(prompt), object tokenised apart with its
   leading space), including the subject's token span inside them (what locate-then-edit methods
-  need: ROME/MEMIT read the key at the subject's last token);
+  need: ROME/MEMIT read the key at the subject's last token); :class:`PromptEncoder` caches those ids
+  per string for everything that scores or edits;
 - **hit rules** of generative accuracy: ``paper`` (substring) and ``exact``;
 - **the target per stage**: which object each atomic probe is scored against before the edit, right
   after it and on the final model of a sequential stream.
@@ -177,6 +178,32 @@ def prompt_ids(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[
 def object_ids(tok: PreTrainedTokenizerBase, objects: Sequence[str]) -> list[list[int]]:
     """tokens(" " + object): the object with its leading space, tokenised apart from the prompt (the paper)."""
     return tok([" " + o for o in objects], add_special_tokens=False)["input_ids"]
+
+
+class PromptEncoder:
+    """Token ids of (prefix, prompt) and (" " + object), cached by string (prompts repeat a lot)."""
+
+    def __init__(self, tok: PreTrainedTokenizerBase) -> None:
+        self.tok = tok
+        self._prompt: dict[tuple[str, str], list[int]] = {}
+        self._object: dict[str, list[int]] = {}
+
+    def prompts(self, items: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """:func:`~editlab.vocab.prompt_ids` of ``with_prefix(prefix, prompt)`` for (prefix, prompt) items."""
+        new = sorted({x for x in items if x not in self._prompt})
+        if new:
+            texts = [with_prefix(pre, p) for pre, p in new]
+            for key, ids in zip(new, prompt_ids(self.tok, texts), strict=True):
+                self._prompt[key] = ids
+        return [self._prompt[x] for x in items]
+
+    def objects(self, items: Sequence[str]) -> list[list[int]]:
+        """:func:`~editlab.vocab.object_ids`: the object with its leading space, tokenised apart from the prompt."""
+        new = sorted({x for x in items if x not in self._object})
+        if new:
+            for key, ids in zip(new, object_ids(self.tok, new), strict=True):
+                self._object[key] = ids
+        return [self._object[x] for x in items]
 
 
 def subject_span(tok: PreTrainedTokenizerBase, subject: str, relation: str, prefix: str = ""

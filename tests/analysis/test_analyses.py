@@ -20,11 +20,11 @@ from omegaconf.errors import InterpolationResolutionError
 from transformers import PreTrainedTokenizerFast
 
 from editlab.analysis import delta_w, facts, hase, klob, trace_run
-from editlab.analysis.run import ANALYSES, run_analysis
 from editlab.cli import run_cli
-from editlab.editing.hparams import method_hparams
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import load_checkpoint
+from editlab.runs.analysis import ANALYSES, run_analysis
+from editlab.runs.hparams import method_hparams
 from editlab.utils.jsonio import read_json
 from editlab.world.loading import World
 

@@ -26,7 +26,7 @@ steps than the real tiny model. Checks:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -35,13 +35,12 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from editlab.editing import registry
-from editlab.editing.base import EditContext, EditRequest, unwrap
-from editlab.editing.export import export_edited, load_edited
-from editlab.editing.train_editor import fit_editor
+from editlab.editing.base import EditContext, EditMethod, EditRequest, unwrap
 from editlab.editing.trainable import EditorTraining, TrainableEditor, save_editor
-from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import greedy_continuations
-from editlab.vocab import hit_exact
+from editlab.runs.export import export_edited, load_edited
+from editlab.runs.train_editor import fit_editor
+from editlab.vocab import PromptEncoder, hit_exact
 from tests.conftest import pretrain_briefly
 from tests.editing import toys
 from tests.editing.fixture_hparams import EDITOR_TRAINING, fixture_hparams
@@ -123,12 +122,13 @@ def ctx(subject, tmp_path_factory) -> EditContext:
 MODEL_PRESETS = {("ft_m", "llama"): {"layer": 3}}
 
 
-def make(name: str, sub: Subject, ctx: EditContext, tmp_root: Path):
-    """The method as edit.py builds it, with the fixture model's hyper-parameters, prepared for ``sub``."""
+def make(name: str, sub: Subject, ctx: EditContext, tmp_root: Path) -> tuple[EditMethod, EditContext]:
+    """The method as edit.py builds it, with the fixture model's hyper-parameters, prepared for ``sub``, and the
+    context to edit with (``ctx`` with the method's trained editor, where it has one)."""
     method = registry.get_method(name, {**fixture_hparams(name), **MODEL_PRESETS.get((name, sub.kind), {})})
     if isinstance(method, TrainableEditor):
-        ctx.editor_path = _editor(sub, method, tmp_root)
-    return method
+        ctx = replace(ctx, editor_path=_editor(sub, method, tmp_root))
+    return method, ctx
 
 
 _POOL: dict[str, list[EditRequest]] = {}
@@ -196,7 +196,7 @@ matrix = pytest.mark.parametrize(("name", "subject"), [(n, m) for m in MODELS fo
 @matrix
 def test_single_edit_succeeds_and_restore_is_bit_exact(name, subject, ctx, tmp_path_factory):
     model = copy.deepcopy(subject.model)
-    method = make(name, subject, ctx, tmp_path_factory.getbasetemp())
+    method, ctx = make(name, subject, ctx, tmp_path_factory.getbasetemp())
     method.prepare(model, ctx)
     base_logits = logits(subject, model)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -216,7 +216,7 @@ def test_single_edit_succeeds_and_restore_is_bit_exact(name, subject, ctx, tmp_p
 
 @matrix
 def test_batch_edit(name, subject, ctx, tmp_path_factory):
-    method = make(name, subject, ctx, tmp_path_factory.getbasetemp())
+    method, ctx = make(name, subject, ctx, tmp_path_factory.getbasetemp())
     if not method.supports_batch:
         pytest.skip(f"{name} edits one request at a time")
     model = copy.deepcopy(subject.model)
@@ -231,7 +231,7 @@ def test_batch_edit(name, subject, ctx, tmp_path_factory):
 @matrix
 def test_sequential_edits_all_hold(name, subject, ctx, tmp_path_factory):
     model = copy.deepcopy(subject.model)
-    method = make(name, subject, ctx, tmp_path_factory.getbasetemp())
+    method, ctx = make(name, subject, ctx, tmp_path_factory.getbasetemp())
     method.prepare(model, ctx)
     reqs = requests(subject, 3)
     prefix = ""
@@ -248,11 +248,11 @@ def test_state_round_trip(name, subject, ctx, tmp_path, tmp_path_factory):
     """After a committed edit, a fresh instance loaded from the saved state behaves identically."""
     first, second = requests(subject, 2)
     model = copy.deepcopy(subject.model)
-    method = make(name, subject, ctx, tmp_path_factory.getbasetemp())
+    method, ctx = make(name, subject, ctx, tmp_path_factory.getbasetemp())
     method.prepare(model, ctx)
     model = method.apply(model, [first], ctx).commit()
     save_file(method.state_dict(), tmp_path / "state.safetensors")
-    clone = make(name, subject, ctx, tmp_path_factory.getbasetemp())
+    clone, _ = make(name, subject, ctx, tmp_path_factory.getbasetemp())
     clone.prepare(unwrap(model), ctx)
     # what a resumed run does: the base as it holds the committed weights, then the method's modules around it
     resumed = clone.load_state_dict(load_file(tmp_path / "state.safetensors"), unwrap(model))
@@ -273,7 +273,7 @@ def test_state_round_trip(name, subject, ctx, tmp_path, tmp_path_factory):
 def test_export_round_trip(name, subject, ctx, tmp_path, tmp_path_factory):
     """Two committed edits, exported self-describingly, load back (memory included) and score identically."""
     model = copy.deepcopy(subject.model)
-    method = make(name, subject, ctx, tmp_path_factory.getbasetemp())
+    method, ctx = make(name, subject, ctx, tmp_path_factory.getbasetemp())
     method.prepare(model, ctx)
     for req in requests(subject, 2):
         model = method.apply(model, [req], ctx).commit()

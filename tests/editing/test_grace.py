@@ -14,7 +14,7 @@ from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, unwrap
 from editlab.editing.methods.grace import EXPAND_MARGIN, Codebook, GraceWrapper
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 from tests.editing.fixture_hparams import fixture_hparams
 
 
@@ -138,7 +138,7 @@ def test_grace_sequential_stream_stops_and_resumes_to_the_same_results(tiny_worl
     """edit_run (sequential) in a subprocess: uninterrupted, stopped by SIGTERM, resumed; same results."""
     from safetensors.torch import load_file
 
-    from editlab.editing.export import METHOD_STATE
+    from editlab.runs.export import METHOD_STATE
     from tests.editing.test_edit_run import _records, _weights
     from tests.editing.test_edit_stop import _lines, _strip, _summary, _wait
     from tests.editing.test_toy_protocols import _run, _start, _trainer

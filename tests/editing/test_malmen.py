@@ -29,12 +29,12 @@ from editlab.editing.hyper.ridge import ridge_solve
 from editlab.editing.loss import target_batch
 from editlab.editing.meta_data import MetaBatch, MetaDataOptions, meta_examples
 from editlab.editing.methods.malmen import MalmenTrainer
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, read_editor, save_editor
 from editlab.editing.weights import get_module, is_transposed, linear_weight, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.lm.presets import Arch, build_model
+from editlab.runs.train_editor import fit_editor
+from editlab.vocab import PromptEncoder
 
 HP = {"rank": 8, "layers": [-2, -1], "alpha_init": 1.0e-2, "lm_batch": 3, "net_batch": 5}
 

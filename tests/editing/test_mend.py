@@ -26,12 +26,12 @@ from editlab.editing.hyper.mlp import BLOCKS, EditorMLP
 from editlab.editing.hyper.norm import RunningNorm
 from editlab.editing.loss import target_batch, target_nll
 from editlab.editing.methods.mend import MendTrainer, edited_weights
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EDITOR_INFO, EditorTraining, MetaDataModule, save_editor
 from editlab.editing.weights import get_module, linear_weight, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.lm.presets import Arch, build_model
+from editlab.runs.train_editor import fit_editor
+from editlab.vocab import PromptEncoder
 
 
 def _tok(world):

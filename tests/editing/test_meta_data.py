@@ -9,8 +9,7 @@ from editlab.editing.loss import target_batch
 from editlab.editing.meta_data import MetaDataOptions, Target, meta_examples, with_target
 from editlab.editing.trainable import EditorTraining, MetaDataModule
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
-from editlab.vocab import TRUE, prompt, tf_prompt
+from editlab.vocab import TRUE, PromptEncoder, prompt, tf_prompt
 
 
 def _modal(world) -> dict[str, str]:

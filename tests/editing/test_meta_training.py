@@ -24,8 +24,8 @@ import torch
 from editlab.editing import registry
 from editlab.editing.meta_data import MetaBatch
 from editlab.editing.methods.malmen import MalmenTrainer, aggregate
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, MetaDataModule
+from editlab.runs.train_editor import fit_editor
 
 MARGIN = 0.15  # a rise of at least 6 of the 39 held-out edits
 CASES, VAL_FRACTION, BATCH, SEED = 200, 0.2, 8, 0

@@ -19,8 +19,8 @@ from editlab.editing.loss import TargetBatch, fit, reduce_nll, request_nll, stop
 from editlab.editing.methods.lora import adapter_param_groups
 from editlab.editing.weights import linear_weight, module_names, relative_layers, resolve_layers
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import encode_pairs
+from editlab.vocab import PromptEncoder
 
 
 class Bigram(nn.Module):

@@ -12,12 +12,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, snapshot
-from editlab.editing.protocols import RestoringProtocol
-from editlab.editing.results import ResultsWriter
-from editlab.editing.session import Session
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.presets import Arch, build_model
+from editlab.runs.protocols import RestoringProtocol
+from editlab.runs.results import ResultsWriter
+from editlab.runs.session import Session
+from editlab.vocab import PromptEncoder
 
 
 @dataclass

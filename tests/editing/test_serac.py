@@ -20,7 +20,7 @@ from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, pre
 from editlab.editing.methods.serac_train import Query, SeracTrainer, in_scope, queries, query_batch
 from editlab.editing.trainable import EditorTraining
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 STEPS = 500
 """Classifier steps of the routing test. 250 left 12.5% of the out-of-scope positions routed wrong (hard negatives
@@ -323,7 +323,7 @@ def test_request_scope_losses_ignore_the_downstream_fields(tiny_lm):
 
 @pytest.mark.parametrize("scope", ["request", "agent"])
 def test_short_meta_training_runs_under_both_scopes(tiny_lm, scope):
-    from editlab.editing.train_editor import fit_editor
+    from editlab.runs.train_editor import fit_editor
 
     method = registry.get_method("serac", {"scope": scope, "lr_cf": 1.0e-3, "lr_cls": 1.0e-2})
     training = EditorTraining(max_steps=2, batch_size=4, val_fraction=0.2, val_every=2, patience=None)
@@ -336,7 +336,7 @@ def test_short_meta_training_runs_under_both_scopes(tiny_lm, scope):
 def test_an_agent_scope_editor_has_its_own_directory_and_train_command(tmp_path):
     """Both editors of a base model coexist: ``editors/serac`` (request) and ``editors/serac-agent``; edit.py finds
     each from ``method.hparams.scope`` and names the command that trains the missing one."""
-    from editlab.editing.trainable import default_editor_dir, resolve_editor
+    from editlab.runs.editors import default_editor_dir, resolve_editor
 
     ckpt = tmp_path / "run" / "model"
     fallback = {"data": "d", "model": "m", "seed": 0}

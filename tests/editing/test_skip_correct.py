@@ -14,13 +14,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest, snapshot
-from editlab.editing.config import EditsConfig
-from editlab.editing.session import Session
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.presets import Arch, build_model
-from editlab.vocab import hit_exact
+from editlab.runs.config import EditsConfig
+from editlab.runs.session import Session
+from editlab.vocab import PromptEncoder, hit_exact
 
 WEIGHT = "model.layers.0.mlp.down_proj.weight"
 

@@ -62,7 +62,7 @@ def test_sweep_over_steps_gets_the_values_asked_for_in_two_directories(tiny_worl
 def test_sweep_jobs_are_recorded_and_compared_in_one_table(tiny_world, random_checkpoint, tmp_path):
     """edit.py -m records its jobs in the sweep directory; evaluate.py sweep=<it> makes one row per job."""
     from editlab.eval import compare
-    from editlab.eval.reports import evaluate_sweep
+    from editlab.runs.reports import evaluate_sweep
 
     out = tmp_path / "outputs"
     _multirun(tiny_world, random_checkpoint, out, ["method.hparams.steps=1,3"])

@@ -33,12 +33,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
-from editlab.editing.export import METHOD_STATE, load_edited
 from editlab.editing.registry import get_method
-from editlab.editing.train_editor import fit_editor
 from editlab.editing.trainable import EditorTraining, save_editor
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_weights, model_id
+from editlab.runs.export import METHOD_STATE, load_edited
+from editlab.runs.train_editor import fit_editor
+from editlab.vocab import PromptEncoder
 from tests.editing import toys
 from tests.editing.test_edit_run import ROOT, _records, _weights
 from tests.editing.test_edit_stop import _lines, _strip, _summary, _wait
@@ -53,16 +54,17 @@ from editlab.cli import run_cli
 from tests.editing.toys import register_toys
 
 def main(a):
-    from editlab.editing.config import EditsConfig, MetricsConfig
-    from editlab.editing.experiment import edit_run
+    from editlab.runs.config import EditRun, EditsConfig, MetricsConfig
+    from editlab.runs.edit import edit_run
     from editlab.editing.registry import get_method
     from editlab.world.loading import World
     register_toys()
-    return edit_run(world=World.open(a["world"]), checkpoint=Path(a["checkpoint"]),
-                    method=get_method(a["method"], a["hparams"]), edits=EditsConfig(**a["edits"]),
-                    metrics=MetricsConfig(**a["metrics"]), run_dir=Path(a["run_dir"]), seed=0, run_config=a,
-                    device="cpu", progress=False, trainer=a["trainer"], cache_root=Path(a["run_dir"]).parent / "stats",
-                    editor_path=Path(a["editor_path"]) if a["editor_path"] else None)
+    return edit_run(EditRun(world=World.open(a["world"]), checkpoint=Path(a["checkpoint"]),
+                            method=get_method(a["method"], a["hparams"]), edits=EditsConfig(**a["edits"]),
+                            metrics=MetricsConfig(**a["metrics"]), run_dir=Path(a["run_dir"]), seed=0, run_config=a,
+                            device="cpu", progress=False, trainer=a["trainer"],
+                            cache_root=Path(a["run_dir"]).parent / "stats",
+                            editor_path=Path(a["editor_path"]) if a["editor_path"] else None))
 
 run_cli(lambda: main(json.loads(sys.argv[1])))
 """

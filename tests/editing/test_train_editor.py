@@ -26,19 +26,18 @@ from safetensors.torch import load_file
 
 from editlab.editing.base import EditHandle
 from editlab.editing.registry import get_method
-from editlab.editing.train_editor import fit_editor, train_editor, training_dir
 from editlab.editing.trainable import (
     EDITOR_INFO,
     EDITOR_WEIGHTS,
     EditorTraining,
     MetaDataModule,
     TrainableEditor,
-    default_editor_dir,
-    resolve_editor,
     save_editor,
 )
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import export_checkpoint, model_id
+from editlab.runs.editors import default_editor_dir, resolve_editor
+from editlab.runs.train_editor import EditorRun, fit_editor, train_editor, training_dir
 from editlab.utils.csvlog import log_files, read_csv_log
 from editlab.world.loading import World
 from tests.conftest import export_random_model
@@ -124,8 +123,8 @@ def test_the_best_validation_checkpoint_is_exported_and_early_stopping_fires(
         tiny_world, trained_ckpt, tmp_path, script, patience, min_delta, steps, best_step):
     training = EditorTraining(max_steps=12, val_every=2, patience=patience, min_delta=min_delta, **FAST)
     out = tmp_path / "editors" / "scripted"
-    m = train_editor(World.open(tiny_world.dir), trained_ckpt, Scripted(script=script), out, 0, training,
-                     {"task": "editor"}, {"precision": "32-true"}, progress=False)
+    m = train_editor(EditorRun(World.open(tiny_world.dir), trained_ckpt, Scripted(script=script), out, 0, training,
+                               {"task": "editor"}, {"precision": "32-true"}, progress=False))
     assert m["steps"] == steps and m["stopped_early"] == (steps < 12)
     assert m["best_step"] == best_step and m["val/edit_success"] == pytest.approx(script[best_step // 2 - 1])
     assert [p["step"] for p in m["validation"]] == list(range(2, steps + 1, 2))
@@ -148,12 +147,14 @@ def test_a_finished_editor_is_reused_another_config_refused_overwrite_retrains(t
     world, out = World.open(tiny_world.dir), tmp_path / "ed"
     training = EditorTraining(max_steps=2, val_every=2, **FAST)
     args = (world, trained_ckpt, Scripted(), out, 0, training)
-    first = train_editor(*args, {"seed": 0, "progress": False}, progress=False)
+    first = train_editor(EditorRun(*args, {"seed": 0, "progress": False}, progress=False))
     assert "reused" not in first
-    assert train_editor(*args, {"seed": 0, "progress": True}, progress=False)["reused"]  # display keys do not count
+    # display keys do not count
+    assert train_editor(EditorRun(*args, {"seed": 0, "progress": True}, progress=False))["reused"]
     with pytest.raises(EditlabError, match=r"different config \(seed: 0 -> 1\).*overwrite=true"):
-        train_editor(*args, {"seed": 1, "progress": False}, progress=False)
-    assert "reused" not in train_editor(*args, {"seed": 1, "progress": False}, progress=False, overwrite=True)
+        train_editor(EditorRun(*args, {"seed": 1, "progress": False}, progress=False))
+    again = train_editor(EditorRun(*args, {"seed": 1, "progress": False}, progress=False, overwrite=True))
+    assert "reused" not in again
 
 
 def test_a_module_that_does_not_log_the_metrics_is_one_clear_error(tiny_world, trained_ckpt, tmp_path):
@@ -315,9 +316,10 @@ def test_sigterm_saves_last_ckpt_and_the_resumed_meta_training_gives_the_same_ed
     try:
         with toys.toys_registered():
             method = get_method("toy_learned_step", {"steps": 4})
-        train_editor(World.open(tiny_world.dir), trained_ckpt, method, full_out, 0,
-                     EditorTraining(max_steps=16, val_every=4, batch_size=2, val_fraction=0.02, patience=None),
-                     {"task": "editor"}, {"accelerator": "cpu", "devices": 1, "precision": "32-true"}, progress=False)
+        training = EditorTraining(max_steps=16, val_every=4, batch_size=2, val_fraction=0.02, patience=None)
+        train_editor(EditorRun(World.open(tiny_world.dir), trained_ckpt, method, full_out, 0, training,
+                               {"task": "editor"}, {"accelerator": "cpu", "devices": 1, "precision": "32-true"},
+                               progress=False))
     finally:
         torch.set_num_threads(threads)
     a, b = load_file(full_out / EDITOR_WEIGHTS), load_file(out / EDITOR_WEIGHTS)

@@ -10,14 +10,13 @@ import torch
 
 from editlab.editing import registry
 from editlab.editing.base import EditContext, EditRequest, EditWrapper, unwrap
-from editlab.editing.export import METHOD_STATE, export_edited, load_edited
-from editlab.editing.train_editor import train_editor
 from editlab.editing.trainable import EditorTraining, save_editor, split_by_subject
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import greedy_continuations, object_scores
 from editlab.lm.checkpoint import INFO, compute_model_id, export_checkpoint, load_checkpoint, model_id
-from editlab.vocab import hit_exact
+from editlab.runs.export import METHOD_STATE, export_edited, load_edited
+from editlab.runs.train_editor import EditorRun, train_editor
+from editlab.vocab import PromptEncoder, hit_exact
 from editlab.world.loading import World
 from tests.editing import toys
 
@@ -142,14 +141,15 @@ def test_train_editor_on_a_checkpoint_records_its_model_id(tiny_lm, tmp_path):
     world = World.open(tiny_lm.world.dir)
     training = EditorTraining(max_steps=3, batch_size=4, val_fraction=0.2, val_every=3)
     cfg = {"task": "editor", "method": "toy_learned_step"}
-    out = train_editor(world, ckpt, toys.ToyLearnedStep(), tmp_path / "editor", 0, training, cfg, progress=False)
+    run = EditorRun(world, ckpt, toys.ToyLearnedStep(), tmp_path / "editor", 0, training, cfg, progress=False)
+    out = train_editor(run)
     info = json.loads((tmp_path / "editor" / "editor.json").read_text())
     assert info["base_model_id"] == model_id(ckpt) == out["base_model_id"] and out["steps"] == 3
     assert info["method"] == "toy_learned_step" and info["config"] == cfg and "val/edit_success" in info["metrics"]
-    again = train_editor(world, ckpt, toys.ToyLearnedStep(), tmp_path / "editor", 0, training, cfg, progress=False)
+    again = train_editor(run)
     assert again["reused"]
     with pytest.raises(EditlabError, match="nothing to train"):
-        train_editor(world, ckpt, registry.get_method("lora"), tmp_path / "x", 0, training, cfg)
+        train_editor(EditorRun(world, ckpt, registry.get_method("lora"), tmp_path / "x", 0, training, cfg))
 
 
 def test_train_py_dispatches_task_editor(tiny_world, tmp_path):

@@ -43,7 +43,7 @@ from editlab.editing.meta_data import MetaBatch
 from editlab.editing.trainable import EditorTraining, TrainableEditor
 from editlab.editing.weights import module_names, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 Entry = tuple[list[int], list[int]]  # (BOS + prompt ids, target ids)
 

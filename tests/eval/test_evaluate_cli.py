@@ -1,4 +1,4 @@
-"""evaluate.py: the report of an edit run directory, checkpoint scoring (editlab.eval.reports), and the CLI's
+"""evaluate.py: the report of an edit run directory, checkpoint scoring (editlab.runs.reports), and the CLI's
 one-line errors (evaluate.py in a subprocess)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from PIL import Image
 
 from editlab.errors import EditlabError
 from editlab.eval.report import table4_markdown
-from editlab.eval.reports import evaluate_checkpoint, evaluate_run
 from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
 from editlab.lm.presets import Arch, build_model
+from editlab.runs.reports import evaluate_checkpoint, evaluate_run
 from editlab.world.loading import World
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,9 +15,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from editlab.editing.base import EditRequest
-from editlab.eval.probes import PromptEncoder, score_cases
+from editlab.eval.probes import score_cases
 from editlab.eval.reference import reference_greedy, reference_object_scores, reference_score_cases
 from editlab.lm.presets import Arch, build_model
+from editlab.vocab import PromptEncoder
 
 # A bigram "LM" over 5 tokens (0 pad, 1 BOS, 2 EOS, 3, 4): row = current token, column = next token.
 TABLE = torch.tensor([[0.2, 0.2, 0.2, 0.2, 0.2],

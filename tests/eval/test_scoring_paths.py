@@ -24,8 +24,8 @@ from transformers import (
 from editlab.editing.base import EditRequest
 from editlab.eval import fast_scoring
 from editlab.eval.fast_scoring import fast_parts
-from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import greedy_continuations, object_scores, score_and_decode
+from editlab.vocab import PromptEncoder
 
 
 class PassThrough(nn.Module):

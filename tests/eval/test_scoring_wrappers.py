@@ -15,8 +15,9 @@ from torch import nn
 from transformers import MistralForCausalLM
 
 from editlab.eval.fast_scoring import fast_parts
-from editlab.eval.probes import PromptEncoder, score_cases
+from editlab.eval.probes import score_cases
 from editlab.eval.scoring import greedy_continuations, object_scores
+from editlab.vocab import PromptEncoder
 
 
 class BiasWrapper(nn.Module):

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editlab.lm.presets import arch_from, recipe_from
-from editlab.lm.pretrain import pretrain
+from editlab.runs.pretrain import PretrainRun, pretrain
 from editlab.world.loading import World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +48,11 @@ def _pretrain_in_process(world, run_dir: Path, extra: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=_overrides(world, run_dir, extra))
     c = OmegaConf.to_container(cfg, resolve=True)
-    return pretrain(world=World.from_config(c["data"], c["data"]["cache_dir"]), arch=arch_from(c["model"]["arch"]),
-                    recipe=recipe_from(c["model"]["recipe"]), run_dir=run_dir, seed=c["seed"],
-                    trainer_kwargs=c["trainer"], loggers=[], run_config=c, probe_facts=c["probe"]["n_facts"],
-                    probe_every=c["probe"]["every_n_steps"], progress=False)
+    return pretrain(PretrainRun(world=World.from_config(c["data"], c["data"]["cache_dir"]),
+                                arch=arch_from(c["model"]["arch"]), recipe=recipe_from(c["model"]["recipe"]),
+                                run_dir=run_dir, seed=c["seed"], trainer_kwargs=c["trainer"], loggers=[], run_config=c,
+                                probe_facts=c["probe"]["n_facts"], probe_every=c["probe"]["every_n_steps"],
+                                progress=False))
 
 
 def _cli(world, run_dir: Path, extra: list[str], popen: bool = False):

@@ -1,3 +1,3 @@
 """Knowledge-locating analyses of a trained model: causal tracing (ROME Sec. 2) and the survey's
 three analyses, made exact by the world's dependencies. Entry: ``python evaluate.py analysis=<name>``
-(:mod:`editlab.analysis.run`). Sits above ``editing`` and ``eval`` in the package order."""
+(:mod:`editlab.runs.analysis`). Sits above ``editing`` and ``eval`` in the package order."""

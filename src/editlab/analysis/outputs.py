@@ -1,7 +1,7 @@
 """How an analysis writes its directory: PNG + CSV + ``result.json``, all or nothing.
 
 ``<paths.outputs>/analysis/<data>/<model>-s<seed>/<analysis>/`` is written into a staging sibling and renamed
-into place (:func:`editlab.eval.reports.publish`), so a failed or stopped analysis leaves the previous result
+into place (:func:`editlab.utils.atomic.publish`), so a failed or stopped analysis leaves the previous result
 (or nothing), never a directory whose ``result.json`` a method config would read half-written.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from editlab.eval.plots import save
-from editlab.eval.reports import publish
+from editlab.utils.atomic import publish
 from editlab.utils.hardware import describe
 from editlab.utils.jsonio import write_json
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -86,9 +86,10 @@ class EditRequest:
         return EditRequest(case["subject"], case["relation"], case["requested_object"], case["case_id"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class EditContext:
-    """What a method may need beyond the model, built once per run by the caller (never mutated by it).
+    """What a method may need beyond the model, built once per run by the caller; frozen, so that no method
+    or protocol changes what the next edit sees (``dataclasses.replace`` makes a changed copy).
 
     Attributes:
         tokenizer: the world's tokenizer (BOS id, pad id, object tokenisation).
@@ -310,3 +311,8 @@ class EditMethod(ABC):
     def context_prefix(self) -> str:
         """The text prefix the committed edits imply (in-context methods); ``""`` for all others."""
         return ""
+
+
+def method_hparams_of(method: EditMethod) -> dict:
+    """The constructor hyper-parameters of ``method`` (its init fields), JSON-ready."""
+    return {f.name: getattr(method, f.name) for f in fields(method) if f.init}

@@ -1,6 +1,6 @@
 """The one target loss every fine-tuning editor optimises: NLL of the requested object given its prompt.
 
-Tokenisation is the evaluation's (evaluation.md, :class:`~editlab.eval.probes.PromptEncoder`):
+Tokenisation is the evaluation's (evaluation.md, :class:`~editlab.vocab.PromptEncoder`):
 BOS + tokens("s r") + tokens(" o*"), prompt and object tokenised separately, so the edit optimises
 exactly the sequence that ``p_LM(o* | "s r")`` scores afterwards. Rows are right-padded; only the
 object positions carry labels (the prompt is masked, FT-M / the paper's LoRA objective).
@@ -42,7 +42,7 @@ from torch import nn
 
 from editlab.editing.base import EditRequest
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 OBJECTIVES = ("teacher_forced", "last_position")
 REDUCTIONS = ("sum", "mean", "mean_with_prompt")

@@ -13,9 +13,10 @@ A trainable editor is an :class:`~editlab.editing.base.EditMethod` with three mo
   ``ctx.editor_path`` and refuses an editor trained on another model with the command that trains the
   right one.
 
-``python train.py task=editor method=<name>`` runs :func:`editlab.editing.train_editor.train_editor` and
-writes the editor to :func:`default_editor_dir` of the base checkpoint, where ``edit.py`` looks for it
-when ``editor_path`` is unset (:func:`resolve_editor`).
+Where a run finds or writes an editor is run plumbing, not part of the method: ``python train.py
+task=editor method=<name>`` runs :func:`editlab.runs.train_editor.train_editor` and writes the editor to
+:func:`editlab.runs.editors.default_editor_dir` of the base checkpoint, where ``edit.py`` looks for it when
+``editor_path`` is unset (:func:`editlab.runs.editors.resolve_editor`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -36,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from editlab.editing.base import EditContext, EditMethod
+from editlab.editing.base import EditContext, EditMethod, method_hparams_of
 from editlab.editing.meta_data import MetaBatch, MetaDataOptions, meta_examples
 from editlab.errors import EditlabError
 from editlab.utils.atomic import atomic_directory
@@ -194,14 +195,14 @@ class TrainableEditor(EditMethod):
         """Install learned editor weights (from :meth:`editor_state` via the checkpoint)."""
 
     def editor_name(self) -> str:
-        """The name of its editor directory (:func:`default_editor_dir`): the method's name, plus a suffix where
-        a hyper-parameter makes another editor of the same base model (SERAC's ``scope: agent``), so that
-        training that one does not meet the other's directory."""
+        """The name of its editor directory (:func:`~editlab.runs.editors.default_editor_dir`): the method's name,
+        plus a suffix where a hyper-parameter makes another editor of the same base model (SERAC's ``scope:
+        agent``), so that training that one does not meet the other's directory."""
         return self.name
 
     def train_overrides(self) -> list[str]:
         """The ``train.py`` overrides, beyond ``method=<name>``, that train the editor :meth:`editor_name` names
-        (named in :func:`resolve_editor`'s errors)."""
+        (named in :func:`~editlab.runs.editors.resolve_editor`'s errors)."""
         return []
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
@@ -213,70 +214,12 @@ class TrainableEditor(EditMethod):
         self.load_editor(read_editor(Path(ctx.editor_path), self.name, ctx.model_id))
 
 
-def editor_dir_name(method: EditMethod, preset_tag: str = "") -> str:
-    """The directory name of ``method``'s editor under ``editors/``: :meth:`TrainableEditor.editor_name` (the
-    method's name for a method with nothing to train), plus the preset's tag (conf/preset/: ``-paper``), because an
-    editor meta-trained with the paper's values is another editor than the tuned one."""
-    return (method.editor_name() if isinstance(method, TrainableEditor) else method.name) + preset_tag
-
-
-def default_editor_dir(checkpoint: Path, method: str) -> Path:
-    """Where ``train.py task=editor`` writes ``method``'s editor for the base model at ``checkpoint`` and where
-    ``edit.py`` looks for it: ``<checkpoint's run dir>/editors/<method>`` (the one definition of that path;
-    ``method`` is :meth:`TrainableEditor.editor_name`, e.g. ``serac`` or ``serac-agent``)."""
-    return Path(checkpoint).parent / "editors" / method
-
-
-def train_command(method: str, checkpoint: Path, fallback: dict, overrides: Sequence[str] = ()) -> str:
-    """The exact ``python train.py task=editor ...`` that trains ``method``'s editor for ``checkpoint``.
-
-    data / model / seed come from the checkpoint's ``run_config.yaml`` (the pretraining run that made it),
-    else from ``fallback`` (``{"data": ..., "model": ..., "seed": ...}``, the edit run's config); ``overrides``
-    (:meth:`TrainableEditor.train_overrides`) follow ``method=``;
-    ``editor.checkpoint=`` is added when the checkpoint is not where that command's run writes its model.
-    """
-    import yaml
-
-    cfg_path = Path(checkpoint) / "run_config.yaml"
-    cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.is_file() else {}
-    data = (cfg.get("data") or {}).get("name") or fallback.get("data")
-    model = (cfg.get("model") or {}).get("name") or fallback.get("model")
-    seed = cfg.get("seed", fallback.get("seed"))
-    extra = "".join(f" {o}" for o in overrides)
-    cmd = f"python train.py task=editor method={method}{extra} data={data} model={model} seed={seed}"
-    run_dir = cfg.get("run_dir")
-    if not run_dir or Path(run_dir).resolve() != Path(checkpoint).resolve().parent:
-        cmd += f" editor.checkpoint={checkpoint}"
-    return cmd
-
-
-def resolve_editor(editor_path: Path | None, method: TrainableEditor, checkpoint: Path, model_id: str,
-                   fallback: dict) -> Path:
-    """The editor directory ``edit.py`` uses: ``editor_path``, or :func:`default_editor_dir` of the checkpoint
-    when unset; checked whole (method, base model, readable files) so that bad input fails before editing,
-    with the exact train command (:func:`train_command`) in the error. ``fallback["preset"]`` (the run's
-    ``preset`` node, conf/preset/) names the directory (:func:`editor_dir_name`, e.g. ``mend-paper``)."""
-    preset = fallback.get("preset") or {"name": "tuned", "tag": ""}
-    path = Path(editor_path) if editor_path is not None else default_editor_dir(checkpoint,
-                                                                                editor_dir_name(method, preset["tag"]))
-    overrides = method.train_overrides() + ([f"preset={preset['name']}"] if preset["name"] != "tuned" else [])
-    command = train_command(method.name, checkpoint, fallback, overrides)
-    if not (path / EDITOR_INFO).is_file():
-        where = f"editor_path={path} holds no editor" if editor_path is not None else f"no trained editor at {path}"
-        then = "" if editor_path is None else " (then leave editor_path unset: edit.py finds it)"
-        raise EditlabError(f"method {method.name} needs a trained editor, but {where}; train it with: {command}{then}")
-    read_editor(path, method.name, model_id, command)
-    return path
-
-
 def save_editor(out: Path, method: TrainableEditor, state: dict[str, torch.Tensor], base_model_id: str,
                 config: dict, metrics: dict, extra: Callable[[Path], None] | None = None) -> Path:
     """Write the editor checkpoint directory ``out`` atomically (safetensors + editor.json).
 
     ``extra(tmp)`` writes more files into it (the meta-training curves) before it is published.
     """
-    from editlab.editing.export import method_hparams_of
-
     out = Path(out)
     info = {"format": FORMAT, "method": method.name, "hparams": method_hparams_of(method),
             "base_model_id": base_model_id, "config": config, "metrics": metrics}

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from editlab.eval.probes import PromptEncoder
 from editlab.eval.scoring import greedy_continuations
 from editlab.metrics.locality import next_token_kl
-from editlab.vocab import fact_prompt, hit_paper
+from editlab.vocab import PromptEncoder, fact_prompt, hit_paper
 
 
 def locality_facts(facts: Sequence[dict], cases: Sequence[dict], n: int, seed: int) -> list[dict]:

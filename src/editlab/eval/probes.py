@@ -26,12 +26,11 @@ from editlab.vocab import (
     ATOMIC,
     FALSE,
     TRUE,
+    PromptEncoder,
     case_prompt,
     has_object,
     object_ids,
-    prompt_ids,
     request_tf_prompt,
-    with_prefix,
 )
 
 
@@ -58,36 +57,6 @@ class CaseScores:
     def to_json(self) -> dict:
         return {"p": self.p, "p_false": self.p_false, "gen": self.gen, "token_acc": self.token_acc,
                 "req_tf": list(self.req_tf)}
-
-    @staticmethod
-    def from_json(d: dict) -> CaseScores:
-        return CaseScores(d["p"], d["p_false"], d["gen"], d["token_acc"], tuple(d["req_tf"]))
-
-
-class PromptEncoder:
-    """Token ids of (prefix, prompt) and (" " + object), cached by string (prompts repeat a lot)."""
-
-    def __init__(self, tok: PreTrainedTokenizerBase) -> None:
-        self.tok = tok
-        self._prompt: dict[tuple[str, str], list[int]] = {}
-        self._object: dict[str, list[int]] = {}
-
-    def prompts(self, items: Sequence[tuple[str, str]]) -> list[list[int]]:
-        """:func:`~editlab.vocab.prompt_ids` of ``with_prefix(prefix, prompt)`` for (prefix, prompt) items."""
-        new = sorted({x for x in items if x not in self._prompt})
-        if new:
-            texts = [with_prefix(pre, p) for pre, p in new]
-            for key, ids in zip(new, prompt_ids(self.tok, texts), strict=True):
-                self._prompt[key] = ids
-        return [self._prompt[x] for x in items]
-
-    def objects(self, items: Sequence[str]) -> list[list[int]]:
-        """:func:`~editlab.vocab.object_ids`: the object with its leading space, tokenised apart from the prompt."""
-        new = sorted({x for x in items if x not in self._object})
-        if new:
-            for key, ids in zip(new, object_ids(self.tok, new), strict=True):
-                self._object[key] = ids
-        return [self._object[x] for x in items]
 
 
 def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict], max_new_tokens: int,

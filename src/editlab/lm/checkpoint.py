@@ -8,7 +8,7 @@ tokenizer files, the resolved run config (``run_config.yaml``) and ``editlab.jso
 ``model_id`` names the trained model: a hash of the world hash, the model config node and the training
 seed. Statistics caches (ROME/MEMIT covariances) and trained editors are keyed by it, so two seeds of one
 preset never share a cache. An edited model (a sequential run's export) carries the method that made it
-(editlab.editing.export writes it through ``extra_info`` / ``write_extra``); this module knows no method.
+(editlab.runs.export writes it through ``extra_info`` / ``write_extra``); this module knows no method.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def export_checkpoint(model: PreTrainedModel, world_dir: Path, out: Path, run_co
     """
     if not isinstance(model, PreTrainedModel):
         raise EditlabError(f"cannot export a {type(model).__name__}: only Hugging Face models export here; export an "
-                           "edited/wrapped model with editlab.editing.export.export_edited")
+                           "edited/wrapped model with editlab.runs.export.export_edited")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -90,7 +90,7 @@ def load_checkpoint(directory: Path, world_hash: str | None = None) -> PreTraine
     """Load an exported model (safetensors only), optionally checking it belongs to ``world_hash``.
 
     A checkpoint whose edits live outside the weights (a method with state: ICE's memory, a wrapper)
-    is refused rather than loaded without them: load it with ``editlab.editing.export.load_edited``.
+    is refused rather than loaded without them: load it with ``editlab.runs.export.load_edited``.
     """
     info = checkpoint_info(directory)
     if world_hash is not None and info["world_hash"] != world_hash:
@@ -100,7 +100,7 @@ def load_checkpoint(directory: Path, world_hash: str | None = None) -> PreTraine
         )
     if info.get("method_state"):
         raise EditlabError(f"checkpoint {directory} holds a model edited by {info['method']['name']} whose edits "
-                           "live in its method state; load it with editlab.editing.export.load_edited")
+                           "live in its method state; load it with editlab.runs.export.load_edited")
     return load_weights(directory)
 
 

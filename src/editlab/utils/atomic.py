@@ -2,6 +2,9 @@
 
 A reader trusts a directory only if its ``COMPLETE`` marker holds the expected key, so a killed
 build never leaves something a later run would use; leftovers of dead builds are removed.
+
+:func:`publish` replaces a directory that is rebuilt in place (a report, an analysis) the same way: the
+previous one stays until the new one is whole.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MARKER = "COMPLETE"
+REPORT_KEY = "editlab-report-1"  # the marker key of a directory written by publish
 
 
 def is_complete(directory: Path, key: str) -> bool:
@@ -66,3 +70,13 @@ def atomic_directory(final: Path, key: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish(out: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` into a fresh staging directory, then replace ``out`` with it (nothing half-written)."""
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    with atomic_directory(staging, REPORT_KEY) as tmp:
+        write(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(staging, out)

@@ -10,10 +10,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
+from editlab.utils.confdir import conf_dir
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
-CONF = str(Path(__file__).resolve().parents[3] / "conf")
+CONF = str(conf_dir())
 
 
 def run(cfg: DictConfig) -> Path:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 
-import numpy as np
-
 from editlab.vocab import ATOMIC
 from editlab.world.agent import Agent
 from editlab.world.logic import p_and, p_not, p_or, p_tf
@@ -56,8 +54,3 @@ def case_gold(agent: Agent, ids: Ids, case: dict, edited: Collection[tuple[int, 
         same = len(facts) == 2 and tuple(facts[0][:2]) == tuple(facts[1][:2])
         out.append(_LOGIC[pr["kind"].split("_")[0]]([p(*f) for f in facts], same))
     return out
-
-
-def gold_array(agent: Agent, ids: Ids, cases: Sequence[dict], edited: Collection[tuple[int, int]]) -> list[np.ndarray]:
-    """:func:`case_gold` for many cases (one array each)."""
-    return [np.asarray(case_gold(agent, ids, c, edited)) for c in cases]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -279,7 +280,7 @@ def test_alphaedit_keeps_preserved_outputs_and_commits_keys(setup, tiny_lm):
 
 def test_cached_statistics_give_bit_identical_edits(setup, tmp_path, monkeypatch):
     model, ctx, req = setup
-    ctx.cache_dir, ctx.model_id = tmp_path, "fixture"
+    ctx = replace(ctx, cache_dir=tmp_path, model_id="fixture")
     m = _method("rome")
     m.prepare(model, ctx)
     (name,) = m._names
@@ -302,7 +303,7 @@ def test_cached_statistics_give_bit_identical_edits(setup, tmp_path, monkeypatch
 
 def test_bad_statistics_are_one_clear_error(setup, tmp_path):
     model, ctx, _ = setup
-    ctx.cache_dir, ctx.model_id = tmp_path, "fixture"
+    ctx = replace(ctx, cache_dir=tmp_path, model_id="fixture")
     m = _method("rome")
     name = f"model.layers.{m.layers[0]}.mlp.down_proj"
     path = stats.cache_path(ctx, name, N_TOK)
@@ -341,9 +342,9 @@ def test_failed_edits_leave_the_weights_untouched(setup, name):
 
 def test_a_failed_edit_in_a_sequential_stream_is_recorded_and_the_stream_goes_on(tiny_world, ckpt, tmp_path,
                                                                                    monkeypatch):
-    from editlab.editing.config import EditsConfig, MetricsConfig
-    from editlab.editing.experiment import edit_run
     from editlab.editing.methods import rome
+    from editlab.runs.config import EditRun, EditsConfig, MetricsConfig
+    from editlab.runs.edit import edit_run
     from editlab.world.loading import World
     from tests.editing.test_toy_protocols import _trainer
 
@@ -360,10 +361,10 @@ def test_a_failed_edit_in_a_sequential_stream_is_recorded_and_the_stream_goes_on
     monkeypatch.setattr(rome, "optimise_targets", nan_on_second)
     method = registry.get_method("rome", {"layers": [0], "stats_tokens": 2000, "prefixes": [[5, 2]], "steps": 2})
     run = tmp_path / "run"
-    edit_run(world=World.open(tiny_world.dir), checkpoint=ckpt, method=method,
-             edits=EditsConfig(n=3, mode="sequential", eval_every=3), metrics=MetricsConfig(n_locality=5, n_samples=0),
-             run_dir=run, seed=0, run_config={"t": 1}, device="cpu", progress=False, trainer=_trainer(),
-             cache_root=tmp_path / "stats")
+    edit_run(EditRun(world=World.open(tiny_world.dir), checkpoint=ckpt, method=method,
+                     edits=EditsConfig(n=3, mode="sequential", eval_every=3),
+                     metrics=MetricsConfig(n_locality=5, n_samples=0), run_dir=run, seed=0, run_config={"t": 1},
+                     device="cpu", progress=False, trainer=_trainer(), cache_root=tmp_path / "stats"))
     recs = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and [("failed" in r["info"]) for r in recs] == [False, True, False]
     assert "non-finite" in recs[1]["info"]["failed"] and recs[1]["method"] == "rome"

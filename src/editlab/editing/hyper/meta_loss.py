@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from editlab.editing.loss import TargetBatch, reduce_nll, target_batch
 from editlab.editing.meta_data import MetaExample, Target
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 
 def object_logits(logits: torch.Tensor, batch: TargetBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from editlab.editing.loss import OBJECTIVES, REDUCTIONS, fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 
 @dataclass

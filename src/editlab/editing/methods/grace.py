@@ -56,7 +56,7 @@ from editlab.editing.loss import fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 EXPAND_MARGIN = 1e-3
 """Relative slack of an expanded radius: activations of one prompt differ by ~1e-6 relative between batch

@@ -28,7 +28,7 @@ from editlab.editing.loss import OBJECTIVES, REDUCTIONS, fit, target_batch
 from editlab.editing.registry import register
 from editlab.editing.weights import module_names
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 ADAPTER_MATRICES = ("lora_A", "lora_B", "lora_E")  # what weight decay applies to (lora_E: AdaLoRA's singular values)
 

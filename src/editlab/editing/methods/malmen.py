@@ -62,8 +62,8 @@ from editlab.editing.registry import register
 from editlab.editing.trainable import EditorTraining
 from editlab.editing.weights import get_module, is_transposed, linear_weight, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
 from editlab.utils import dist
+from editlab.vocab import PromptEncoder
 
 
 @dataclass

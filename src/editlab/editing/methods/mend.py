@@ -46,7 +46,7 @@ from editlab.editing.registry import register
 from editlab.editing.trainable import EditorTraining, TrainableEditor, editor_info
 from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
 from editlab.errors import EditlabError
-from editlab.eval.probes import PromptEncoder
+from editlab.vocab import PromptEncoder
 
 TRAINED_BEFORE_OPTIONS = {"block": "bottleneck_relu", "loss_reduction": "sum"}
 """The hyper-parameters that change what a trained editor means, with the values an editor whose editor.json

@@ -73,8 +73,7 @@ from transformers import PreTrainedTokenizerBase
 from editlab.editing.loss import TargetBatch
 from editlab.editing.meta_data import MetaExample, SoftTarget, with_target
 from editlab.editing.methods.serac_model import SeracWrapper, cf_prefix_ids, embed_prompts, hidden_states, prepend
-from editlab.eval.probes import PromptEncoder
-from editlab.vocab import prompt
+from editlab.vocab import PromptEncoder, prompt
 
 if TYPE_CHECKING:
     from editlab.editing.methods.serac import SERAC

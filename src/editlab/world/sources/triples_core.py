@@ -35,7 +35,8 @@ order, each the first candidate not yet taken; an id whose candidates are all ta
 object (truncation, collisions), which is harmless: subjects and objects are separate name spaces.
 
 Everything is deterministic: ids are encoded in input order and every iteration over ids is sorted;
-no randomness is used (``seed`` is accepted only for the source interface).
+no randomness is used, so the sources built on it (triples, wikidata5m) ignore the ``seed`` of their
+``load(cfg, seed)``, which is there for the source interface.
 """
 
 from __future__ import annotations
@@ -271,7 +272,6 @@ def build_kg(
     n_relations: int = 10,
     max_object_words: int = 4,
     pairs: Sequence[Sequence[str]] | None = None,
-    seed: int = 0,
     source: str = "triples",
 ) -> KG:
     """Apply Appendix A.1 (module docstring) to ``triples`` and return the KG.
@@ -280,7 +280,6 @@ def build_kg(
     records ``source``, the counts after each filter, the chosen relation ids (KG relation order),
     the pairs as source ids, how they were chosen, and the pairing value.
     """
-    del seed  # deterministic by construction
     norm_pairs = validate_params(n_relations, max_object_words, pairs)
     drop_e, drop_r = frozenset(drop_entities), frozenset(drop_relations)
     has_e, has_r = _alias_checker(entity_aliases), _alias_checker(relation_aliases)

@@ -87,6 +87,5 @@ def load(cfg: Config, seed: int) -> KG:
         n_relations=cfg.n_relations,
         max_object_words=cfg.max_object_words,
         pairs=cfg.pairs,
-        seed=seed,
         source="wikidata5m",
     )

@@ -1,4 +1,4 @@
-"""``edit_run(...)``: the library function behind ``python edit.py`` (plain typed arguments, no DictConfig).
+"""``edit_run(run)``: the library function behind ``python edit.py`` (one typed :class:`EditRun`, no DictConfig).
 
 Layout of a run directory (predictable from the config, so a killed run finds itself again)::
 
@@ -27,21 +27,22 @@ from pathlib import Path
 
 import torch
 
-from editlab.editing.base import EditContext, EditMethod
-from editlab.editing.config import EditsConfig, MetricsConfig
-from editlab.editing.export import export_edited
-from editlab.editing.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
-from editlab.editing.results import FINAL, PARTIAL, ResultsWriter
-from editlab.editing.session import Session
-from editlab.editing.trainable import TrainableEditor, resolve_editor
+from editlab.editing.base import EditContext
+from editlab.editing.trainable import TrainableEditor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
-from editlab.lm.pretrain import resolve_resume
+from editlab.runs.config import EditRun
+from editlab.runs.editors import resolve_editor
+from editlab.runs.export import export_edited
+from editlab.runs.pretrain import resolve_resume
+from editlab.runs.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
+from editlab.runs.results import FINAL, PARTIAL, ResultsWriter
+from editlab.runs.session import Session
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
-from editlab.world.loading import World
+from editlab.vocab import PromptEncoder
 from editlab.world.stream import AgentStream
 
 FINAL_LOCALITY = ("locality_agree", "locality_acc", "locality_kl")
@@ -62,24 +63,19 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsConfig, metrics: MetricsConfig,
-             run_dir: Path, seed: int, run_config: dict, loggers: list | None = None, device: str = "auto",
-             progress: bool = True, overwrite: bool = False, editor_path: Path | None = None,
-             trainer: dict | None = None, cache_root: Path | None = None) -> dict:
-    """Apply ``edits.n`` edit cases with ``method`` to the model at ``checkpoint``; score, write, summarise.
-
-    Args:
-        trainer: Lightning Trainer settings of the sequential protocol (``conf/trainer/sequential_edit.yaml``).
-        cache_root: where method statistics are cached, one folder per model id (``paths.stats``; default
-            ``<run_dir>/../.cache``).
-    """
+def edit_run(run: EditRun) -> dict:
+    """Apply ``run.edits.n`` edit cases with ``run.method`` to the model at ``run.checkpoint``; score, write,
+    summarise."""
+    world, method, edits, metrics, seed, run_config = (run.world, run.method, run.edits, run.metrics, run.seed,
+                                                       run.run_config)
+    checkpoint, editor_path = run.checkpoint, run.editor_path
     cases = world.cases(edits.split)
     if edits.n > len(cases):
         raise EditlabError(f"edits.n={edits.n} but the world has {len(cases)} {edits.split} cases; use edits.n<="
                            f"{len(cases)} or build a world with more cases (data.cases.n_cases)")
     if edits.mode != "single" and edits.batch_size > 1 and not method.supports_batch:
         raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
-    dev = _device(device)
+    dev = _device(run.device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
     if isinstance(method, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint
@@ -87,8 +83,8 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
                     "model": (run_config.get("model") or {}).get("name"), "seed": run_config.get("model_seed"),
                     "preset": run_config.get("preset")}
         editor_path = resolve_editor(editor_path, method, checkpoint, mid, fallback)
-    run_dir = Path(run_dir)
-    state = prepare(run_dir, run_config, ignore=NON_RESULT_KEYS, overwrite=overwrite, done=("metrics.json", FINAL))
+    run_dir = Path(run.run_dir)
+    state = prepare(run_dir, run_config, ignore=NON_RESULT_KEYS, overwrite=run.overwrite, done=("metrics.json", FINAL))
     if state == "done":
         return {**json.loads((run_dir / "metrics.json").read_text()), "reused": True}
     torch.manual_seed(seed)
@@ -99,7 +95,7 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     mx = max_object_tokens(tok, world.info["objects"])
     chosen = cases[: edits.n]
     loc = locality_facts(world.facts, cases, metrics.n_locality, seed)
-    cache = Path(cache_root) if cache_root is not None else run_dir.parent / ".cache"
+    cache = Path(run.cache_root) if run.cache_root is not None else run_dir.parent / ".cache"
     ctx = EditContext(model_id=mid, tokenizer=tok, world_dir=world.dir, cache_dir=cache / mid, editor_path=editor_path,
                          seed=seed)
     method.prepare(model, ctx)
@@ -112,24 +108,23 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
     pre_fluency = session.fluency(model, chosen, salt=-1)
     writer = ResultsWriter(run_dir, resume=state == "resume" and (run_dir / PARTIAL).exists())
     if edits.mode == "sequential":
-        _run_sequential(session, model, chosen, pre, pre_fluency, edits, world, writer, run_dir, loggers or [], dev,
-                        progress, resume=state == "resume", run_config=run_config, trainer=trainer or {})
+        _run_sequential(run, session, model, (chosen, pre, pre_fluency), writer, resume=state == "resume")
     else:
         stream = AgentStream.from_world(world, edits.weight) if edits.mode == "batch" else None
         RestoringProtocol(session, model, edits.mode, edits.batch_size, stream).run(chosen, pre, pre_fluency, writer,
-                                                                                    progress)
+                                                                                    run.progress)
     wall = time.perf_counter() - t0
-    out = _finish(world, chosen, writer.records, metrics, edits, (method.name, preset_of(run_config)), run_dir,
-                  loggers or [], wall, base_loc.accuracy(loc))
+    out = _finish(run, chosen, writer.records, wall, base_loc.accuracy(loc))
     writer.finish()  # last: results.jsonl appears only once metrics.json is written, so "done" means complete
     return out
 
 
-def _run_sequential(session: Session, model: torch.nn.Module, cases: list[dict], pre: list, pre_fluency: list[dict],
-                    edits: EditsConfig, world: World, writer: ResultsWriter, run_dir: Path, loggers: list,
-                    dev: torch.device, progress: bool, resume: bool, run_config: dict, trainer: dict) -> None:
+def _run_sequential(run: EditRun, session: Session, model: torch.nn.Module, scored: tuple[list[dict], list, list[dict]],
+                    writer: ResultsWriter, resume: bool) -> None:
     """Fit the :class:`SequentialProtocol` (one epoch per batch of edits, resuming from last.ckpt), then score
-    every edit on the final model and export it."""
+    every edit on the final model and export it. ``scored``: the cases with their pre-edit scores and fluency."""
+    cases, pre, pre_fluency = scored
+    edits, world, run_dir = run.edits, run.world, Path(run.run_dir)
     stream = AgentStream.from_world(world, edits.weight)
     curve = run_dir / "curve.jsonl"
     ckpt_dir = run_dir / "checkpoints"
@@ -139,7 +134,8 @@ def _run_sequential(session: Session, model: torch.nn.Module, cases: list[dict],
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     protocol = SequentialProtocol(session, model, cases, pre, pre_fluency, edits.batch_size, edits.eval_every,
                                   stream, writer, curve)
-    fit = sequential_trainer(trainer, protocol, last, edits.ckpt_every, dev, run_dir, loggers, progress)
+    fit = sequential_trainer(run.trainer or {}, protocol, last, edits.ckpt_every, _device(run.device), run_dir,
+                             run.loggers or [], run.progress)
     if resume and last.is_file():
         ckpt_path: str | None = resolve_resume(str(last), run_dir)  # a truncated checkpoint is a clear error
     else:
@@ -151,14 +147,15 @@ def _run_sequential(session: Session, model: torch.nn.Module, cases: list[dict],
     for rec, case, sc in zip(writer.records, cases, final, strict=True):
         rec.update(final=sc.to_json(), **stream.scored(case, "final"))
     writer.keep(len(writer.records))
-    export_edited(protocol.model, session.method, world.dir, run_dir / "model", run_config, world.hash,
+    export_edited(protocol.model, session.method, world.dir, run_dir / "model", run.run_config, world.hash,
                   {"edits": len(cases)}, session.ctx.model_id)
 
 
-def _finish(world: World, cases: list[dict], records: list[dict], metrics: MetricsConfig, edits: EditsConfig,
-            method: tuple[str, str], run_dir: Path, loggers: list, wall: float, loc_acc_pre: float) -> dict:
-    """Summarise the records into ``metrics.json`` and the loggers; ``method`` is (name, preset)."""
+def _finish(run: EditRun, cases: list[dict], records: list[dict], wall: float, loc_acc_pre: float) -> dict:
+    """Summarise the records into ``metrics.json`` and the loggers."""
     from editlab.eval.summary import summarize
+
+    world, metrics, edits, run_dir = run.world, run.metrics, run.edits, Path(run.run_dir)
 
     summary = summarize({c["case_id"]: c for c in cases}, records, metrics.protocol)
     if edits.mode == "sequential":  # the final model's locality: the curve's last point (written at the end)
@@ -166,7 +163,7 @@ def _finish(world: World, cases: list[dict], records: list[dict], metrics: Metri
         summary["subsets"]["all"].update({f"final/{k}": last[k] for k in FINAL_LOCALITY if k in last})
     edited = [r for r in records if r.get("edited", True)]
     times = sorted(r["time_s"] for r in edited) or [0.0]  # a request left unedited (edits.skip_correct) costs nothing
-    name, preset = method
+    name, preset = run.method.name, preset_of(run.run_config)
     out = {"method": name, "preset": preset, "mode": edits.mode, "n": len(records), "protocol": metrics.protocol,
            "skip_correct": edits.skip_correct, "edited_share": len(edited) / len(records),
            "summary": summary, "locality_acc_pre": loc_acc_pre, "wall_s": round(wall, 2),
@@ -178,7 +175,7 @@ def _finish(world: World, cases: list[dict], records: list[dict], metrics: Metri
         for k, v in vals.items():
             if isinstance(v, int | float):
                 flat[k if subset == "all" else f"{subset}/{k}"] = float(v)
-    for lg in loggers:
+    for lg in run.loggers or []:
         lg.log_metrics(flat, step=len(records))
         lg.save()
     return out

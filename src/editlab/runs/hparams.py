@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
+from editlab.utils.confdir import conf_dir as default_conf_dir
 
 
-def method_hparams(name: str, model: str | None, preset: str = "tuned", conf_dir: Path = CONF) -> dict:
+def method_hparams(name: str, model: str | None, preset: str = "tuned", conf_dir: Path | None = None) -> dict:
     """``hparams`` of conf/method/<name>.yaml as edit.py composes them for ``model=<model> preset=<preset>``
     (with conf/method_model/<preset>/<name>_<model>.yaml where it exists); ``model=None``: the method's own
     (paper) values.
 
     Without a YAML file: {} (the class defaults). Inside a running Hydra app (evaluate.py) the app's
-    config search path is used, which is ``conf/`` for every entry point of this repository.
+    config search path is used, which is ``conf/`` for every entry point of this repository. ``conf_dir``: the
+    configs (default: :func:`editlab.utils.confdir.conf_dir`).
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    path = Path(conf_dir) / "method" / f"{name}.yaml"
+    conf_dir = Path(conf_dir) if conf_dir is not None else default_conf_dir()
+    path = conf_dir / "method" / f"{name}.yaml"
     if not path.is_file():
         return {}
     if model is None:

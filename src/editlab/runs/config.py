@@ -1,10 +1,17 @@
-"""Typed, validated settings of an edit run (the ``edits`` and ``metrics`` nodes of conf/edit.yaml)."""
+"""Typed, validated settings of an edit run: the ``edits`` and ``metrics`` nodes of conf/edit.yaml, and
+:class:`EditRun`, everything ``edit.py`` hands to :func:`editlab.runs.edit.edit_run` in one object."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editlab.errors import EditlabError
+
+if TYPE_CHECKING:
+    from editlab.editing.base import EditMethod
+    from editlab.world.loading import World
 
 MODES = ("single", "batch", "sequential")
 
@@ -83,3 +90,42 @@ class MetricsConfig:
             raise EditlabError(f"metrics.protocol={self.protocol} must be paper or exact")
         if self.n_locality < 1 or self.n_samples < 0 or self.sample_tokens < 1:
             raise EditlabError("metrics.n_locality and metrics.sample_tokens must be >= 1, metrics.n_samples >= 0")
+
+
+@dataclass(frozen=True)
+class EditRun:
+    """One edit run, built once by ``edit.py`` from the composed config (paths absolute, settings validated).
+
+    Attributes:
+        world: the opened world.
+        checkpoint: the pretrained model's checkpoint directory.
+        method: the method, built with its hyper-parameters.
+        edits, metrics: the ``edits`` and ``metrics`` nodes.
+        run_dir: where the run writes (predictable from the config, so a killed run finds itself again).
+        seed: the edit run's seed (method randomness, locality set).
+        run_config: the resolved config, written to ``run_config.yaml`` and compared on reuse.
+        loggers: Lightning loggers the summary (and the sequential curve) go to.
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        progress: show progress bars.
+        overwrite: redo a finished run, or one with another config, in ``run_dir``.
+        editor_path: a trained editor (``None``: where ``train.py task=editor`` writes it for ``checkpoint``).
+        trainer: Lightning Trainer settings of the sequential protocol (``conf/trainer/sequential_edit.yaml``).
+        cache_root: where method statistics are cached, one folder per model id (``paths.stats``; ``None``:
+            ``<run_dir>/../.cache``).
+    """
+
+    world: World
+    checkpoint: Path
+    method: EditMethod
+    edits: EditsConfig
+    metrics: MetricsConfig
+    run_dir: Path
+    seed: int
+    run_config: dict
+    loggers: list = field(default_factory=list)
+    device: str = "auto"
+    progress: bool = True
+    overwrite: bool = False
+    editor_path: Path | None = None
+    trainer: dict = field(default_factory=dict)
+    cache_root: Path | None = None

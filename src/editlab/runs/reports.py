@@ -7,36 +7,22 @@ arguments only: evaluate.py composes the config, opens the world and loads the m
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from editlab.errors import EditlabError
 from editlab.eval import compare, plots
-from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
+from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.eval.records import read_records
 from editlab.eval.report import editing_markdown, table4_markdown, table5_markdown, tidy_csv
 from editlab.eval.summary import summarize
-from editlab.utils.atomic import atomic_directory
+from editlab.utils.atomic import publish
 from editlab.utils.csvlog import read_csv_log
 from editlab.utils.jsonio import dumps, read_json, read_jsonl
 from editlab.utils.rundir import read_yaml
+from editlab.vocab import PromptEncoder
 from editlab.world.loading import World
-
-REPORT_KEY = "editlab-report-1"
-
-
-def publish(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` into a fresh staging directory, then replace ``out`` with it (nothing half-written)."""
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    with atomic_directory(staging, REPORT_KEY) as tmp:
-        write(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(staging, out)
 
 
 def write_tables(directory: Path, summary: dict, meta: dict) -> None:

@@ -1,6 +1,6 @@
 """What every edit of a run shares, and the one per-edit step: apply, score, measure, build the records.
 
-Used by both protocols of :mod:`editlab.editing.protocols` (evaluation.md, "Protocols for many edits"),
+Used by both protocols of :mod:`editlab.runs.protocols` (evaluation.md, "Protocols for many edits"),
 which own the model and decide what happens to an edit afterwards (restore or commit). The session
 holds no model: every call takes the model it scores, so there is exactly one owner of the model
 state per run (the protocol) and nothing to keep in sync. Everything the record of an edit needs
@@ -24,11 +24,11 @@ from torch import nn
 
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
 from editlab.eval.locality import LocalityState
-from editlab.eval.probes import CaseScores, PromptEncoder, score_cases
+from editlab.eval.probes import CaseScores, score_cases
 from editlab.eval.scoring import sample_continuations
 from editlab.metrics.consistency import case_consistency
 from editlab.metrics.fluency import case_fluency
-from editlab.vocab import case_prompt, hit_exact
+from editlab.vocab import PromptEncoder, case_prompt, hit_exact
 
 
 def peak_memory_mb(device: torch.device) -> float:

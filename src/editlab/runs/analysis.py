@@ -2,7 +2,7 @@
 
 evaluate.py composes conf/analysis/<name>.yaml, opens the world, loads the checkpoint and composes the
 hyper-parameters of the methods an analysis edits with (what edit.py gives them for ``model=<preset>``,
-:func:`editlab.editing.hparams.method_hparams`); this function takes plain typed arguments only.
+:func:`editlab.runs.hparams.method_hparams`); this function takes plain typed arguments only.
 
 - ``tracing`` (:mod:`~editlab.analysis.trace_run`): where the model recalls a fact (ROME Sec. 2), which layer to edit;
 - ``klob`` (:mod:`~editlab.analysis.klob`): do dependent facts share their traced layers (survey Fig. 8);

@@ -12,7 +12,7 @@
   per block of earlier edits: the retention matrix), locality drift against the base model, and
   coherence against the accumulated agent.
 
-Who holds the model: the protocol, alone. The shared per-edit step (:class:`~editlab.editing.session.Session`)
+Who holds the model: the protocol, alone. The shared per-edit step (:class:`~editlab.runs.session.Session`)
 takes the model as an argument and returns the method's handle; the protocol replaces its model with
 ``handle.restore()`` (the unwrapped base) or ``handle.commit()`` (the module to edit next, possibly a
 wrapper). On resume, the method's state is loaded *with* the model before Lightning loads the weights,
@@ -44,11 +44,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from editlab.editing.base import EditFailed, EditHandle, EditMethod, unwrap
-from editlab.editing.results import ResultsWriter, write_jsonl
-from editlab.editing.session import Session
 from editlab.errors import EditlabError
 from editlab.eval.probes import CaseScores
 from editlab.metrics import GenerativeAccuracy, ProbabilisticCoherence
+from editlab.runs.results import ResultsWriter, write_jsonl
+from editlab.runs.session import Session
 from editlab.utils.jsonio import dumps, read_jsonl
 from editlab.utils.signals import StopOnSignal, save_atomically
 from editlab.vocab import ATOMIC, has_object, hit_exact, is_target_probe

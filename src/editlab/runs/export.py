@@ -17,7 +17,6 @@ dropping it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -25,17 +24,12 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from editlab.editing.base import EditContext, EditMethod, unwrap
+from editlab.editing.base import EditContext, EditMethod, method_hparams_of, unwrap
 from editlab.editing.registry import get_method
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import checkpoint_info, export_checkpoint, load_weights
 
 METHOD_STATE = "method_state.safetensors"
-
-
-def method_hparams_of(method: EditMethod) -> dict:
-    """The constructor hyper-parameters of ``method`` (its init fields), JSON-ready."""
-    return {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.init}
 
 
 def export_edited(model: nn.Module, method: EditMethod, world_dir: Path, out: Path, run_config: dict,

@@ -1,9 +1,9 @@
-"""``train_editor(...)``: the library function behind ``python train.py task=editor method=<name>``.
+"""``train_editor(run)``: the library function behind ``python train.py task=editor method=<name>``.
 
 Meta-trains a :class:`~editlab.editing.trainable.TrainableEditor` on a pretrained checkpoint with the
 world's ``meta`` split as a Lightning run and writes the editor checkpoint (trainable.py) that ``edit.py``
 loads. Plain typed arguments only; same seed + config -> same editor. Layout (``out`` is
-:func:`~editlab.editing.trainable.default_editor_dir` unless ``editor.out`` says otherwise)::
+:func:`~editlab.runs.editors.default_editor_dir` unless ``editor.out`` says otherwise)::
 
     <out>/                                the editor (atomic): editor.safetensors, editor.json, meta_training.png
     <out>-training/run_config.yaml        the config these checkpoints belong to
@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ from editlab.editing.trainable import (
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.precision import resolve_and_log
-from editlab.lm.pretrain import resolve_resume
+from editlab.runs.pretrain import resolve_resume
 from editlab.utils import hardware
 from editlab.utils.csvlog import keep_for_resume, log_files, read_csv_log
 from editlab.utils.jsonio import strict
@@ -223,21 +224,57 @@ def _curves(csv_dir: Path, out: Path) -> None:
         plots.save(plots.curves(points, "step", "optimizer step", keys), out / CURVES)
 
 
-def train_editor(world: World, checkpoint: Path, method: EditMethod, out_dir: Path, seed: int, training: EditorTraining,
-                 run_config: dict, trainer_kwargs: dict | None = None, loggers: list | None = None,
-                 progress: bool = True, overwrite: bool = False, ckpt_path: str | None = None) -> dict:
-    """Train ``method``'s editor on the model at ``checkpoint``; write it to ``out_dir``; return its metrics.
+@dataclass(frozen=True)
+class EditorRun:
+    """One editor meta-training run, built once by ``train.py task=editor`` from the composed config.
+
+    Attributes:
+        world: the opened world (its ``meta`` split trains the editor).
+        checkpoint: the base model's checkpoint directory.
+        method: the method whose editor is trained (a :class:`TrainableEditor`; any other is refused).
+        out_dir: where the editor is written (default: next to ``checkpoint``, where edit.py looks).
+        seed: seeds the split, the batches and the editor's initialisation.
+        training: the ``editor`` node.
+        run_config: the resolved config, recorded in the editor and compared on reuse.
+        trainer_kwargs: Lightning Trainer settings.
+        loggers: Lightning loggers (a CSV logger is always added).
+        progress: show a progress bar.
+        overwrite: retrain a finished editor, or one with another config, in ``out_dir``.
+        ckpt_path: ``last`` (or a path) to resume the meta-training.
+    """
+
+    world: World
+    checkpoint: Path
+    method: EditMethod
+    out_dir: Path
+    seed: int
+    training: EditorTraining
+    run_config: dict
+    trainer_kwargs: dict | None = None
+    loggers: list | None = None
+    progress: bool = True
+    overwrite: bool = False
+    ckpt_path: str | None = None
+
+
+def train_editor(run: EditorRun) -> dict:
+    """Train ``run.method``'s editor on the model at ``run.checkpoint``; write it to ``run.out_dir``; return its
+    metrics.
 
     A finished editor for the same base model and config in ``out_dir`` is reused, one with another config
     refused (utils/rundir.py's rules), unless ``overwrite``. ``ckpt_path="last"`` resumes the meta-training
     in :func:`training_dir` ``(out_dir)``; without it a stopped run starts over.
     """
+    world, checkpoint, method, seed, training, run_config = (run.world, run.checkpoint, run.method, run.seed,
+                                                             run.training, run.run_config)
+    trainer_kwargs, loggers, progress, overwrite, ckpt_path = (run.trainer_kwargs, run.loggers, run.progress,
+                                                               run.overwrite, run.ckpt_path)
     if not isinstance(method, TrainableEditor):
         raise EditlabError(f"method {method.name} has nothing to train; task=editor takes a trainable editor "
                            "(MEND, MALMEN, SERAC)")
     base = load_checkpoint(checkpoint, world.hash).eval()
     mid = model_id(checkpoint)
-    out_dir = Path(out_dir)
+    out_dir = Path(run.out_dir)
     work = training_dir(out_dir)
     # only the first process decides and cleans: DDP's other ranks re-run this script while rank 0 trains
     if rank_zero_only.rank == 0:

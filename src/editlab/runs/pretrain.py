@@ -1,6 +1,6 @@
-"""``pretrain(...)``: the library function behind ``python train.py`` (task=pretrain).
+"""``pretrain(run)``: the library function behind ``python train.py`` (task=pretrain).
 
-Plain typed arguments only (no DictConfig): the entry script composes and validates the config.
+One typed :class:`PretrainRun` (no DictConfig): the entry script composes and validates the config.
 Layout of a run directory (predictable, so ``ckpt_path=last`` finds it again)::
 
     <run_dir>/checkpoints/last.ckpt   Lightning state for resuming (not for loading models)
@@ -31,11 +31,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import export_checkpoint
 from editlab.lm.datamodule import PackedDataModule
-from editlab.lm.fact_probe import FactProbe
 from editlab.lm.module import PretrainModule
 from editlab.lm.packing import Corpus
 from editlab.lm.precision import resolve_and_log
 from editlab.lm.presets import Arch, Recipe, build_model
+from editlab.runs.fact_probe import FactProbe
 from editlab.utils import hardware
 from editlab.utils.jsonio import strict, write_json
 from editlab.utils.rundir import prepare
@@ -92,29 +92,57 @@ def finished_run(run_dir: Path, run_config: dict, overwrite: bool) -> dict | Non
     return {**metrics, "reused": True}
 
 
-def pretrain(
-    world: World,
-    arch: Arch | None,
-    recipe: Recipe,
-    run_dir: Path,
-    seed: int,
-    trainer_kwargs: dict,
-    loggers: list,
-    run_config: dict,
-    hf_path: str | None = None,
-    probe_facts: int = 500,
-    probe_every: int = 200,
-    ckpt_every: int = 100,
-    ckpt_path: str | None = None,
-    compile: bool = False,
-    max_steps: int | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> dict:
+@dataclass(frozen=True)
+class PretrainRun:
+    """One pretraining run, built once by ``train.py`` from the composed config (paths absolute).
+
+    Attributes:
+        world: the opened world (corpus, facts for the probe).
+        arch: the architecture of a fresh model (``None`` with ``hf_path``).
+        recipe: the training recipe (batch, schedule, sequence length, token budget).
+        run_dir: where the run writes (predictable, so ``ckpt_path=last`` finds it again).
+        seed: seeds the model, the batches and the probe's facts.
+        trainer_kwargs: Lightning Trainer settings (``conf/trainer/``); ``precision: auto`` is resolved here.
+        loggers: Lightning loggers.
+        run_config: the resolved config, exported with the model and compared on reuse.
+        hf_path: continue pretraining a local Hugging Face model instead of building ``arch``.
+        probe_facts, probe_every: the Figure 3 probe: facts scored, every this many steps.
+        ckpt_every: a Lightning checkpoint every this many steps.
+        ckpt_path: ``last`` (or a path) to resume.
+        compile: ``torch.compile`` the model.
+        max_steps: cap the recipe's number of steps.
+        progress: show a progress bar.
+        overwrite: redo a finished run, or one with another config, in ``run_dir``.
+    """
+
+    world: World
+    arch: Arch | None
+    recipe: Recipe
+    run_dir: Path
+    seed: int
+    trainer_kwargs: dict
+    loggers: list
+    run_config: dict
+    hf_path: str | None = None
+    probe_facts: int = 500
+    probe_every: int = 200
+    ckpt_every: int = 100
+    ckpt_path: str | None = None
+    compile: bool = False
+    max_steps: int | None = None
+    progress: bool = True
+    overwrite: bool = False
+
+
+def pretrain(run: PretrainRun) -> dict:
     """Pretrain (or resume), export the final model, return final metrics. A finished run with the same
     config is reused (see :func:`finished_run`)."""
-    run_dir = Path(run_dir)
-    if ckpt_path is None and (done := finished_run(run_dir, run_config, overwrite)) is not None:
+    world, arch, recipe, seed, trainer_kwargs, loggers = (run.world, run.arch, run.recipe, run.seed,
+                                                           run.trainer_kwargs, run.loggers)
+    run_config, hf_path, ckpt_path, progress, max_steps = (run.run_config, run.hf_path, run.ckpt_path, run.progress,
+                                                           run.max_steps)
+    run_dir = Path(run.run_dir)
+    if ckpt_path is None and (done := finished_run(run_dir, run_config, run.overwrite)) is not None:
         return done
     resume = resolve_resume(ckpt_path, run_dir)
     # decided once, here: "auto" becomes bf16-mixed or 32-true for the machine it runs on (logged, and recorded below)
@@ -130,8 +158,8 @@ def pretrain(
         model = load_hf(hf_path, meta["vocab_size"]).train()
     else:
         model = build_model(arch, meta["vocab_size"], meta["bos_id"], meta["eos_id"], meta["pad_id"])
-    probe = FactProbe(world.dir, n_facts=probe_facts, every_n_steps=probe_every, seed=seed)
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=ckpt_every,
+    probe = FactProbe(world.dir, n_facts=run.probe_facts, every_n_steps=run.probe_every, seed=seed)
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=run.ckpt_every,
                            save_top_k=1, enable_version_counter=False)
     # StopOnSignal after the probe: a step's probe point is logged before a signal stops the run there
     stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", at="batch")
@@ -150,7 +178,7 @@ def pretrain(
     p = plan(recipe, corpus.mean_framed_doc(), trainer.world_size, max_steps)
     trainer.fit_loop.epoch_loop.max_steps = p.n_steps
     dm = PackedDataModule(corpus, recipe.seq_len, p.rows_per_step, p.n_steps, seed)
-    module = PretrainModule(model, recipe, p.n_steps, p.tokens_per_step, compile=compile)
+    module = PretrainModule(model, recipe, p.n_steps, p.tokens_per_step, compile=run.compile)
     # Lightning cannot see that StreamBatches resumes at the optimizer step (tested bit-exact), and would
     # warn that a mid-epoch resume is unreliable
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
