@@ -39,6 +39,7 @@ from editlab.eval.locality import LocalityState, locality_facts
 from editlab.eval.probes import PromptEncoder, max_object_tokens, score_cases
 from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.pretrain import resolve_resume
+from editlab.utils.hardware import resolve_device
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 from editlab.world.loading import World
@@ -52,14 +53,6 @@ each edit's own probes; locality is measured on the model, once per curve point)
 def preset_of(run_config: dict) -> str:
     """The run's preset (conf/preset/: ``tuned``, the default, or ``paper``), as records and tables name it."""
     return str((run_config.get("preset") or {}).get("name", "tuned"))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EditlabError(f"device={name} but no CUDA device is available; use device=cpu")
-    return torch.device(name)
 
 
 def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsConfig, metrics: MetricsConfig,
@@ -79,7 +72,7 @@ def edit_run(world: World, checkpoint: Path, method: EditMethod, edits: EditsCon
                            f"{len(cases)} or build a world with more cases (data.cases.n_cases)")
     if edits.mode != "single" and edits.batch_size > 1 and not method.supports_batch:
         raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
-    dev = _device(device)
+    dev = resolve_device(device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
     if isinstance(method, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint

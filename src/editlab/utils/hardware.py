@@ -15,6 +15,20 @@ import platform
 import torch
 
 
+def resolve_device(name: str) -> torch.device:
+    """The ``device`` setting of an entry script: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda[:i]``."""
+    from editlab.errors import EditlabError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EditlabError(f"device={name} but no CUDA device is available; use device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise EditlabError(f"device={name} is not a device; use auto, cpu or cuda") from None
+
+
 @functools.cache
 def cpu_capability() -> str:
     """ATen's CPU kernel level: ``"AVX512"``, ``"AVX2"``, ``"DEFAULT"`` (or the ARM equivalents)."""
