@@ -4,6 +4,9 @@
 - an OmegaConf interpolation error caused by an :class:`~editlab.errors.EditlabError` (a resolver such as
   ``${editlab.traced_layer:...}`` refusing its input while the entry point resolves its config): that
   error's one line, exit 2; OmegaConf would otherwise wrap it in a traceback.
+- a ``+key=value`` override that adds a top-level key: no code reads it, so it is a typo; refused (exit 2)
+  before anything runs. Additions inside a node (``+method.hparams.x=...``) are checked by that node's
+  validation (unknown keys named there).
 - :class:`~editlab.utils.signals.Interrupted` (SIGTERM / SIGINT): ``interrupted: ...`` with how to
   resume, exit 143 / 130, so ``make`` and shell pipelines stop instead of carrying on.
 
@@ -29,6 +32,7 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
     """Call ``fn()`` under :func:`~editlab.utils.signals.graceful_stop`; map user errors and signals to exits."""
     silence_third_party()
     try:
+        refuse_added_top_level_keys()
         with graceful_stop():
             return fn()
     except EditlabError as exc:
@@ -43,6 +47,19 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
     except Interrupted as exc:
         print(f"interrupted ({exc}); {resume_hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+def refuse_added_top_level_keys() -> None:
+    """Raise for a ``+key=value`` command-line override of a new top-level key (inside a Hydra app; else nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    for override in HydraConfig.get().overrides.task:
+        key = override[1:].split("=", 1)[0]
+        if override.startswith("+") and not override.startswith("++") and not any(c in key for c in "./@"):
+            raise EditlabError(f"{override} adds a key that nothing reads (a typo?); drop it, or set an existing key "
+                               "without the + (python <script>.py --cfg job lists them)")
 
 
 def _editlab_cause(exc: BaseException) -> EditlabError | None:

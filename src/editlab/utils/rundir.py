@@ -5,8 +5,9 @@ same command finds its run again: a killed run resumes, a finished one is reused
 *different* config in that directory is refused (a changed hyper-parameter must neither silently return
 the old results nor overwrite them by accident). The config is compared as recorded in the directory's
 ``run_config.yaml``, minus the keys that do not change results (display, device, resume switches) and the
-locations (``paths``, ``run_dir``: the same run is the same wherever its directory is named from); a path under one of the ``paths`` roots is
-compared from that root, so moving ``EDITLAB_OUTPUTS`` or ``EDITLAB_CACHE`` keeps runs reusable and resumable.
+locations (``paths``, ``run_dir``: the same run is the same wherever its directory is named from); a path
+under one of the ``paths`` roots is compared from that root, so moving ``EDITLAB_OUTPUTS`` or ``EDITLAB_CACHE``
+keeps runs reusable and resumable.
 
 In a Hydra multirun every job gets its own subdirectory, named from the job's overrides
 (``hydra.job.override_dirname``, configured in conf/hydra/default.yaml) by the ``${editlab.job_subdir:}``
