@@ -185,3 +185,9 @@ def test_cli_takes_the_run_level_keys_of_every_entry_script(tiny_world, tmp_path
     assert (ckpt / "eval" / "metrics.json").is_file()
     r = _cli(tiny_world, [f"checkpoint={ckpt}", "n_cases=2", "device=tpu"])
     assert r.returncode == 2 and "device=tpu is not a device" in r.stderr, r.stderr[-2000:]
+
+
+def test_cli_refuses_an_added_top_level_key(tiny_world, tmp_path):
+    r = _cli(tiny_world, ["+foo=1", f"run={tmp_path}"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "+foo=1 adds a key that nothing reads" in r.stderr
