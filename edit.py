@@ -32,6 +32,7 @@ def edit(cfg: DictConfig) -> dict:
     from editlab.editing.config import EditsConfig, MetricsConfig
     from editlab.editing.experiment import edit_run
     from editlab.editing.registry import get_method
+    from editlab.lm.checkpoint import trained_overrides
     from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
@@ -47,8 +48,10 @@ def edit(cfg: DictConfig) -> dict:
     world = World.from_config(data, to_absolute_path(data["cache_dir"]))
     checkpoint = Path(to_absolute_path(cfg.checkpoint))
     if not checkpoint.is_dir():
+        found = trained_overrides(Path(to_absolute_path(cfg.paths.outputs)) / "train" / data["name"])
+        offer = f"; or edit a model trained already: {' | '.join(found)}" if found else ""
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "
-                           f"model={cfg.model.name} (or pass checkpoint=<dir>)")
+                           f"model={cfg.model.name}{offer} (or pass checkpoint=<dir>)")
     logger = instantiate(cfg.logger)
     record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
     return edit_run(

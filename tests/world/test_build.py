@@ -110,11 +110,12 @@ def test_a_script_that_needs_the_world_builds_it_saying_so(tmp_path, capsys):
     from editlab.world.loading import World
 
     data = data_config()
-    with pytest.raises(EditlabError, match="python -m editlab.world data=wikidata_synth_tiny"):
+    with pytest.raises(EditlabError, match=r"python -m editlab\.world data=wikidata_synth_tiny"):
         World.from_config(data, tmp_path)
     world = World.from_config(data, tmp_path, build=True)
     err = capsys.readouterr().err
-    assert err.startswith("building world wikidata_synth_tiny first (not built yet; about 5 s)") and err.count("\n") == 1
+    assert err.startswith("building world wikidata_synth_tiny first (not built yet; about 5 s)")
+    assert err.count("\n") == 1
     assert world.info["hash"] and World.from_config(data, tmp_path).dir == world.dir
     World.from_config(data, tmp_path, build=True)
     assert capsys.readouterr().err == ""  # built once, then reused silently

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, processors
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from editlab.errors import EditlabError
-from editlab.utils.atomic import atomic_directory
+from editlab.utils.atomic import MARKER, atomic_directory
 from editlab.utils.jsonio import read_json
 
 INFO = "editlab.json"
@@ -82,6 +82,17 @@ def copy_tokenizer(world_dir: Path, out: Path) -> None:
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                        special_tokens=[(bos, tok.token_to_id(bos))])
     (out / "tokenizer.json").write_text(tok.to_str(pretty=False))
+
+
+def trained_overrides(data_dir: Path) -> list[str]:
+    """The ``model=<preset> [model_seed=<s>]`` overrides of every finished pretraining run under ``data_dir``
+    (``<outputs>/train/<data name>``), for a "no checkpoint" error to offer what is there."""
+    found = []
+    for marker in sorted(Path(data_dir).glob("*-s*/model/" + MARKER)):
+        name, _, seed = marker.parent.parent.name.rpartition("-s")
+        if name and seed.isdigit():
+            found.append(f"model={name}" + (f" model_seed={seed}" if seed != "0" else ""))
+    return found
 
 
 def checkpoint_info(directory: Path) -> dict:

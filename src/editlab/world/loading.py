@@ -11,7 +11,6 @@ from editlab.errors import EditlabError
 from editlab.utils.atomic import MARKER
 from editlab.world.agent import Agent
 
-
 # measured with python -m editlab.world (bench/world.py); shown when a script builds the world it needs
 BUILD_TIMES = {"wikidata_synth_tiny": "about 5 s", "wikidata_synth": "about 2 min, 2 GB of memory"}
 
