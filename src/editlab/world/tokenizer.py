@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from editlab.errors import EditlabError
+from editlab.utils.jsonio import read_json
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIALS = (PAD, BOS, EOS)
 
@@ -195,7 +198,19 @@ def verify_sample(tok: Tokenizer, docs: Callable[[int, int], Iterator[str]], dir
 def load_tokens(directory: Path) -> tuple[np.memmap, np.ndarray, dict]:
     """Memory-map the tokenized corpus: (flat token ids, document offsets, metadata).
     Document d is ``tokens[offsets[d]:offsets[d + 1]]``."""
-    meta = json.loads((directory / "tokens.json").read_text())
-    tokens = np.memmap(directory / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
-    offsets = np.load(directory / "doc_offsets.npy", mmap_mode="r", allow_pickle=False)
+    fix = f"rebuild the world: delete {directory} and run python -m editlab.world (with the same data=)"
+    meta = read_json(directory / "tokens.json", fix, "corpus description")
+    path = directory / "tokens.bin"
+    want = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
+    have = path.stat().st_size if path.is_file() else -1
+    if have != want:
+        raise EditlabError(f"{path} holds {max(have, 0)} bytes where tokens.json says {want} (truncated or damaged); "
+                           f"{fix}")
+    tokens = np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+    try:
+        offsets = np.load(directory / "doc_offsets.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise EditlabError(f"cannot read {directory / 'doc_offsets.npy'} ({str(exc).splitlines()[0]}); {fix}") from None
+    if offsets.ndim != 1 or len(offsets) < 1 or int(offsets[-1]) != len(tokens):
+        raise EditlabError(f"{directory / 'doc_offsets.npy'} does not match tokens.bin; {fix}")
     return tokens, offsets, meta
