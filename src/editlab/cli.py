@@ -10,13 +10,21 @@
 - :class:`~editlab.utils.signals.Interrupted` (SIGTERM / SIGINT): ``interrupted: ...`` with how to
   resume, exit 143 / 130, so ``make`` and shell pipelines stop instead of carrying on.
 
-Anything else is a bug and keeps its traceback.
+- an :class:`OSError` with a file name (a directory that cannot be written, a full disk): ``error: cannot write
+  ...`` naming the file and the settings that move it, exit 2.
+- anything else is a bug: one line on the console naming the log file that holds the traceback
+  (``<outputs>/logs/``, else the temporary directory), exit 1.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf.errors import InterpolationResolutionError
@@ -47,6 +55,34 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
     except Interrupted as exc:
         print(f"interrupted ({exc}); {resume_hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:
+            _crash(exc)
+        print(f"error: cannot use {exc.filename}: {exc.strerror or exc}; choose a location you can write "
+              "(EDITLAB_OUTPUTS=..., EDITLAB_CACHE=... or run_dir=...)", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        _crash(exc)
+
+
+def _crash(exc: BaseException) -> None:
+    """Write the traceback of an unexpected error to a log file; one line on the console; exit 1."""
+    text = "".join(traceback.format_exception(exc))
+    name = f"{Path(sys.argv[0]).stem or 'editlab'}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (Path(os.environ.get("EDITLAB_OUTPUTS", "outputs")) / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(f"{' '.join(sys.argv)}\n\n{text}")
+            where = f"the traceback is in {folder / name}"
+            break
+        except OSError:
+            continue
+    else:
+        where = "no log file could be written"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"error: unexpected {type(exc).__name__}: {first} ({where}; please report it with that file)",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def refuse_added_top_level_keys() -> None:
