@@ -28,6 +28,9 @@ def from_dict(cls: type[T], raw: Any, where: str) -> T:
         raise EditlabError(f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(names))}")
     hints = typing.get_type_hints(cls)
     for key, value in raw.items():
+        if value == "???":  # OmegaConf's MISSING survives to_container(resolve=True) as this string
+            raise EditlabError(f"{where.split(' ')[0]}.{key} is required and not set; add "
+                               f"{where.split(' ')[0]}.{key}=<value> to the command")
         if not _fits(value, hints.get(key, Any)):
             raise EditlabError(f"{where}.{key}={value!r} should be {_name(hints[key])}; fix the value")
         if _non_finite(value):
