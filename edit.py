@@ -37,7 +37,8 @@ def edit(cfg: DictConfig) -> dict:
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
 
-    apply_threads(cfg.threads)  # parallel multirun jobs share the cores (utils/threads.py)
+    # parallel multirun jobs share the cores; a small model runs on one thread (utils/threads.py)
+    apply_threads(cfg.threads, OmegaConf.select(cfg, "model.arch.hidden_size"))
 
     # conf/method/<name>.yaml, specialised by conf/method_model/tuned/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)

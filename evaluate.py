@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from editlab.utils.hardware import resolve_device
     from editlab.utils.threads import apply_threads
 
-    apply_threads(cfg.threads)
+    apply_threads(cfg.threads, OmegaConf.select(cfg, "model.arch.hidden_size"))
     device = resolve_device(str(cfg.device))
     if cfg.get("analysis") is not None:
         return analyse(cfg)
