@@ -11,8 +11,16 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import resource
 
 import torch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated since the last reset; CPU: the process's peak RSS so far (Linux KiB -> MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def resolve_device(name: str) -> torch.device:
