@@ -75,15 +75,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
 
-def _encode_flat(tok: Tokenizer, texts: list[str], dtype: np.dtype, chunk: int = 65536
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Encode ``texts`` into a flat id array and offsets (CSR), batch by batch."""
+def _encode_flat(tok: Tokenizer, texts: list[str], dtype: np.dtype, chunk: int = 65536,
+                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode ``texts`` into a flat id array and offsets (CSR), batch by batch (``progress(n)`` after each)."""
     parts: list[np.ndarray] = []
     lens = np.zeros(len(texts), dtype=np.int64)
     for a in range(0, len(texts), chunk):
         ids = [e.ids for e in tok.encode_batch_fast(texts[a : a + chunk], add_special_tokens=False)]
         lens[a : a + len(ids)] = [len(x) for x in ids]
         parts.append(np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(lens[a : a + len(ids)].sum())))
+        if progress:
+            progress(len(ids))
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)), np.r_[0, np.cumsum(lens)]
 
 
@@ -114,8 +116,8 @@ def tokenize_documents(
     n_docs = len(doc_ptr) - 1
     dot = tok.encode(".", add_special_tokens=False).ids
     # source buffer: [standalone sentence i] ... then [dot + " " + sentence i] ...
-    first_tok, first_off = _encode_flat(tok, texts, dtype)
-    cont_tok, cont_off = _encode_flat(tok, [" " + t for t in texts], dtype)
+    first_tok, first_off = _encode_flat(tok, texts, dtype, progress=progress)
+    cont_tok, cont_off = _encode_flat(tok, [" " + t for t in texts], dtype, progress=progress)
     n_s = len(texts)
     cont_len = np.diff(cont_off) + len(dot)
     dotted = np.empty(int(cont_len.sum()), dtype=dtype)
