@@ -30,13 +30,15 @@ register_resolvers()  # ${editlab.job_subdir:} in run_dir: one directory per mul
 def edit(cfg: DictConfig) -> dict:
     """Validate the config and run the edits; returns the run's metrics."""
     from editlab.editing.registry import get_method
+    from editlab.lm.checkpoint import trained_overrides
     from editlab.runs.config import EditRun, EditsConfig, MetricsConfig
     from editlab.runs.edit import edit_run
     from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
 
-    apply_threads(cfg.threads)  # parallel multirun jobs share the cores (utils/threads.py)
+    # parallel multirun jobs share the cores; a small model runs on one thread (utils/threads.py)
+    apply_threads(cfg.threads, OmegaConf.select(cfg, "model.arch.hidden_size"))
 
     # conf/method/<name>.yaml, specialised by conf/method_model/tuned/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
@@ -47,8 +49,10 @@ def edit(cfg: DictConfig) -> dict:
     world = World.from_config(data, to_absolute_path(data["cache_dir"]))
     checkpoint = Path(to_absolute_path(cfg.checkpoint))
     if not checkpoint.is_dir():
+        found = trained_overrides(Path(to_absolute_path(cfg.paths.outputs)) / "train" / data["name"])
+        offer = f"; or edit a model trained already: {' | '.join(found)}" if found else ""
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "
-                           f"model={cfg.model.name} (or pass checkpoint=<dir>)")
+                           f"model={cfg.model.name}{offer} (or pass checkpoint=<dir>)")
     logger = instantiate(cfg.logger)
     record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
     return edit_run(EditRun(

@@ -30,7 +30,11 @@ register_resolvers()  # a method config composed for an analysis may take ${edit
 def evaluate(cfg: DictConfig) -> dict:
     """Validate the config and run the mode it names; returns the report's location and headline numbers."""
     from editlab.runs.reports import evaluate_checkpoint, evaluate_run, evaluate_sweep
+    from editlab.utils.hardware import resolve_device
+    from editlab.utils.threads import apply_threads
 
+    apply_threads(cfg.threads, OmegaConf.select(cfg, "model.arch.hidden_size"))
+    device = resolve_device(str(cfg.device))
     if cfg.get("analysis") is not None:
         return analyse(cfg)
     if sum(cfg[k] is not None for k in ("run", "checkpoint", "sweep")) != 1:
@@ -52,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(to_absolute_path(str(cfg.checkpoint)))
     out = Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else ckpt / "eval"
     world = World.from_config(data, data["cache_dir"])
-    return evaluate_checkpoint(load_checkpoint(ckpt, world.hash), world, ckpt, out,
+    return evaluate_checkpoint(load_checkpoint(ckpt, world.hash).to(device), world, ckpt, out,
                                None if cfg.n_cases is None else int(cfg.n_cases), int(cfg.batch_size),
                                str(cfg.protocol))
 

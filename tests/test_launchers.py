@@ -30,6 +30,18 @@ def test_auto_threads_share_the_cores(monkeypatch, launcher, cores, want):
     assert threads.job_threads("auto") == want
 
 
+@pytest.mark.parametrize(("width", "launcher", "want"), [
+    (128, {}, 1), (256, {}, 1), (512, {}, None),
+    (128, {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 1),
+    (512, {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 4),
+])
+def test_auto_threads_give_a_small_model_one_thread(monkeypatch, width, launcher, want):
+    monkeypatch.setattr(threads, "_launcher", lambda: launcher)
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    assert threads.job_threads("auto", width) == want
+    assert threads.job_threads(3, width) == 3  # an explicit count wins
+
+
 def test_explicit_threads_win_and_bad_values_are_refused():
     assert threads.job_threads(3) == 3
     for bad in (0, -2, "four", True):

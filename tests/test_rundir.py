@@ -67,3 +67,21 @@ def test_config_differences_lists_nested_added_and_removed_keys():
     b = {"x": {"y": 1, "w": 3}, "k": 1}
     assert config_differences(a, b) == ["x.w", "x.z"]
     assert config_differences(a, a) == []
+
+
+def test_paths_under_a_moved_root_are_the_same_location(tmp_path, monkeypatch):
+    """Setting EDITLAB_OUTPUTS / EDITLAB_CACHE (absolute) after a run keeps it reusable and resumable; a path
+    that really points elsewhere is still a different config."""
+    monkeypatch.chdir(tmp_path)
+    old = {**CFG, "paths": {"outputs": "outputs", "cache": ".cache/editlab", "stats": "outputs/cache"},
+           "checkpoint": "outputs/train/w/m-s0/model", "data": {"cache_dir": ".cache/editlab/worlds"},
+           "editor_path": None, "stats_dir": "outputs/cache/abc"}
+    for outputs, cache in [("/scratch/out", "/scratch/cache"), (str(tmp_path / "outputs"), ".cache/editlab")]:
+        new = {**old, "paths": {"outputs": outputs, "cache": cache, "stats": f"{outputs}/cache"},
+               "checkpoint": f"{outputs}/train/w/m-s0/model", "data": {"cache_dir": f"{cache}/worlds"},
+               "stats_dir": f"{outputs}/cache/abc"}
+        assert config_differences(old, new) == []
+    other = {**old, "checkpoint": "outputs/train/w/m-s1/model", "editor_path": "/scratch/out/train/w/m-s0/editors"}
+    assert config_differences(old, other) == ["checkpoint", "editor_path"]
+    # a string that merely starts like a root is no path under it
+    assert config_differences({**old, "tag": "outputsX"}, {**old, "tag": "/scratch/out/X"}) == ["tag"]

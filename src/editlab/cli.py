@@ -4,16 +4,27 @@
 - an OmegaConf interpolation error caused by an :class:`~editlab.errors.EditlabError` (a resolver such as
   ``${editlab.traced_layer:...}`` refusing its input while the entry point resolves its config): that
   error's one line, exit 2; OmegaConf would otherwise wrap it in a traceback.
+- a ``+key=value`` override that adds a top-level key: no code reads it, so it is a typo; refused (exit 2)
+  before anything runs. Additions inside a node (``+method.hparams.x=...``) are checked by that node's
+  validation (unknown keys named there).
 - :class:`~editlab.utils.signals.Interrupted` (SIGTERM / SIGINT): ``interrupted: ...`` with how to
   resume, exit 143 / 130, so ``make`` and shell pipelines stop instead of carrying on.
 
-Anything else is a bug and keeps its traceback.
+- an :class:`OSError` with a file name (a directory that cannot be written, a full disk): ``error: cannot write
+  ...`` naming the file and the settings that move it, exit 2.
+- anything else is a bug: one line on the console naming the log file that holds the traceback
+  (``<outputs>/logs/``, else the temporary directory), exit 1.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf.errors import InterpolationResolutionError
@@ -29,6 +40,7 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
     """Call ``fn()`` under :func:`~editlab.utils.signals.graceful_stop`; map user errors and signals to exits."""
     silence_third_party()
     try:
+        refuse_added_top_level_keys()
         with graceful_stop():
             return fn()
     except EditlabError as exc:
@@ -43,6 +55,47 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
     except Interrupted as exc:
         print(f"interrupted ({exc}); {resume_hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:
+            _crash(exc)
+        print(f"error: cannot use {exc.filename}: {exc.strerror or exc}; choose a location you can write "
+              "(EDITLAB_OUTPUTS=..., EDITLAB_CACHE=... or run_dir=...)", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        _crash(exc)
+
+
+def _crash(exc: BaseException) -> None:
+    """Write the traceback of an unexpected error to a log file; one line on the console; exit 1."""
+    text = "".join(traceback.format_exception(exc))
+    name = f"{Path(sys.argv[0]).stem or 'editlab'}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (Path(os.environ.get("EDITLAB_OUTPUTS", "outputs")) / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(f"{' '.join(sys.argv)}\n\n{text}")
+            where = f"the traceback is in {folder / name}"
+            break
+        except OSError:
+            continue
+    else:
+        where = "no log file could be written"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"error: unexpected {type(exc).__name__}: {first} ({where}; please report it with that file)",
+          file=sys.stderr)
+    sys.exit(1)
+
+
+def refuse_added_top_level_keys() -> None:
+    """Raise for a ``+key=value`` command-line override of a new top-level key (inside a Hydra app; else nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    for override in HydraConfig.get().overrides.task:
+        key = override[1:].split("=", 1)[0]
+        if override.startswith("+") and not override.startswith("++") and not any(c in key for c in "./@"):
+            raise EditlabError(f"{override} adds a key that nothing reads (a typo?); drop it, or set an existing key "
+                               "without the + (python <script>.py --cfg job lists them)")
 
 
 def _editlab_cause(exc: BaseException) -> EditlabError | None:

@@ -33,6 +33,16 @@ def test_bad_hyperparameter_key_is_a_user_error():
         registry.get_method("lora", {"objective": "last_token"})
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_hyperparameter_is_refused_naming_key_and_value(value):
+    """lr=inf once passed every check and failed 50 lines later; lr=nan was refused without the value."""
+    with pytest.raises(EditlabError) as err:
+        registry.get_method("lora", {"lr": value})
+    assert f"method lora.lr={value}" in str(err.value) and "not a finite number" in str(err.value)
+    with pytest.raises(EditlabError, match="not a finite number"):
+        registry.get_method("memit", {"layers": [1, value]})
+
+
 def test_every_registered_method_has_a_config():
     assert {p.stem for p in YAMLS} >= set(registry.available())
 

@@ -175,3 +175,19 @@ def test_checkpoint_of_another_world_is_refused_before_writing(tiny_world, tmp_p
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert "trained on world 0123456789ab" in r.stderr and tiny_world.world["hash"] in r.stderr
     assert not (ckpt / "eval").exists()
+
+
+def test_cli_takes_the_run_level_keys_of_every_entry_script(tiny_world, tmp_path):
+    """threads=, progress= and device= mean what they mean for train.py and edit.py."""
+    ckpt = _export(tiny_world, tmp_path / "model", tiny_world.world["hash"])
+    r = _cli(tiny_world, [f"checkpoint={ckpt}", "n_cases=2", "threads=1", "progress=false", "device=cpu"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (ckpt / "eval" / "metrics.json").is_file()
+    r = _cli(tiny_world, [f"checkpoint={ckpt}", "n_cases=2", "device=tpu"])
+    assert r.returncode == 2 and "device=tpu is not a device" in r.stderr, r.stderr[-2000:]
+
+
+def test_cli_refuses_an_added_top_level_key(tiny_world, tmp_path):
+    r = _cli(tiny_world, ["+foo=1", f"run={tmp_path}"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "+foo=1 adds a key that nothing reads" in r.stderr

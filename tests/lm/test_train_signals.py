@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_ends_like_an_uninte
     assert not list(run.glob("checkpoints/*.tmp"))
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert 4 <= state["global_step"] < 40, "the signal must land mid-training"
+    # acknowledged at once, naming the step it finishes before saving (that step or, at a step boundary, the next)
+    said = re.search(r"SIGTERM received: finishing step (\d+), then saving (\S+)", err)
+    assert said and int(said[1]) in (state["global_step"], state["global_step"] + 1) and said[2].endswith("last.ckpt")
     assert state["callbacks"]["FactProbe"]["history"][0]["step"] == 4  # the curve so far travels with the state
 
     resumed = _run(tiny_world, run, ["ckpt_every_n_steps=1", "ckpt_path=last"])

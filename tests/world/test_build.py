@@ -103,3 +103,19 @@ def test_malformed_triples_file_names_file_and_line(tmp_path):
 def test_library_raises_editlab_error():
     with pytest.raises(EditlabError, match="mgtp"):
         world_config(data_config(["data.generative.mgtp=2"]))
+
+
+def test_a_script_that_needs_the_world_builds_it_saying_so(tmp_path, capsys):
+    """train.py opens its world with build=True: an absent world is built (one line), not an error."""
+    from editlab.world.loading import World
+
+    data = data_config()
+    with pytest.raises(EditlabError, match=r"python -m editlab\.world data=wikidata_synth_tiny"):
+        World.from_config(data, tmp_path)
+    world = World.from_config(data, tmp_path, build=True)
+    err = capsys.readouterr().err
+    assert err.startswith("building world wikidata_synth_tiny first (not built yet; about 5 s)")
+    assert err.count("\n") == 1
+    assert world.info["hash"] and World.from_config(data, tmp_path).dir == world.dir
+    World.from_config(data, tmp_path, build=True)
+    assert capsys.readouterr().err == ""  # built once, then reused silently

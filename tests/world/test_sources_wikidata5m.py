@@ -229,11 +229,16 @@ def test_relative_and_home_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_errors_name_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(EditlabError, match=r"does not exist: run `scripts/download_wikidata5m.sh"):
+    from editlab.world.sources import source_config
+
+    with pytest.raises(EditlabError) as err:  # the YAML's path: ??? left unset on the command line
+        source_config("wikidata5m", {"path": "???"})
+    assert str(err.value) == "data.kg.path is required and not set; add data.kg.path=<value> to the command"
+    with pytest.raises(EditlabError, match=r"does not exist; fetch and unpack them with: bash scripts/"):
         load(Config(path=str(tmp_path / "nowhere")), seed=0)
     path = write_w5m(tmp_path / "w5m", FILTER_TRIPLES, FILTER_ENTITIES, FILTER_RELATIONS)
     (Path(path) / "wikidata5m_relation.txt").unlink()
-    with pytest.raises(EditlabError, match=r"missing Wikidata5m file .*wikidata5m_relation.txt: scripts/download"):
+    with pytest.raises(EditlabError, match=r"missing Wikidata5m file .*relation\.txt; fetch and unpack them with"):
         load(Config(path=path), seed=0)
 
     bad = write_w5m(tmp_path / "bad", ["Q1 P19 Q10", "Q1 P27 Q20"], FILTER_ENTITIES, FILTER_RELATIONS)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import yaml
 from safetensors import SafetensorError
+from tokenizers import Tokenizer, processors
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from editlab.errors import EditlabError
-from editlab.utils.atomic import atomic_directory
+from editlab.utils.atomic import MARKER, atomic_directory
 from editlab.utils.jsonio import read_json
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 INFO = "editlab.json"
 
 
@@ -56,8 +56,7 @@ def export_checkpoint(model: PreTrainedModel, world_dir: Path, out: Path, run_co
         model_id = compute_model_id(world_hash, run_config.get("model"), run_config.get("seed"))
     with atomic_directory(out, world_hash) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            shutil.copy2(Path(world_dir) / name, tmp / name)
+        copy_tokenizer(Path(world_dir), tmp)
         (tmp / "run_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=True))
         if write_extra is not None:
             write_extra(tmp)
@@ -65,6 +64,35 @@ def export_checkpoint(model: PreTrainedModel, world_dir: Path, out: Path, run_co
                 "format": "editlab-checkpoint-1", **(extra_info or {})}
         (tmp / INFO).write_text(json.dumps(info, indent=1, sort_keys=True))
     return out
+
+
+def copy_tokenizer(world_dir: Path, out: Path) -> None:
+    """The world's tokenizer files in ``out``, with a post-processor that puts BOS before every text.
+
+    editlab frames every prompt as ``[BOS, *ids]`` itself and calls the tokenizer with
+    ``add_special_tokens=False``; the world's own tokenizer has no post-processor, so that documents are
+    stored unframed. The exported copy adds BOS the same way, so plain ``AutoTokenizer`` +
+    ``AutoModelForCausalLM`` score a prompt exactly as editlab does.
+    """
+    shutil.copy2(world_dir / "special_tokens_map.json", out / "special_tokens_map.json")
+    config = json.loads((world_dir / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}, indent=1, sort_keys=True))
+    tok = Tokenizer.from_file(str(world_dir / "tokenizer.json"))
+    bos = config["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                       special_tokens=[(bos, tok.token_to_id(bos))])
+    (out / "tokenizer.json").write_text(tok.to_str(pretty=False))
+
+
+def trained_overrides(data_dir: Path) -> list[str]:
+    """The ``model=<preset> [model_seed=<s>]`` overrides of every finished pretraining run under ``data_dir``
+    (``<outputs>/train/<data name>``), for a "no checkpoint" error to offer what is there."""
+    found = []
+    for marker in sorted(Path(data_dir).glob("*-s*/model/" + MARKER)):
+        name, _, seed = marker.parent.parent.name.rpartition("-s")
+        if name and seed.isdigit():
+            found.append(f"model={name}" + (f" model_seed={seed}" if seed != "0" else ""))
+    return found
 
 
 def checkpoint_info(directory: Path) -> dict:

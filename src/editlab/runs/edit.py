@@ -40,6 +40,7 @@ from editlab.runs.pretrain import resolve_resume
 from editlab.runs.protocols import RestoringProtocol, SequentialProtocol, fit_sequential, sequential_trainer
 from editlab.runs.results import FINAL, PARTIAL, ResultsWriter
 from editlab.runs.session import Session
+from editlab.utils.hardware import resolve_device
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 from editlab.vocab import PromptEncoder
@@ -55,14 +56,6 @@ def preset_of(run_config: dict) -> str:
     return str((run_config.get("preset") or {}).get("name", "tuned"))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EditlabError(f"device={name} but no CUDA device is available; use device=cpu")
-    return torch.device(name)
-
-
 def edit_run(run: EditRun) -> dict:
     """Apply ``run.edits.n`` edit cases with ``run.method`` to the model at ``run.checkpoint``; score, write,
     summarise."""
@@ -75,7 +68,7 @@ def edit_run(run: EditRun) -> dict:
                            f"{len(cases)} or build a world with more cases (data.cases.n_cases)")
     if edits.mode != "single" and edits.batch_size > 1 and not method.supports_batch:
         raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
-    dev = _device(run.device)
+    dev = resolve_device(run.device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
     if isinstance(method, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint
@@ -134,7 +127,7 @@ def _run_sequential(run: EditRun, session: Session, model: torch.nn.Module, scor
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     protocol = SequentialProtocol(session, model, cases, pre, pre_fluency, edits.batch_size, edits.eval_every,
                                   stream, writer, curve)
-    fit = sequential_trainer(run.trainer or {}, protocol, last, edits.ckpt_every, _device(run.device), run_dir,
+    fit = sequential_trainer(run.trainer or {}, protocol, last, edits.ckpt_every, resolve_device(run.device), run_dir,
                              run.loggers or [], run.progress)
     if resume and last.is_file():
         ckpt_path: str | None = resolve_resume(str(last), run_dir)  # a truncated checkpoint is a clear error

@@ -35,6 +35,7 @@ from editlab.lm.module import PretrainModule
 from editlab.lm.packing import Corpus
 from editlab.lm.precision import resolve_and_log
 from editlab.lm.presets import Arch, Recipe, build_model
+from editlab.runs.eta import RunPlan
 from editlab.runs.fact_probe import FactProbe
 from editlab.utils import hardware
 from editlab.utils.jsonio import strict, write_json
@@ -163,7 +164,8 @@ def pretrain(run: PretrainRun) -> dict:
                            save_top_k=1, enable_version_counter=False)
     # StopOnSignal after the probe: a step's probe point is logged before a signal stops the run there
     stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", at="batch")
-    callbacks = [ckpt, probe, stop] + ([TQDMProgressBar(refresh_rate=10)] if progress else [])
+    # the bar redraws every step: at ~90 s a step (mistral_83m on a CPU) a bar every 10 steps showed no rate for 15 min
+    callbacks = [ckpt, probe, stop] + ([TQDMProgressBar(refresh_rate=1)] if progress else [])
     try:
         trainer = L.Trainer(max_epochs=-1, logger=loggers, callbacks=callbacks,
                             default_root_dir=str(run_dir), num_sanity_val_steps=0, limit_val_batches=0,
@@ -177,6 +179,8 @@ def pretrain(run: PretrainRun) -> dict:
     corpus = Corpus.open(world.dir)
     p = plan(recipe, corpus.mean_framed_doc(), trainer.world_size, max_steps)
     trainer.fit_loop.epoch_loop.max_steps = p.n_steps
+    name = (run_config.get("model") or {}).get("name") or "the model"
+    trainer.callbacks.append(RunPlan(p.n_steps, p.tokens_per_step, f"pretraining {name}"))  # hooks read the list live
     dm = PackedDataModule(corpus, recipe.seq_len, p.rows_per_step, p.n_steps, seed)
     module = PretrainModule(model, recipe, p.n_steps, p.tokens_per_step, compile=run.compile)
     # Lightning cannot see that StreamBatches resumes at the optimizer step (tested bit-exact), and would

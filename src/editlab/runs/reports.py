@@ -86,15 +86,13 @@ def evaluate_run(run_dir: Path, out: Path, data: dict, max_panels: int) -> dict:
 
 def evaluate_checkpoint(model: torch.nn.Module, world: World, checkpoint: Path, out: Path, n_cases: int | None,
                         batch_size: int, protocol: str) -> dict:
-    """Score ``model`` (loaded from ``checkpoint``) on the world's evaluation cases before any edit (Table 4's
-    "pre" rows); plot the pretraining curve (Fig. 3) when ``checkpoint``'s run recorded one."""
+    """Score ``model`` (loaded from ``checkpoint``, on the device it is on) on the world's evaluation cases before
+    any edit (Table 4's "pre" rows); plot the pretraining curve (Fig. 3) when ``checkpoint``'s run recorded one."""
     from transformers import PreTrainedTokenizerFast
 
     if n_cases is not None and n_cases < 1:
         raise EditlabError(f"n_cases={n_cases} must be positive (or null for all cases)")
     model = model.eval()
-    if torch.cuda.is_available():
-        model = model.cuda()
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
     cases = world.cases("eval")[:n_cases]
     scores = score_cases(model, PromptEncoder(tok), cases, max_object_tokens(tok, world.info["objects"]),

@@ -14,7 +14,6 @@ answers exactly before the edit (its pre-edit greedy ``s1r1`` continuation passe
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,8 @@ from editlab.eval.probes import CaseScores, score_cases
 from editlab.eval.scoring import sample_continuations
 from editlab.metrics.consistency import case_consistency
 from editlab.metrics.fluency import case_fluency
+from editlab.utils.hardware import peak_memory_mb
 from editlab.vocab import PromptEncoder, case_prompt, hit_exact
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated since the last reset; CPU: the process's peak RSS so far (Linux KiB -> MiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -46,6 +46,19 @@ def clean_stale(final: Path) -> None:
         shutil.rmtree(final, ignore_errors=True)
 
 
+def _apply_umask(root: Path) -> None:
+    """Give every file under ``root`` the mode a plain ``open`` would (0666 less the umask).
+
+    Some writers (safetensors through ``save_pretrained``) create their files 0600, which would leave a
+    shared output directory unreadable to the rest of the user's group.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path, key: str) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success write the marker and rename it to ``final``.
@@ -61,6 +74,7 @@ def atomic_directory(final: Path, key: str) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / MARKER).write_text(key + "\n")
+        _apply_umask(tmp)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -11,8 +11,30 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import resource
 
 import torch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated since the last reset; CPU: the process's peak RSS so far (Linux KiB -> MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``device`` setting of an entry script: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda[:i]``."""
+    from editlab.errors import EditlabError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EditlabError(f"device={name} but no CUDA device is available; use device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise EditlabError(f"device={name} is not a device; use auto, cpu or cuda") from None
 
 
 @functools.cache

@@ -5,7 +5,9 @@ same command finds its run again: a killed run resumes, a finished one is reused
 *different* config in that directory is refused (a changed hyper-parameter must neither silently return
 the old results nor overwrite them by accident). The config is compared as recorded in the directory's
 ``run_config.yaml``, minus the keys that do not change results (display, device, resume switches) and the
-locations (``paths``, ``run_dir``: the same run is the same wherever its directory is named from).
+locations (``paths``, ``run_dir``: the same run is the same wherever its directory is named from); a path
+under one of the ``paths`` roots is compared from that root, so moving ``EDITLAB_OUTPUTS`` or ``EDITLAB_CACHE``
+keeps runs reusable and resumable.
 
 In a Hydra multirun every job gets its own subdirectory, named from the job's overrides
 (``hydra.job.override_dirname``, configured in conf/hydra/default.yaml) by the ``${editlab.job_subdir:}``
@@ -136,11 +138,40 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def under_roots(cfg: dict) -> dict:
+    """``cfg`` with every path under one of its own ``paths`` roots written from that root (``${paths.outputs}/...``).
+
+    A run recorded with ``EDITLAB_OUTPUTS`` unset (``outputs/train/.../model``) and the same run named from
+    ``EDITLAB_OUTPUTS=/scratch/outputs`` (``/scratch/outputs/train/.../model``) then compare equal: a location
+    is compared as a location, not as a string. Relative roots also match their absolute form (the
+    working directory's). Paths outside every root are compared as written.
+    """
+    roots: list[tuple[str, str]] = []
+    for key, value in (cfg.get("paths") or {}).items():
+        if isinstance(value, str) and value:
+            roots += [(form, f"${{paths.{key}}}") for form in {value.rstrip("/"), os.path.abspath(value)}]
+    roots.sort(key=lambda r: len(r[0]), reverse=True)  # the most specific root first (stats inside outputs)
+
+    def rewrite(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: rewrite(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [rewrite(v) for v in x]
+        if isinstance(x, str):
+            for root, name in roots:
+                if x == root or x.startswith(root + "/"):
+                    return name + x[len(root):]
+        return x
+
+    return rewrite(cfg)
+
+
 def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two run configs (top-level ``ignore`` and locations left out)."""
+    """Dotted keys whose values differ between two run configs (top-level ``ignore`` and locations left out;
+    paths under the ``paths`` roots compared from their root: :func:`under_roots`)."""
     skip = set(ignore) | set(LOCATION_KEYS)
-    a = flatten({k: v for k, v in old.items() if k not in skip})
-    b = flatten({k: v for k, v in new.items() if k not in skip})
+    a = flatten({k: v for k, v in under_roots(old).items() if k not in skip})
+    b = flatten({k: v for k, v in under_roots(new).items() if k not in skip})
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 

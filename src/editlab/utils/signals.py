@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,22 @@ class StopOnSignal(Callback):
         self.path, self.at = Path(path), at
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
 
     def _note(self, signum: int, _frame: Any) -> None:
+        """Remember the signal and say at once what happens next (a step can take a while on a CPU)."""
+        if self.signum is None:
+            unit = "step" if self.at == "batch" else "edit"
+            n = self._trainer.global_step + 1 if self.at == "batch" and self._trainer else None
+            which = f"{unit} {n}" if n else f"the current {unit}"
+            sys.stderr.write(f"\n{signal.Signals(signum).name} received: finishing {which}, then saving {self.path}\n")
+            sys.stderr.flush()
         self.signum = signum
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its SIGTERM handler just before the loop starts; replace it for the fit
         self.signum = None
+        self._trainer = trainer
         self._old = {s: signal.signal(s, self._note) for s in SIGNALS}
 
     def _maybe_stop(self, trainer: L.Trainer) -> None:

@@ -18,14 +18,27 @@ CONF = str(conf_dir())
 
 
 def run(cfg: DictConfig) -> Path:
-    """Validate the ``data`` node, build or reuse the world, print where it is and its statistics."""
+    """Validate the ``data`` node, build or reuse the world, print where it is, its size and the next step."""
     raw = OmegaConf.to_container(cfg.data, resolve=True)
     wcfg = world_config(raw)
     report = build_world(wcfg, Path(to_absolute_path(raw["cache_dir"])), progress=bool(cfg.progress))
-    stats = json.loads((report.directory / "stats.json").read_text())
-    print(json.dumps({"world": str(report.directory), "built": report.built, "timings": report.timings,
-                      "stats": stats}, indent=1))
+    print(summary(report.directory, report.built, report.timings.get("total", 0.0), raw["name"]))
     return report.directory
+
+
+def summary(directory: Path, built: bool, seconds: float, data_name: str) -> str:
+    """A few lines for the console: where the world is, how big, where its full statistics are, what to run next."""
+    stats = json.loads((directory / "stats.json").read_text())
+    how = f"built in {seconds:.0f} s" if built else "already built, reused"
+    model = "" if data_name == "wikidata_synth_tiny" else " model=mistral_83m trainer=gpu"
+    return "\n".join([
+        f"world {data_name}: {directory} ({how})",
+        f"  {stats['subjects']} subjects, {stats['relations']} relations, {stats['true_atomic_facts']} facts; "
+        f"{stats['documents']} documents, {stats['tokens']:,} tokens; {stats['cases']} eval + {stats['meta_cases']} "
+        "meta edit cases",
+        f"  statistics: {directory / 'stats.json'}; config: {directory / 'world.json'}",
+        f"next: python train.py data={data_name}{model}",
+    ])
 
 
 @hydra.main(config_path=CONF, config_name="world", version_base="1.3")

@@ -115,7 +115,10 @@ def build_world(cfg: WorldConfig, cache_dir: Path, progress: bool = True) -> Bui
         tok = train_tokenizer(sample, n_train, cfg.tokenizer.vocab_size)
         save_tokenizer(tok, out)
         stage("tokenizer")
-        with tqdm(total=n_docs, desc="tokenize", unit="doc", disable=not progress, file=sys.stderr) as bar:
+        # one unit per sentence form encoded (standalone, continuation), then per document assembled: the
+        # sentence encoding is most of the time, so a bar over documents alone sat at 0% for minutes
+        with tqdm(total=2 * len(texts) + n_docs, desc="tokenize (sentences, documents)", unit="item",
+                  disable=not progress, file=sys.stderr) as bar:
             tok_meta = tokenize_documents(tok, texts, doc_ptr, sent_ids, out, progress=bar.update)
         verify_sample(tok, docs, out, 200, rng("verify"))
         stage("tokenize")

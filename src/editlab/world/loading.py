@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from editlab.errors import EditlabError
 from editlab.utils.atomic import MARKER
+from editlab.utils.jsonio import read_json
 from editlab.world.agent import Agent
+
+# measured with python -m editlab.world (bench/world.py); shown when a script builds the world it needs
+BUILD_TIMES = {"wikidata_synth_tiny": "about 5 s", "wikidata_synth": "about 2 min, 2 GB of memory"}
 
 
 @dataclass(frozen=True)
@@ -28,16 +33,34 @@ class World:
         return World(d)
 
     @staticmethod
-    def from_config(data: dict, cache_dir: Path | str) -> World:
-        """The built world of a resolved ``data`` config node (validated) under ``cache_dir``."""
-        from editlab.world.build import world_dir
+    def from_config(data: dict, cache_dir: Path | str, build: bool = False) -> World:
+        """The built world of a resolved ``data`` config node (validated) under ``cache_dir``.
+
+        ``build``: build it first when it is absent (worlds are deterministic and cached, so the script that
+        needs one can make it), saying so in one line; otherwise an absent world is an error naming the command.
+        """
+        import sys
+
+        from editlab.world.build import build_world, world_dir
         from editlab.world.config import world_config
 
-        return World.open(world_dir(world_config(data), Path(cache_dir)), data.get("name"))
+        cfg = world_config(data)
+        directory = world_dir(cfg, Path(cache_dir))
+        if build and not (directory / MARKER).is_file():
+            name = data.get("name") or "this data config"
+            print(f"building world {name} first (not built yet; {BUILD_TIMES.get(name, 'minutes')}): {directory}",
+                  file=sys.stderr, flush=True)
+            build_world(cfg, Path(cache_dir), progress=False)
+        return World.open(directory, data.get("name"))
+
+    @property
+    def rebuild(self) -> str:
+        """The fix for a damaged world file (a world is a cache: deleting it is safe)."""
+        return f"rebuild the world: delete {self.dir} and run python -m editlab.world (with the same data=)"
 
     @cached_property
     def info(self) -> dict:
-        return json.loads((self.dir / "world.json").read_text())
+        return read_json(self.dir / "world.json", self.rebuild, "world description")
 
     @property
     def hash(self) -> str:
@@ -76,11 +99,15 @@ class World:
 
     @cached_property
     def agent(self) -> Agent:
-        return Agent.load(str(self.dir / "agent.npz"))
+        try:
+            return Agent.load(str(self.dir / "agent.npz"))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise EditlabError(f"cannot read the agent {self.dir / 'agent.npz'} ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); {self.rebuild}") from None
 
     @cached_property
     def tokens_meta(self) -> dict:
-        return json.loads((self.dir / "tokens.json").read_text())
+        return read_json(self.dir / "tokens.json", self.rebuild, "corpus description")
 
     def gold(self, subject: str, relation: str, obj: str) -> float:
         """The agent's answer for (subject, relation) at ``obj`` (no edit)."""

@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from editlab.errors import EditlabError
+from editlab.utils.jsonio import read_json
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIALS = (PAD, BOS, EOS)
 
@@ -72,15 +75,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
 
-def _encode_flat(tok: Tokenizer, texts: list[str], dtype: np.dtype, chunk: int = 65536
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Encode ``texts`` into a flat id array and offsets (CSR), batch by batch."""
+def _encode_flat(tok: Tokenizer, texts: list[str], dtype: np.dtype, chunk: int = 65536,
+                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode ``texts`` into a flat id array and offsets (CSR), batch by batch (``progress(n)`` after each)."""
     parts: list[np.ndarray] = []
     lens = np.zeros(len(texts), dtype=np.int64)
     for a in range(0, len(texts), chunk):
         ids = [e.ids for e in tok.encode_batch_fast(texts[a : a + chunk], add_special_tokens=False)]
         lens[a : a + len(ids)] = [len(x) for x in ids]
         parts.append(np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(lens[a : a + len(ids)].sum())))
+        if progress:
+            progress(len(ids))
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)), np.r_[0, np.cumsum(lens)]
 
 
@@ -111,8 +116,8 @@ def tokenize_documents(
     n_docs = len(doc_ptr) - 1
     dot = tok.encode(".", add_special_tokens=False).ids
     # source buffer: [standalone sentence i] ... then [dot + " " + sentence i] ...
-    first_tok, first_off = _encode_flat(tok, texts, dtype)
-    cont_tok, cont_off = _encode_flat(tok, [" " + t for t in texts], dtype)
+    first_tok, first_off = _encode_flat(tok, texts, dtype, progress=progress)
+    cont_tok, cont_off = _encode_flat(tok, [" " + t for t in texts], dtype, progress=progress)
     n_s = len(texts)
     cont_len = np.diff(cont_off) + len(dot)
     dotted = np.empty(int(cont_len.sum()), dtype=dtype)
@@ -195,7 +200,19 @@ def verify_sample(tok: Tokenizer, docs: Callable[[int, int], Iterator[str]], dir
 def load_tokens(directory: Path) -> tuple[np.memmap, np.ndarray, dict]:
     """Memory-map the tokenized corpus: (flat token ids, document offsets, metadata).
     Document d is ``tokens[offsets[d]:offsets[d + 1]]``."""
-    meta = json.loads((directory / "tokens.json").read_text())
-    tokens = np.memmap(directory / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
-    offsets = np.load(directory / "doc_offsets.npy", mmap_mode="r", allow_pickle=False)
+    fix = f"rebuild the world: delete {directory} and run python -m editlab.world (with the same data=)"
+    meta = read_json(directory / "tokens.json", fix, "corpus description")
+    path = directory / "tokens.bin"
+    want = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
+    have = path.stat().st_size if path.is_file() else -1
+    if have != want:
+        raise EditlabError(f"{path} holds {max(have, 0)} bytes where tokens.json says {want} (truncated or damaged); "
+                           f"{fix}")
+    tokens = np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+    try:
+        offsets = np.load(directory / "doc_offsets.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise EditlabError(f"cannot read {directory / 'doc_offsets.npy'} ({str(exc).splitlines()[0]}); {fix}") from None
+    if offsets.ndim != 1 or len(offsets) < 1 or int(offsets[-1]) != len(tokens):
+        raise EditlabError(f"{directory / 'doc_offsets.npy'} does not match tokens.bin; {fix}")
     return tokens, offsets, meta

@@ -28,7 +28,7 @@ ENTITY_FILE = "wikidata5m_entity.txt"
 RELATION_FILE = "wikidata5m_relation.txt"
 DROP_ENTITIES = ("Q16521", "Q5")  # taxon, human
 DROP_RELATIONS = ("P735", "P131")  # given name, located in the administrative territorial entity
-DOWNLOAD_HINT = "scripts/download_wikidata5m.sh DIR fetches and unpacks them"
+DOWNLOAD_HINT = "fetch and unpack them with: bash scripts/download_wikidata5m.sh DIR"
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,14 @@ def data_files(path: str) -> tuple[Path, Path, Path]:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise EditlabError(
-            f"Wikidata5m directory {root} does not exist: run `{DOWNLOAD_HINT.replace('DIR', str(root))}` "
-            "or set data.kg.path"
+            f"Wikidata5m directory {root} does not exist; {DOWNLOAD_HINT.replace('DIR', str(root))}, "
+            "or set data.kg.path to where they are"
         )
     files = tuple(root / name for name in (TRIPLES_FILE, ENTITY_FILE, RELATION_FILE))
     for f in files:
         if not f.is_file():
             raise EditlabError(
-                f"missing Wikidata5m file {f}: {DOWNLOAD_HINT.replace('DIR', str(root))} "
+                f"missing Wikidata5m file {f}; {DOWNLOAD_HINT.replace('DIR', str(root))} "
                 f"({TRIPLES_FILE}, {ENTITY_FILE}, {RELATION_FILE})"
             )
     return files  # type: ignore[return-value]
