@@ -1,6 +1,6 @@
 """Benchmark: speed of editing, and of our scoring core beside a paper-style reference scorer, in one run.
 
-    python bench/edit.py                     # tiny world + the pretrained mistral_tiny on this machine
+    python bench/edit.py                     # tiny world + the pretrained mistral_tiny (python train.py)
     python bench/edit.py --quick             # smoke run (seconds)
     python bench/edit.py --model DIR --world DIR --rounds 5
     python bench/edit.py --threads 1 --parts scoring   # only the scorer comparison, one torch thread
@@ -25,7 +25,7 @@ Three parts, each figure a median (interleaved rounds for the scorer comparison,
 3. ``extrapolated``: hours for 5000 LoRA edit cases, (a) the paper's protocol (the case's probes re-scored
    with the reference scorer after every one of the 40 LoRA steps) and (b) our default single-mode step
    (apply LoRA, score the case's probes post-edit with our core, locality on 100 fixed facts, restore;
-   pre-edit scores amortised from one batched pass, as editing/runner.py does), with the paper's LoRA
+   pre-edit scores amortised from one batched pass, as runs/edit.py does), with the paper's LoRA
    (40 steps) and with the model's preset (early stop). Fluency sampling is not included in (b).
 
 Torch threads are left at the default unless ``--threads`` is given; prints one JSON object, whose
@@ -74,7 +74,7 @@ from editlab.world.loading import World
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "outputs/train/wikidata_synth_tiny/mistral_tiny-s0/model"  # what `python train.py` exports
 N_CASES_RUN = 5000
-PAPER_CODE_S_PER_CASE = 22.0  # the paper's own code, measured on this machine (task brief)
+PAPER_CODE_S_PER_CASE = 22.0  # the paper's own code per case, as measured on a 2-core AMD EPYC (AVX512), 2026
 
 
 def default_world() -> Path:

@@ -1,6 +1,6 @@
 """Benchmark: pretraining throughput, ours vs a paper-style reference loop, side by side.
 
-    python bench/pretrain.py                       # tiny world + mistral_tiny on this machine
+    python bench/pretrain.py                       # tiny world + mistral_tiny, on the CPU it runs on
     python bench/pretrain.py model=mistral_83m     # + MFU when a GPU is present
 
 Ours: packed rows (no padding), the trainer preset's precision (``auto``: bf16 autocast only where the

@@ -8,5 +8,8 @@ One concept per file:
 - ``keys.py``: the template-averaged key k* (and the averaged output) at the subject's last token;
 - ``targets.py``: the target-vector optimisation (ROME's ``compute_v`` / MEMIT's ``compute_z``);
 - ``stats.py``: covariance statistics C = E[k k^T] over the corpus, cached per model, layer, sample count;
-- ``solve.py``: the fp64 closed-form solvers (rank-one ROME, MEMIT, AlphaEdit's null-space projection).
+- ``passes.py``: the forward passes of the target optimisation (the full reference pass, and the tail pass
+  that recomputes only what the added vector can change);
+- ``solve.py``: the fp64 closed-form solvers (rank-one ROME, MEMIT, AlphaEdit's null-space projection);
+- ``method.py``: what the three methods share as methods (hyper-parameters, ``prepare``, the guarded write).
 """

@@ -15,10 +15,12 @@ Inference (the paper's lookup, Sec. 3): at every position, the layer input there
 nearest key lies within that key's radius, the layer output at that position is replaced by the
 key's value; otherwise the layer is untouched (bit-exact: no entry in range = no change).
 
-Positions replaced: the paper's ``replace_last`` replaces the output at the token where the key was
-read, the last token of the prompt. Here each position is its own query, so for an edited prompt the
-position replaced is exactly its last token, and later positions (the object's tokens under teacher
-forcing, decoded tokens under generation) are replaced only if their own key falls in a radius. Keys
+Positions replaced (``replacement``): each position is its own query, and a match replaces the output at
+the matching position only (``last``: the paper's ``replace_last``, for an edited prompt its last token),
+from the match through the positions that predict the entry's target (``target``, the default: a
+multi-token object keeps its value under teacher forcing and decoding), or from the match on (``all``:
+the paper's ``replace_all``, made causal). Other positions are replaced only if their own key falls in
+a radius. Keys
 are causal (the input at position t depends on tokens <= t only), so the same positions are replaced
 whether the prompt is scored alone, teacher-forced with its object, decoded token by token, or padded
 in a batch; the paper's code instead tracks a token index that breaks on multi-token decoding.
