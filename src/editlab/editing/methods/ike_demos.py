@@ -145,7 +145,8 @@ def mean_hidden(model: nn.Module, tok: PreTrainedTokenizerBase, texts: Sequence[
                   use_cache=False).hidden_states[-1].float()
         keep = mask.to(device).float()
         keep[:, 0] = 0.0  # BOS carries no text
-        out.append(nn.functional.normalize((h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1), dim=-1))
+        mean = (h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        out.append(nn.functional.normalize(mean, dim=-1))
     return torch.cat(out).cpu()
 
 
@@ -171,6 +172,6 @@ class Retriever:
         q = self.embed([query_text(f) for f in facts])
         q = q.to_dense() if q.is_sparse else q
         q = nn.functional.normalize(q.mean(0), dim=0)
-        scores = (self.keys @ q[:, None])[:, 0] if not self.keys.is_sparse else torch.sparse.mm(self.keys, q[:, None])[:, 0]
+        scores = (torch.sparse.mm(self.keys, q[:, None]) if self.keys.is_sparse else self.keys @ q[:, None])[:, 0]
         order = sorted(range(len(self.pool)), key=lambda i: (-float(scores[i]), i))
         return order[: min(k, len(order))]
