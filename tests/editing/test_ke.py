@@ -99,10 +99,13 @@ def test_multiplier_rises_while_the_kl_exceeds_the_margin(tiny_lm):
     assert float(module.margin_kl) == pytest.approx(0.8e-3)
 
 
-# the fixture model: a bigger step than BART's (max_scale), no warm-up in 12 steps, a faster learner
-FIXTURE = {"hidden_dim": 32, "condition_dim": 64, "max_scale": 30.0, "lr": 1.0e-3, "warmup_steps": 0}
+# the fixture model (64 wide, 150 pretraining steps): every block, a bigger step than BART's (max_scale), no warm-up
+# in 30 steps, a faster learner, and a looser KL margin (with the reference's 1e-3 the multiplier holds the edits
+# back: held-out success 0.10 -> 0.15 in 30 steps on this model, 0.10 -> 0.38 with these values)
+FIXTURE = {"layers": [-4, -3, -2, -1], "hidden_dim": 32, "condition_dim": 64, "max_scale": 30.0, "lr": 1.0e-3,
+           "warmup_steps": 0, "margin_kl_max": 0.1, "margin_kl_min": 1.0e-3}
 MARGIN = 0.15
-CASES, VAL_FRACTION, BATCH, SEED, STEPS = 200, 0.2, 8, 0, 12
+CASES, VAL_FRACTION, BATCH, SEED, STEPS = 200, 0.2, 8, 0, 30
 
 
 def held_out_success(method: KE, tiny_lm, state: dict | None) -> float:
@@ -120,8 +123,9 @@ def held_out_success(method: KE, tiny_lm, state: dict | None) -> float:
 def trained(method: KE, tiny_lm) -> dict[str, torch.Tensor]:
     training = EditorTraining(max_steps=STEPS, batch_size=BATCH, val_fraction=VAL_FRACTION, val_every=STEPS,
                               patience=None)
-    state, _ = fit_editor(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok, tiny_lm.world.meta_cases[:CASES],
-                          training, seed=SEED, trainer_kwargs={"precision": "32-true"})
+    state, metrics = fit_editor(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok, tiny_lm.world.meta_cases[:CASES],
+                                training, seed=SEED, trainer_kwargs={"precision": "32-true"})
+    print({k: v for k, v in metrics.items() if k.startswith(("val", "train"))})
     return state
 
 
