@@ -27,16 +27,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook, snapshot
+from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook
 from editlab.editing.hyper.factors import Factors, record_factors
 from editlab.editing.hyper.meta_loss import mean_stats, meta_terms
-from editlab.editing.loss import REDUCTIONS, target_batch, target_nll
+from editlab.editing.hyper.step import one_step_edit
+from editlab.editing.loss import REDUCTIONS, target_batch
 from editlab.editing.meta_data import MetaBatch
 from editlab.editing.methods.ke_net import KnowledgeEditorNet
 from editlab.editing.methods.serac_model import prepend
 from editlab.editing.registry import register
-from editlab.editing.trainable import EditorTraining, TrainableEditor
-from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
+from editlab.editing.trainable import EditorTraining, NetworkEditor, load_network
+from editlab.editing.weights import get_module, is_transposed, weight_param_name
 from editlab.errors import EditlabError
 from editlab.eval.probes import PromptEncoder
 from editlab.vocab import prompt_ids
@@ -150,12 +151,11 @@ class KeTrainer(L.LightningModule):
 
 @register
 @dataclass
-class KE(TrainableEditor):
+class KE(NetworkEditor):
     """KE (see the module docstring). Defaults: the reference code's (``bart_seq2seq_augmented_kilt.py``).
 
     Attributes:
-        modules: roles (editlab.lm.arch) or templates of the edited Linear layers.
-        layers: blocks (negative counts from the last; "a..b/N": a paper's blocks at their relative depth).
+        modules, layers: the edited Linear layers, named as MEND names them (roles or templates; blocks).
         hidden_dim: LSTM width per direction and hidden width of each weight's MLP (the reference: 128).
         condition_dim: width of the condition vector (1024).
         max_scale: scale of every update (the reference's training script: 1).
@@ -177,16 +177,15 @@ class KE(TrainableEditor):
     max_scale: float = 1.0
     lr: float = 3.0e-4
     lr_alpha: float = 1.0e-1
-    alpha_kl_init: float = 1.0
-    margin_kl_max: float = 1.0e-3
-    margin_kl_min: float = 1.0e-5
-    margin_decay: float = 0.8
-    margin_success: float = 0.9
     warmup_steps: int = 1000
     total_steps: int = 200000
+    margin_kl_max: float = 1.0e-3
+    margin_kl_min: float = 1.0e-5
     loss_reduction: str = "mean"
+    margin_decay: float = 0.8
+    margin_success: float = 0.9
+    alpha_kl_init: float = 1.0
     editor: KnowledgeEditorNet | None = field(default=None, init=False, repr=False, compare=False)
-    _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.hidden_dim < 1 or self.condition_dim < 1 or not self.modules:
@@ -204,59 +203,32 @@ class KE(TrainableEditor):
             raise EditlabError(f"method ke: loss_reduction={self.loss_reduction!r} must be one of "
                                f"{', '.join(REDUCTIONS)}")
 
-    def module_names(self, model: nn.Module) -> list[str]:
-        return module_names(model, self.modules, self.layers)
-
     def build_editor(self, model: nn.Module) -> KnowledgeEditorNet:
         """An untrained hypernetwork for ``model``'s edited weights, its embeddings copied from the model's."""
-        shapes = [tuple(linear_weight(get_module(model, n)).shape) for n in self.module_names(model)]
-        return KnowledgeEditorNet(shapes, model.get_input_embeddings().weight, self.hidden_dim, self.condition_dim,
-                                  self.max_scale)
+        return KnowledgeEditorNet(self.weight_shapes(model), model.get_input_embeddings().weight, self.hidden_dim,
+                                  self.condition_dim, self.max_scale)
 
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
         return KeTrainer(self, base, tokenizer)
 
-    def editor_state(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in module.editor.state_dict().items()}
-
-    def load_editor(self, state: dict[str, torch.Tensor]) -> None:
-        self._weights = dict(state)
-
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
         """Load the trained hypernetwork (checked against ``ctx.model_id``) into a network shaped for ``model``."""
         super().prepare(model, ctx)
-        editor = self.build_editor(model)
-        try:
-            editor.load_state_dict(self._weights)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise EditlabError(f"editor {ctx.editor_path} does not fit this model's layers ({first}...); edit with "
-                               "the modules/layers/hidden_dim/condition_dim it was trained with (its editor.json)"
-                               ) from None
-        self.editor = editor.eval()
+        self.editor = load_network(self.build_editor(model), self._weights, ctx.editor_path,
+                                   "modules/layers/hidden_dim/condition_dim")
 
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
         if self.editor is None:
             raise EditlabError("method ke has no trained editor; pass editor_path=<the directory python train.py "
                                "task=editor method=ke wrote>")
+        self.editor.to(next(model.parameters()).device).eval()
         names = self.module_names(model)
-        saved = snapshot(model, [weight_param_name(n) for n in names])
-        device = next(model.parameters()).device
-        self.editor.to(device).eval()
-        batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(device)
-        factors = record_factors(model, names, batch, self.loss_reduction)
         ids, mask = condition_ids(ctx.tokenizer, requests)
-        with torch.no_grad():
-            updates = self.editor(ids.to(device), mask.to(device), gradients(factors, names, len(requests)))
-            norms = []
-            for name, upd in zip(names, updates, strict=True):
-                total = upd.sum(0)  # a batch: the requests' updates added, each from its own gradient
-                linear_weight(get_module(model, name)).add_(total.to(saved[weight_param_name(name)].dtype))
-                norms.append(float(total.norm()))
-            final = float(target_nll(model, batch, reduction=self.loss_reduction))
-        if on_step is not None:
-            on_step(1, model)
-        return EditHandle(model, touched=saved, info={"steps": 1, "loss_initial": float(factors.loss) / len(requests),
-                                                      "loss_final": final, "update_norm": max(norms)})
+
+        def updates(factors: Factors, device: torch.device) -> list[torch.Tensor]:
+            per_request = self.editor(ids.to(device), mask.to(device), gradients(factors, names, len(requests)))
+            return [u.sum(0) for u in per_request]  # a batch: the requests' updates added, each from its own gradient
+
+        return one_step_edit(model, names, requests, ctx, self.loss_reduction, updates, on_step)
