@@ -234,7 +234,7 @@ def train_editor(world: World, checkpoint: Path, method: EditMethod, out_dir: Pa
     """
     if not isinstance(method, TrainableEditor):
         raise EditlabError(f"method {method.name} has nothing to train; task=editor takes a trainable editor "
-                           "(MEND, MALMEN, SERAC)")
+                           "(KE, MEND, MALMEN, SERAC)")
     base = load_checkpoint(checkpoint, world.hash).eval()
     mid = model_id(checkpoint)
     out_dir = Path(out_dir)

@@ -1,4 +1,4 @@
-"""The optional trainable-editor interface (MEND, MALMEN, SERAC; methods.md, "Meta-learned editors").
+"""The optional trainable-editor interface (KE, MEND, MALMEN, SERAC; methods.md, "Meta-learned editors").
 
 A trainable editor is an :class:`~editlab.editing.base.EditMethod` with three more pieces:
 
