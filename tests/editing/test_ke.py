@@ -133,6 +133,7 @@ def assert_rises(untrained: float, after: float, what: str) -> None:
     assert after >= untrained + MARGIN, f"{what}: held-out edit success {untrained:.3f} -> {after:.3f}, not +{MARGIN}"
 
 
+@pytest.mark.slow  # two 30-step meta-trainings and three held-out evaluations: 11-13 min of one loaded core
 def test_meta_training_raises_held_out_edit_success(tiny_lm, monkeypatch):
     method = KE(**FIXTURE)
     untrained = held_out_success(method, tiny_lm, None)
