@@ -171,6 +171,8 @@ def logits(sub: Subject, model, prefix: str = "") -> torch.Tensor:
 MEASURED_ONLY = {
     "mend": "a one-step editor meta-trained for 12 steps on a 64-wide fixture does not reach the target; its "
             "meta-training is tested in test_mend.py",
+    "ke": "a one-step editor meta-trained for 12 steps on a 64-wide fixture does not reach the target; its "
+          "meta-training is tested in test_ke.py (30 steps, a looser KL margin)",
     "malmen": "a one-step editor meta-trained for 12 steps of 4 edits on a 64-wide fixture holds single edits and a "
               "batch of 2 on the Mistral fixture (alpha 1e-2) but not 3 sequential ones, nor all edits on GPT-2 / "
               "Llama (alpha 2e-2 overshoots); test_malmen.py tests its solve, split backward and memory",

@@ -7,7 +7,7 @@ widened once so that every family fits it unchanged:
 - weight editors (LoRA, FT, ROME, MEMIT, AlphaEdit, MEND, MALMEN) change weights in place and keep a
   snapshot of exactly what they touched, so :meth:`EditHandle.restore` is bit-exact;
 - methods that need precomputed statistics (covariances for ROME/MEMIT/AlphaEdit) or a trained editor
-  checkpoint (MEND/MALMEN/SERAC) get them once in :meth:`EditMethod.prepare`, from the
+  checkpoint (KE/MEND/MALMEN/SERAC) get them once in :meth:`EditMethod.prepare`, from the
   :class:`EditContext` (world directory for the corpus, a cache directory keyed by
   :attr:`EditContext.model_id`, an editor checkpoint path);
 - memory/wrapper editors (SERAC, GRACE) keep their memory as method state
@@ -97,7 +97,7 @@ class EditContext:
         cache_dir: where a method may cache precomputed statistics: already one folder per model
             (``edit_run`` passes ``<paths.stats>/<model_id>``), so a method keys its files by what else they
             depend on (layer, sample count, module), never by the model again.
-        editor_path: a trained editor checkpoint (MEND, MALMEN, SERAC), if the method needs one.
+        editor_path: a trained editor checkpoint (KE, MEND, MALMEN, SERAC), if the method needs one.
         seed: seed for anything random inside the method.
         model_id: identity of the base model (``editlab.json`` of its checkpoint: a hash of the world hash,
             the model config and the training seed; :func:`editlab.lm.checkpoint.model_id`). It keys every

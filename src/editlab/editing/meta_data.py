@@ -1,4 +1,4 @@
-"""Meta-training examples of trainable editors (MEND, MALMEN, SERAC) from the world's ``meta`` split.
+"""Meta-training examples of trainable editors (KE, MEND, MALMEN, SERAC) from the world's ``meta`` split.
 
 methods.md ("Meta-learned editors"): each example holds the edit, what must change with it and what
 must not. In this formal language there are no paraphrases, so per meta case (world.md section 6;

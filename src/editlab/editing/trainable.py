@@ -1,4 +1,4 @@
-"""The optional trainable-editor interface (MEND, MALMEN, SERAC; methods.md, "Meta-learned editors").
+"""The optional trainable-editor interface (KE, MEND, MALMEN, SERAC; methods.md, "Meta-learned editors").
 
 A trainable editor is an :class:`~editlab.editing.base.EditMethod` with three more pieces:
 
@@ -25,7 +25,7 @@ import json
 import random
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -212,6 +212,44 @@ class TrainableEditor(EditMethod):
                                f"method={self.name} (same data/model/seed as the edited model), then pass "
                                "editor_path=<its editor directory>")
         self.load_editor(read_editor(Path(ctx.editor_path), self.name, ctx.model_id))
+
+
+@dataclass
+class NetworkEditor(TrainableEditor):
+    """A trainable editor whose learned part is one network: ``editor`` of its training module, built for a model
+    by the method and loaded from the checkpoint's weights in ``prepare`` (:func:`load_network`; MEND, MALMEN, KE)."""
+
+    _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def module_names(self, model: nn.Module) -> list[str]:
+        """The edited Linear layers: the method's ``modules`` (roles or templates) in its ``layers``."""
+        from editlab.editing.weights import module_names
+
+        return module_names(model, self.modules, self.layers)
+
+    def weight_shapes(self, model: nn.Module) -> list[tuple[int, ...]]:
+        """(d_out, d_in) of each edited weight, in :meth:`module_names` order (the network's shape)."""
+        from editlab.editing.weights import get_module, linear_weight
+
+        return [tuple(linear_weight(get_module(model, n)).shape) for n in self.module_names(model)]
+
+    def editor_state(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.editor.state_dict().items()}
+
+    def load_editor(self, state: dict[str, torch.Tensor]) -> None:
+        self._weights = dict(state)
+
+
+def load_network(net: nn.Module, state: dict[str, torch.Tensor], editor_path: Path | None, sizes: str) -> nn.Module:
+    """``net`` (built for this model) holding the trained ``state``, in eval mode; an editor trained with other
+    sizes is one clear error naming the hyper-parameters (``sizes``) that shape the network."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise EditlabError(f"editor {editor_path} does not fit this model's layers ({first}...); edit with the "
+                           f"{sizes} it was trained with (its editor.json)") from None
+    return net.eval()
 
 
 def save_editor(out: Path, method: TrainableEditor, state: dict[str, torch.Tensor], base_model_id: str,

@@ -271,7 +271,7 @@ def train_editor(run: EditorRun) -> dict:
                                                                run.overwrite, run.ckpt_path)
     if not isinstance(method, TrainableEditor):
         raise EditlabError(f"method {method.name} has nothing to train; task=editor takes a trainable editor "
-                           "(MEND, MALMEN, SERAC)")
+                           "(KE, MEND, MALMEN, SERAC)")
     base = load_checkpoint(checkpoint, world.hash).eval()
     mid = model_id(checkpoint)
     out_dir = Path(run.out_dir)

@@ -53,7 +53,17 @@ def edited_logits(base: nn.Module, params: dict[str, torch.Tensor], batch: Targe
 def meta_losses(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEncoder,
                 examples: Sequence[MetaExample], c_edit: float, c_loc: float,
                 device: torch.device, reduction: str) -> tuple[list[torch.Tensor], list[dict[str, float]]]:
-    """(meta-loss of each example under the edited weights ``params``, its metrics).
+    """(meta-loss ``c_edit * edit + c_loc * KL`` of each example under the edited weights ``params``, its metrics
+    (:func:`meta_terms`))."""
+    terms, stats = meta_terms(base, params, enc, examples, device, reduction)
+    return [c_edit * edit + c_loc * kl for edit, kl in terms], stats
+
+
+def meta_terms(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEncoder, examples: Sequence[MetaExample],
+               device: torch.device, reduction: str
+               ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[dict[str, float]]]:
+    """((edit term, locality KL) of each example under the edited weights ``params``, its metrics): the two
+    terms apart, for objectives that weigh them otherwise (KE's Lagrange multiplier on the KL).
 
     Metrics per example: ``edit_loss``, ``loc_kl``, ``edit_success`` (the request's object tokens all
     argmax), ``tf_success`` (the same for the other equivalents), ``locality`` (share of locality facts
@@ -72,7 +82,7 @@ def meta_losses(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEnc
     logp = torch.log_softmax(edited, -1)
     tok_lp = logp[:, :-1].gather(-1, batch.ids[:, 1:, None])[..., 0] * batch.target[:, 1:]
     seq_lp = -reduce_nll(-tok_lp.sum(-1), batch, reduction)  # (R,) log p(object | prompt) per row, reduced
-    losses, stats = [], []
+    terms, stats = [], []
     for ex, (start, n_eq, n_soft, n_loc) in zip(examples, spans, strict=True):
         edit = -seq_lp[start: start + n_eq].mean()
         if n_soft:
@@ -89,13 +99,13 @@ def meta_losses(base: nn.Module, params: dict[str, torch.Tensor], enc: PromptEnc
             kept = float((base_logits[loc][r, last].argmax(-1) == edited[loc][r, last].argmax(-1)).float().mean())
         else:  # MALMEN drops locality facts its batch edits (without_edited_facts): nothing to keep
             kl, kept = edit.new_zeros(()), float("nan")
-        losses.append(c_edit * edit + c_loc * kl)
+        terms.append((edit, kl))
         eq = slice(start, start + n_eq)
         hits = argmax_hits(edited[eq].detach(), rows_of(batch, eq))
         stats.append({"edit_loss": edit.item(), "loc_kl": kl.item(), "edit_success": float(hits[0]),
                       "tf_success": float(hits[1:].float().mean()) if n_eq > 1 else float("nan"),
                       "locality": kept})
-    return losses, stats
+    return terms, stats
 
 
 def without_edited_facts(examples: Sequence[MetaExample], also: Iterable[str] = ()) -> list[MetaExample]:

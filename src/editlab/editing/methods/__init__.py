@@ -1,3 +1,17 @@
 """Built-in editing methods, one file each; importing this package registers them."""
 
-from editlab.editing.methods import adalora, alphaedit, finetune, grace, ice, lora, malmen, memit, mend, rome, serac  # noqa: F401
+from editlab.editing.methods import (  # noqa: F401
+    adalora,
+    alphaedit,
+    finetune,
+    grace,
+    ice,
+    ike,
+    ke,
+    lora,
+    malmen,
+    memit,
+    mend,
+    rome,
+    serac,
+)

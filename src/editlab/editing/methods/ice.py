@@ -26,6 +26,17 @@ from editlab.errors import EditlabError
 TEMPLATES = ("sentence", "tf")
 
 
+def lines_tensor(lines: Sequence[str]) -> torch.Tensor:
+    """Text lines as a uint8 tensor of UTF-8 (one line per ``\\n``): text method state that safetensors stores."""
+    return torch.tensor(list("\n".join(lines).encode("utf-8")), dtype=torch.uint8)
+
+
+def tensor_lines(t: torch.Tensor) -> list[str]:
+    """The lines :func:`lines_tensor` stored (``[]`` for an empty tensor)."""
+    text = bytes(t.tolist()).decode("utf-8")
+    return text.split("\n") if text else []
+
+
 @register
 @dataclass
 class ICE(EditMethod):
@@ -59,12 +70,10 @@ class ICE(EditMethod):
                           info={"steps": 0, "update_norm": 0.0, "context_sentences": len(self.memory) + len(new)})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        data = "\n".join(self.memory).encode("utf-8")
-        return {"memory": torch.tensor(list(data), dtype=torch.uint8)}
+        return {"memory": lines_tensor(self.memory)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], model: nn.Module) -> nn.Module:
-        text = bytes(state["memory"].tolist()).decode("utf-8")
-        self.memory = text.split("\n") if text else []
+        self.memory = tensor_lines(state["memory"])
         return model
 
     def context_prefix(self) -> str:

@@ -35,16 +35,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook, snapshot
+from editlab.editing.base import EditContext, EditHandle, EditRequest, StepHook
 from editlab.editing.hyper.editor import GradientEditor
 from editlab.editing.hyper.factors import Factors, record_factors
 from editlab.editing.hyper.meta_loss import meta_losses
 from editlab.editing.hyper.mlp import BLOCKS
-from editlab.editing.loss import REDUCTIONS, target_batch, target_nll
+from editlab.editing.hyper.step import one_step_edit
+from editlab.editing.loss import REDUCTIONS, target_batch
 from editlab.editing.meta_data import MetaBatch, MetaExample
 from editlab.editing.registry import register
-from editlab.editing.trainable import EditorTraining, TrainableEditor, editor_info
-from editlab.editing.weights import get_module, is_transposed, linear_weight, module_names, weight_param_name
+from editlab.editing.trainable import EditorTraining, NetworkEditor, editor_info, load_network
+from editlab.editing.weights import get_module, is_transposed, weight_param_name
 from editlab.errors import EditlabError
 from editlab.vocab import PromptEncoder
 
@@ -126,7 +127,7 @@ class MendTrainer(L.LightningModule):
 
 @register
 @dataclass
-class Mend(TrainableEditor):
+class Mend(NetworkEditor):
     """MEND (see the module docstring).
 
     Attributes:
@@ -159,7 +160,6 @@ class Mend(TrainableEditor):
     loss_reduction: str = "mean"
     max_grad_norm: float | None = 100.0
     editor: GradientEditor | None = field(default=None, init=False, repr=False, compare=False)
-    _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.n_hidden < 0 or not self.lr > 0 or not self.lr_alpha >= 0:
@@ -172,37 +172,20 @@ class Mend(TrainableEditor):
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise EditlabError(f"method {self.name}: max_grad_norm > 0 (or null: no clipping)")
 
-    def module_names(self, model: nn.Module) -> list[str]:
-        return module_names(model, self.modules, self.layers)
-
     def build_editor(self, model: nn.Module) -> GradientEditor:
         """An untrained editor for ``model``'s edited layers (identity networks, steps at ``alpha_init``)."""
-        shapes = [tuple(linear_weight(get_module(model, n)).shape) for n in self.module_names(model)]
-        return GradientEditor(shapes, self.rank, self.n_hidden, self.alpha_init, self.block)
+        return GradientEditor(self.weight_shapes(model), self.rank, self.n_hidden, self.alpha_init, self.block)
 
     def training_module(self, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
                         training: EditorTraining) -> L.LightningModule:
         return MendTrainer(self, base, tokenizer)
-
-    def editor_state(self, module: L.LightningModule) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in module.editor.state_dict().items()}
-
-    def load_editor(self, state: dict[str, torch.Tensor]) -> None:
-        self._weights = dict(state)
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:
         """Load the trained editor (checked against ``ctx.model_id``, and against the ``block`` and
         ``loss_reduction`` it was trained with) into a network shaped for ``model``."""
         super().prepare(model, ctx)
         self.check_trained_with(editor_info(ctx.editor_path).get("hparams") or {}, ctx)
-        editor = self.build_editor(model)
-        try:
-            editor.load_state_dict(self._weights)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise EditlabError(f"editor {ctx.editor_path} does not fit this model's layers ({first}...); edit with the "
-                               "modules/layers/rank it was trained with (its editor.json)") from None
-        self.editor = editor.eval()
+        self.editor = load_network(self.build_editor(model), self._weights, ctx.editor_path, "modules/layers/rank")
 
     def check_trained_with(self, trained: dict, ctx: EditContext) -> None:
         """Refuse an editor meta-trained with another block form or loss reduction: the network would not load
@@ -223,21 +206,10 @@ class Mend(TrainableEditor):
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
         self.trained_editor()
+        self.editor.to(next(model.parameters()).device).eval()
         names = self.module_names(model)
-        saved = snapshot(model, [weight_param_name(n) for n in names])
-        device = next(model.parameters()).device
-        self.editor.to(device).eval()
-        batch = target_batch(PromptEncoder(ctx.tokenizer), requests).to(device)
-        factors = record_factors(model, names, batch, self.loss_reduction)
-        with torch.no_grad():
-            norms = []
-            for i, name in enumerate(names):
-                u, delta = factors.of(name)
-                upd = self.editor.update(i, u, delta)
-                linear_weight(get_module(model, name)).add_(upd.to(saved[weight_param_name(name)].dtype))
-                norms.append(float(upd.norm()))
-            final = float(target_nll(model, batch, reduction=self.loss_reduction))
-        if on_step is not None:
-            on_step(1, model)
-        return EditHandle(model, touched=saved, info={"steps": 1, "loss_initial": float(factors.loss) / len(requests),
-                                                      "loss_final": final, "update_norm": max(norms)})
+
+        def updates(factors: Factors, device: torch.device):
+            return (self.editor.update(i, *factors.of(name)) for i, name in enumerate(names))
+
+        return one_step_edit(model, names, requests, ctx, self.loss_reduction, updates, on_step)
