@@ -162,7 +162,7 @@ def test_mistral_83m_runs_two_steps_on_the_tiny_world(tiny_world, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["data.seed=99"], "no built world at"),
+        (["data.seed=99", "task=editor", "method=mend"], "no built world at"),  # pretraining builds it instead
         (["model.arch.vocab_size=32000"], "pins vocab_size=32000"),
         (["ckpt_path=last"], "no checkpoint to resume at"),
         (["trainer.devices=0"], "trainer.devices=0"),
@@ -178,8 +178,10 @@ def test_bad_input_one_line(tiny_world, tmp_path, extra, needle):
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr[-3000:]
 
 
-def test_missing_world_names_the_build_command(tiny_world, tmp_path):
-    res = _cli(tiny_world, tmp_path / "bad", ["data.seed=99"])
+def test_editor_training_without_its_world_names_the_build_command(tiny_world, tmp_path):
+    """Editor training needs the world its model was pretrained on; pretraining builds an absent world itself
+    (tests/world/test_build.py)."""
+    res = _cli(tiny_world, tmp_path / "bad", ["data.seed=99", "task=editor", "method=mend"])
     assert "python -m editlab.world data=wikidata_synth_tiny" in res.stderr
 
 
