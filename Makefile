@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-DEMO_RUN := outputs/edit/wikidata_synth_tiny/mistral_tiny_demo-s0/lora-single-n200-s0
+DEMO_RUN := $(or $(EDITLAB_OUTPUTS),outputs)/edit/wikidata_synth_tiny/mistral_tiny_demo-s0/lora-single-n200-s0
 
 demo: setup
 	$(PY) -m editlab.world data=wikidata_synth_tiny progress=false > /dev/null
