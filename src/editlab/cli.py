@@ -10,8 +10,8 @@
 - :class:`~editlab.utils.signals.Interrupted` (SIGTERM / SIGINT): ``interrupted: ...`` with how to
   resume, exit 143 / 130, so ``make`` and shell pipelines stop instead of carrying on.
 
-- an :class:`OSError` with a file name (a directory that cannot be written, a full disk): ``error: cannot write
-  ...`` naming the file and the settings that move it, exit 2.
+- an :class:`OSError` with a file name (a directory that cannot be written, a full disk): ``error: cannot use
+  <file>: ...`` naming the file and the settings that move it, exit 2.
 - anything else is a bug: one line on the console naming the log file that holds the traceback
   (``<outputs>/logs/``, else the temporary directory), exit 1.
 """

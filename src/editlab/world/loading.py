@@ -55,8 +55,10 @@ class World:
 
     @property
     def rebuild(self) -> str:
-        """The fix for a damaged world file (a world is a cache: deleting it is safe)."""
-        return f"rebuild the world: delete {self.dir} and run python -m editlab.world (with the same data=)"
+        """The fix for a damaged world file (:func:`editlab.world.tokenizer.rebuild_hint`)."""
+        from editlab.world.tokenizer import rebuild_hint
+
+        return rebuild_hint(self.dir)
 
     @cached_property
     def info(self) -> dict:
@@ -92,8 +94,7 @@ class World:
                 if not {"case_id", "subject", "relation", "requested_object", "probes", "ids"} <= set(case):
                     raise ValueError("missing fields")
             except (json.JSONDecodeError, ValueError, TypeError) as exc:
-                raise EditlabError(f"malformed case record {path}:{n} ({exc}); rebuild the world: delete {self.dir} "
-                                   "and run python -m editlab.world") from None
+                raise EditlabError(f"malformed case record {path}:{n} ({exc}); {self.rebuild}") from None
             out.append(case)
         return out
 

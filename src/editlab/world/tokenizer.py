@@ -197,10 +197,15 @@ def verify_sample(tok: Tokenizer, docs: Callable[[int, int], Iterator[str]], dir
     del tokens
 
 
+def rebuild_hint(directory: Path) -> str:
+    """The fix for a damaged file of the world at ``directory`` (a world is a cache: deleting it is safe)."""
+    return f"rebuild the world: delete {directory} and run python -m editlab.world (with the same data=)"
+
+
 def load_tokens(directory: Path) -> tuple[np.memmap, np.ndarray, dict]:
     """Memory-map the tokenized corpus: (flat token ids, document offsets, metadata).
     Document d is ``tokens[offsets[d]:offsets[d + 1]]``."""
-    fix = f"rebuild the world: delete {directory} and run python -m editlab.world (with the same data=)"
+    fix = rebuild_hint(directory)
     meta = read_json(directory / "tokens.json", fix, "corpus description")
     path = directory / "tokens.bin"
     want = int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
