@@ -46,10 +46,10 @@ def edit(cfg: DictConfig) -> dict:
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")
     metrics = from_dict(MetricsConfig, OmegaConf.to_container(cfg.metrics, resolve=True), "metrics")
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    world = World.from_config(data, to_absolute_path(data["cache_dir"]))
+    world = World.from_config(data, data["cache_dir"])
     checkpoint = Path(to_absolute_path(cfg.checkpoint))
     if not checkpoint.is_dir():
-        found = trained_overrides(Path(to_absolute_path(cfg.paths.outputs)) / "train" / data["name"])
+        found = trained_overrides(Path(cfg.paths.outputs) / "train" / data["name"])
         offer = f"; or edit a model trained already: {' | '.join(found)}" if found else ""
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "
                            f"model={cfg.model.name}{offer} (or pass checkpoint=<dir>)")
@@ -70,7 +70,7 @@ def edit(cfg: DictConfig) -> dict:
         overwrite=bool(cfg.overwrite),
         editor_path=Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else None,
         trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
-        cache_root=Path(to_absolute_path(cfg.paths.stats)),
+        cache_root=Path(cfg.paths.stats),
     ))
 
 

@@ -4,6 +4,7 @@
     python evaluate.py checkpoint=<model dir>          # <model dir>/eval/: pre-edit scores on the world's cases
     python evaluate.py checkpoint=<dir> data=wikidata_synth n_cases=1000 out_dir=outputs/eval/base
     python evaluate.py sweep=outputs/multirun/edit/<date>_<time>   # one table of every job of a multirun
+    python evaluate.py sweep=[<multirun dir>,<multirun dir>]       # one table of several
     python evaluate.py analysis=tracing                # causal tracing: heatmaps, best layer (conf/analysis/)
     python evaluate.py analysis=hase analysis.method=rome
 
@@ -40,32 +41,33 @@ def evaluate(cfg: DictConfig) -> dict:
     if sum(cfg[k] is not None for k in ("run", "checkpoint", "sweep")) != 1:
         raise EditlabError("set exactly one of run=<edit run dir>, checkpoint=<model dir> or sweep=<multirun dir>")
     if cfg.sweep is not None:
-        sweep = Path(to_absolute_path(str(cfg.sweep)))
-        out = Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else sweep / "comparison"
-        return evaluate_sweep(sweep, out, out.parent / f"{out.name}_wandb" if cfg.wandb else None)
+        sweeps = [Path(to_absolute_path(str(s))) for s in (cfg.sweep if OmegaConf.is_list(cfg.sweep) else [cfg.sweep])]
+        if not sweeps:
+            raise EditlabError("sweep=[] names no directory; pass sweep=<multirun dir> or sweep=[<dir>,<dir>]")
+        out = Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else sweeps[0] / "comparison"
+        return evaluate_sweep(sweeps, out, out.parent / f"{out.name}_wandb" if cfg.wandb else None)
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    data["cache_dir"] = to_absolute_path(data["cache_dir"])
     if cfg.run is not None:
         run_dir = Path(to_absolute_path(str(cfg.run)))
         out = Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else run_dir / "report"
         return evaluate_run(run_dir, out, data, int(cfg.max_panels))
 
     from editlab.lm.checkpoint import load_checkpoint
+    from editlab.runs.reports import CheckpointEval
     from editlab.world.loading import World
 
     ckpt = Path(to_absolute_path(str(cfg.checkpoint)))
-    out = Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else ckpt / "eval"
     world = World.from_config(data, data["cache_dir"])
-    return evaluate_checkpoint(load_checkpoint(ckpt, world.hash).to(device), world, ckpt, out,
-                               None if cfg.n_cases is None else int(cfg.n_cases), int(cfg.batch_size),
-                               str(cfg.protocol))
+    spec = CheckpointEval(world, ckpt, Path(to_absolute_path(str(cfg.out_dir))) if cfg.out_dir else ckpt / "eval",
+                          None if cfg.n_cases is None else int(cfg.n_cases), int(cfg.batch_size), str(cfg.protocol))
+    return evaluate_checkpoint(load_checkpoint(ckpt, world.hash).to(device), spec)
 
 
 def analyse(cfg: DictConfig) -> dict:
     """``analysis=<name>``: compose the analysis and the hyper-parameters of the methods it edits with (as
     edit.py composes them for this ``model``), open the world and the checkpoint, run it."""
     from editlab.lm.checkpoint import load_checkpoint
-    from editlab.runs.analysis import run_analysis
+    from editlab.runs.analysis import AnalysisRun, run_analysis
     from editlab.runs.hparams import method_hparams
     from editlab.world.loading import World
 
@@ -81,9 +83,10 @@ def analyse(cfg: DictConfig) -> dict:
     names = list(settings.get("methods") or []) + ([settings["method"]] if settings.get("method") else [])
     hparams = {m: method_hparams(m, str(cfg.model.name)) for m in names}
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    world = World.from_config(data, to_absolute_path(data["cache_dir"]))
-    return run_analysis(name, settings, load_checkpoint(ckpt, world.hash), world, ckpt, out, hparams,
-                        Path(to_absolute_path(str(cfg.paths.stats))), bool(cfg.progress))
+    world = World.from_config(data, data["cache_dir"])
+    run = AnalysisRun(name, settings, world, ckpt, out, hparams, Path(cfg.paths.stats),
+                      bool(cfg.progress))
+    return run_analysis(load_checkpoint(ckpt, world.hash), run)
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")

@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.task not in TASKS:
         raise EditlabError(f"task={cfg.task} is not available; valid tasks: {', '.join(TASKS)}")
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    world = World.from_config(data, to_absolute_path(data["cache_dir"]), build=cfg.task == "pretrain")
+    world = World.from_config(data, data["cache_dir"], build=cfg.task == "pretrain")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in ("devices", "num_nodes"):

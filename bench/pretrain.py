@@ -31,10 +31,12 @@ from editlab.lm.precision import resolve_precision
 from editlab.lm.presets import arch_from, build_model, recipe_from
 from editlab.runs.pretrain import plan
 from editlab.utils.hardware import describe
+from editlab.utils.rundir import register_resolvers
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register_resolvers()  # conf/paths/ makes its roots absolute with ${editlab.abspath:...}
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e12, "L40S": 362e12}
 
 

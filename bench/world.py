@@ -22,10 +22,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from editlab.utils.rundir import register_resolvers
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register_resolvers()  # conf/paths/ makes its roots absolute with ${editlab.abspath:...}
 
 
 def main(argv: list[str]) -> dict:

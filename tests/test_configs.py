@@ -3,6 +3,7 @@ data presets keep their worlds; run directories are predictable (single run) or 
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -156,7 +157,7 @@ HASHES = {"wikidata_synth": "fc45c9502af7", "wikidata_synth_tiny": "c7987513c380
 def test_data_presets_on_a_shared_base_keep_their_worlds(preset, monkeypatch):
     monkeypatch.delenv("EDITLAB_CACHE", raising=False)
     data = data_config(preset=preset)
-    assert data == BEFORE[preset]
+    assert data == {**BEFORE[preset], "cache_dir": os.path.abspath(BEFORE[preset]["cache_dir"])}  # absolute once
     assert world_hash(world_config(data)) == HASHES[preset]
     assert "- wikidata_synth_base\n" in (ROOT / "data" / f"{preset}.yaml").read_text()
 
@@ -172,9 +173,10 @@ def test_paths_come_from_the_environment(monkeypatch):
 def test_single_run_directory_is_predictable_and_names_the_model_seed(monkeypatch):
     monkeypatch.delenv("EDITLAB_OUTPUTS", raising=False)
     cfg = _compose("edit", ["model_seed=3", "method.hparams.lr=1e-4", "edits.n=7"])
-    assert cfg.run_dir == "outputs/edit/wikidata_synth_tiny/mistral_tiny-s3/lora-single-n7-s0"
-    assert cfg.checkpoint == "outputs/train/wikidata_synth_tiny/mistral_tiny-s3/model"
-    assert _compose("train", ["seed=2"]).run_dir == "outputs/train/wikidata_synth_tiny/mistral_tiny-s2"
+    out = os.path.abspath("outputs")  # conf/paths/ makes the roots absolute, from the working directory
+    assert cfg.run_dir == f"{out}/edit/wikidata_synth_tiny/mistral_tiny-s3/lora-single-n7-s0"
+    assert cfg.checkpoint == f"{out}/train/wikidata_synth_tiny/mistral_tiny-s3/model"
+    assert _compose("train", ["seed=2"]).run_dir == f"{out}/train/wikidata_synth_tiny/mistral_tiny-s2"
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from editlab.analysis import delta_w, facts, hase, klob, trace_run
 from editlab.cli import run_cli
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import load_checkpoint
-from editlab.runs.analysis import ANALYSES, run_analysis
+from editlab.runs.analysis import ANALYSES, AnalysisRun, run_analysis
 from editlab.runs.hparams import method_hparams
 from editlab.utils.jsonio import read_json
 from editlab.world.loading import World
@@ -54,8 +54,9 @@ def setup(tiny_world, random_checkpoint):
 def _run(setup, name: str, overrides: list[str], out: Path, methods: tuple[str, ...] = ()) -> dict:
     world, model, ckpt = setup
     hp = {m: method_hparams(m, "mistral_tiny") for m in methods}
-    return run_analysis(name, _settings(world.dir, name, overrides), model, world, ckpt, out, hp, out.parent / "stats",
-                        progress=False)
+    run = AnalysisRun(name, _settings(world.dir, name, overrides), world, ckpt, out, hp, out.parent / "stats",
+                      progress=False)
+    return run_analysis(model, run)
 
 
 @pytest.mark.parametrize("name", ANALYSES)

@@ -82,3 +82,8 @@ def test_sweep_jobs_are_recorded_and_compared_in_one_table(tiny_world, random_ch
         assert (sweep / "comparison" / png).stat().st_size > 0
     generations = (sweep / "comparison" / "generations.md").read_text()  # one row per setup under each request
     assert all(row in generations for row in ("| lora (steps=1) |", "| lora (steps=3) |", "| **agent** |"))
+    # a later sweep extends the table: several sweep directories are one comparison; a run listed twice counts once
+    _multirun(tiny_world, random_checkpoint, out, ["method.hparams.steps=2,3"])
+    later = next(d for d in (out / "multirun" / "edit").iterdir() if d != sweep)
+    both = evaluate_sweep([sweep, later], tmp_path / "both")
+    assert both["n"] == 3 and both["setups"] == 3

@@ -20,7 +20,7 @@ from editlab.errors import EditlabError
 from editlab.eval.report import table4_markdown
 from editlab.lm.checkpoint import export_checkpoint, load_checkpoint
 from editlab.lm.presets import Arch, build_model
-from editlab.runs.reports import evaluate_checkpoint, evaluate_run
+from editlab.runs.reports import CheckpointEval, evaluate_checkpoint, evaluate_run
 from editlab.world.loading import World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,8 +156,8 @@ def test_checkpoint_scores_pre_edit_and_plots_the_training_curve(tiny_world, tmp
     world = World.from_config(_data(tiny_world), tiny_world.dir.parent)
     model = load_checkpoint(ckpt, world.hash)
     with pytest.raises(EditlabError, match="n_cases=0 must be positive"):
-        evaluate_checkpoint(model, world, ckpt, ev, 0, 256, "paper")
-    out = evaluate_checkpoint(model, world, ckpt, ev, 6, 256, "paper")
+        CheckpointEval(world, ckpt, ev, 0)
+    out = evaluate_checkpoint(model, CheckpointEval(world, ckpt, ev, 6, 256, "paper"))
     assert out["n"] == 6 and out["all/n"] == 6 and 0.0 <= out["all/pre/s1r1_acc"] <= 1.0
     m = json.loads((ev / "metrics.json").read_text())
     assert m["world_hash"] == tiny_world.world["hash"] and m["summary"]["subsets"]["all"]["n"] == 6

@@ -2,7 +2,7 @@
 
 evaluate.py composes conf/analysis/<name>.yaml, opens the world, loads the checkpoint and composes the
 hyper-parameters of the methods an analysis edits with (what edit.py gives them for ``model=<preset>``,
-:func:`editlab.runs.hparams.method_hparams`); this function takes plain typed arguments only.
+:func:`editlab.runs.hparams.method_hparams`); this function takes the model and one :class:`AnalysisRun`.
 
 - ``tracing`` (:mod:`~editlab.analysis.trace_run`): where the model recalls a fact (ROME Sec. 2), which layer to edit;
 - ``klob`` (:mod:`~editlab.analysis.klob`): do dependent facts share their traced layers (survey Fig. 8);
@@ -13,6 +13,7 @@ hyper-parameters of the methods an analysis edits with (what edit.py gives them 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -24,14 +25,38 @@ from editlab.world.loading import World
 ANALYSES: tuple[str, ...] = ("tracing", "klob", "delta_w", "hase")
 
 
-def run_analysis(name: str, settings: dict, model: nn.Module, world: World, checkpoint: Path, out: Path,
-                 hparams: dict[str, dict], stats_root: Path, progress: bool = True) -> dict:
-    """Run analysis ``name`` on ``model`` (the checkpoint at ``checkpoint``) and write it to ``out``.
+@dataclass(frozen=True)
+class AnalysisRun:
+    """One ``python evaluate.py analysis=<name>`` run, built once from its config.
 
-    Args:
-        settings: the analysis node without ``name``, ``out_dir``, ``checkpoint``.
+    Attributes:
+        name: one of :data:`ANALYSES`.
+        settings: the analysis node without ``name``, ``out_dir``, ``checkpoint`` (checked by the analysis's own
+            typed settings).
+        world: the opened world.
+        checkpoint: the analysed model's checkpoint directory.
+        out: the report directory.
         hparams: method name -> hyper-parameters (composed by the caller) for the analyses that edit.
         stats_root: ``paths.stats``; a method's statistics cache is ``<stats_root>/<model_id>``.
+        progress: show progress bars.
+    """
+
+    name: str
+    settings: dict
+    world: World
+    checkpoint: Path
+    out: Path
+    hparams: dict[str, dict] = field(default_factory=dict)
+    stats_root: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in ANALYSES:
+            raise EditlabError(f"unknown analysis {self.name!r}; use one of {', '.join(ANALYSES)}")
+
+
+def run_analysis(model: nn.Module, run: AnalysisRun) -> dict:
+    """Run analysis ``run.name`` on ``model`` (the checkpoint at ``run.checkpoint``) and write it to ``run.out``.
 
     Returns:
         the result (``result.json``'s content) with ``report`` = ``out``, ``n`` and ``unit`` (what was counted).
@@ -40,12 +65,12 @@ def run_analysis(name: str, settings: dict, model: nn.Module, world: World, chec
 
     from editlab.utils.typed import from_dict
 
-    if name not in ANALYSES:
-        raise EditlabError(f"unknown analysis {name!r}; use one of {', '.join(ANALYSES)}")
+    name, settings, world, out, hparams, progress = (run.name, run.settings, run.world, run.out, run.hparams,
+                                                     run.progress)
     model = model.eval()
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
-    mid = model_id(checkpoint)
-    meta = {"checkpoint": str(checkpoint), "model_id": mid, "world_hash": world.hash}
+    mid = model_id(run.checkpoint)
+    meta = {"checkpoint": str(run.checkpoint), "model_id": mid, "world_hash": world.hash}
     if name == "tracing":
         from editlab.analysis.trace_run import TracingRun, run_tracing
 
@@ -58,7 +83,8 @@ def run_analysis(name: str, settings: dict, model: nn.Module, world: World, chec
         return {**res, "n": res["n_groups"], "unit": "dependency groups"}
     from editlab.editing.base import EditContext
 
-    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=Path(stats_root) / mid if mid else None,
+    cache = Path(run.stats_root) / mid if mid and run.stats_root else None
+    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=cache,
                       model_id=mid, seed=int(settings.get("seed", 0)))
     if name == "delta_w":
         from editlab.analysis.delta_w import DeltaWRun, run_delta_w

@@ -7,6 +7,7 @@ arguments only: evaluate.py composes the config, opens the world and loads the m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,19 +85,47 @@ def evaluate_run(run_dir: Path, out: Path, data: dict, max_panels: int) -> dict:
             **{f"all/{k}": v for k, v in summary["subsets"].get("all", {}).items()}}
 
 
-def evaluate_checkpoint(model: torch.nn.Module, world: World, checkpoint: Path, out: Path, n_cases: int | None,
-                        batch_size: int, protocol: str) -> dict:
-    """Score ``model`` (loaded from ``checkpoint``, on the device it is on) on the world's evaluation cases before
-    any edit (Table 4's "pre" rows); plot the pretraining curve (Fig. 3) when ``checkpoint``'s run recorded one."""
+@dataclass(frozen=True)
+class CheckpointEval:
+    """What ``python evaluate.py checkpoint=<dir>`` scores, built once from its config.
+
+    Attributes:
+        world: the opened world whose evaluation cases are scored.
+        checkpoint: the model's checkpoint directory (its run's ``metrics.json`` curve gives Fig. 3).
+        out: the report directory (replaced atomically).
+        n_cases: the first ``n_cases`` evaluation cases (``None``: all of them).
+        batch_size: prompts per scoring batch.
+        protocol: the hit rule of the tables, ``paper`` (substring) or ``exact``.
+    """
+
+    world: World
+    checkpoint: Path
+    out: Path
+    n_cases: int | None = None
+    batch_size: int = 256
+    protocol: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.n_cases is not None and self.n_cases < 1:
+            raise EditlabError(f"n_cases={self.n_cases} must be positive (or null for all cases)")
+        if self.batch_size < 1:
+            raise EditlabError(f"batch_size={self.batch_size} must be positive")
+        if self.protocol not in ("paper", "exact"):
+            raise EditlabError(f"protocol={self.protocol} must be paper or exact")
+
+
+def evaluate_checkpoint(model: torch.nn.Module, spec: CheckpointEval) -> dict:
+    """Score ``model`` (loaded from ``spec.checkpoint``, on the device it is on) on the world's evaluation cases
+    before any edit (Table 4's "pre" rows); plot the pretraining curve (Fig. 3) when the checkpoint's run recorded
+    one."""
     from transformers import PreTrainedTokenizerFast
 
-    if n_cases is not None and n_cases < 1:
-        raise EditlabError(f"n_cases={n_cases} must be positive (or null for all cases)")
+    world, checkpoint, protocol = spec.world, spec.checkpoint, spec.protocol
     model = model.eval()
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
-    cases = world.cases("eval")[:n_cases]
+    cases = world.cases("eval")[:spec.n_cases]
     scores = score_cases(model, PromptEncoder(tok), cases, max_object_tokens(tok, world.info["objects"]),
-                         batch_size=batch_size)
+                         batch_size=spec.batch_size)
     records = [{"case_id": c["case_id"], "index": i, "pre": s.to_json()}
                for i, (c, s) in enumerate(zip(cases, scores, strict=True))]
     summary = summarize({c["case_id"]: c for c in cases}, records, protocol=protocol)
@@ -114,21 +143,25 @@ def evaluate_checkpoint(model: torch.nn.Module, world: World, checkpoint: Path, 
             plots.save(plots.training_curve(curve, training_loss(checkpoint.parent / "csv" / "metrics.csv")),
                        tmp / "fig3_training.png")
 
-    publish(out, write)
-    return {"report": str(out), "n": len(cases), **{f"all/{k}": v for k, v in summary["subsets"]["all"].items()}}
+    publish(spec.out, write)
+    return {"report": str(spec.out), "n": len(cases), **{f"all/{k}": v for k, v in summary["subsets"]["all"].items()}}
 
 
-def evaluate_sweep(directory: Path, out: Path, wandb_dir: Path | None = None) -> dict:
-    """The comparison of every run of a multirun (or any folder of runs): Markdown, CSV and plots in ``out``.
+def evaluate_sweep(directories: Path | list[Path], out: Path, wandb_dir: Path | None = None) -> dict:
+    """The comparison of every run of one or more multiruns (or folders of runs): Markdown, CSV and plots in ``out``.
 
     Args:
-        directory: a multirun record (``<outputs>/multirun/edit/<date>_<time>``, whose ``jobs/`` lists its runs)
-            or any directory holding finished edit runs.
+        directories: multirun records (``<outputs>/multirun/edit/<date>_<time>``, whose ``jobs/`` lists its runs)
+            or directories holding finished edit runs; several are one table (a sweep extended by a later one).
         out: the report directory to (re)place (``comparison.md``, ``comparison.csv``, ``generations.md``,
             ``success_locality.png``, ``bars_<group>.png``).
         wandb_dir: when set, also log the table as a W&B table (offline unless logged in) under this directory.
     """
-    runs, missing = compare.find_runs(directory)
+    runs, missing = [], []
+    for directory in [directories] if isinstance(directories, Path) else directories:
+        found, lost = compare.find_runs(directory)
+        runs += [r for r in found if r.path not in {q.path for q in runs}]
+        missing += lost
     comp = compare.compare(runs, missing)
     labels = [compare.setup_label(row, comp.keys) for row in comp.rows]
 

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,22 +139,38 @@ def check_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
                            f"keys differ, e.g. {diff[0]}); start again without ckpt_path (or overwrite=true)")
 
 
-def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTokenizerBase, cases: list[dict],
-               training: EditorTraining, seed: int, trainer_kwargs: dict | None = None,
-               loggers: list | None = None, progress: bool = False, work_dir: Path | None = None,
-               resume: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """Meta-train ``method`` on ``base`` over meta ``cases``; returns (best validation editor weights, metrics).
+@dataclass(frozen=True)
+class FitOptions:
+    """How :func:`fit_editor` runs, apart from what it trains.
 
-    Args:
+    Attributes:
+        trainer_kwargs: Lightning Trainer settings (default: one CPU process, precision ``auto``).
+        loggers: Lightning loggers.
+        progress: show a progress bar.
         work_dir: checkpoints go to ``<work_dir>/checkpoints`` (a temporary directory when ``None``).
         resume: a Lightning checkpoint to continue from (``<work_dir>/checkpoints/last.ckpt``).
+    """
+
+    trainer_kwargs: dict | None = None
+    loggers: list | None = None
+    progress: bool = False
+    work_dir: Path | None = None
+    resume: str | None = None
+
+
+def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTokenizerBase, cases: list[dict],
+               training: EditorTraining, seed: int, options: FitOptions | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Meta-train ``method`` on ``base`` over meta ``cases``; returns (best validation editor weights, metrics).
 
     On DDP ranks other than 0 it returns ``({}, {})``.
     """
-    if work_dir is None:
+    options = options or FitOptions()
+    if options.work_dir is None:
         with tempfile.TemporaryDirectory(prefix="editor-") as tmp:
-            return fit_editor(method, base, tokenizer, cases, training, seed, trainer_kwargs, loggers, progress,
-                              Path(tmp))
+            return fit_editor(method, base, tokenizer, cases, training, seed, replace(options, work_dir=Path(tmp)))
+    trainer_kwargs, loggers, progress, work_dir = (options.trainer_kwargs, options.loggers, options.progress,
+                                                   options.work_dir)
     kwargs = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}
     # decided once, here: "auto" becomes bf16-mixed only where the hardware computes bf16 natively
     precision = resolve_and_log(kwargs.get("precision", "auto"), str(kwargs["accelerator"]))
@@ -193,7 +209,7 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
                 r"Checkpoint directory .* exists and is not empty"):
         warnings.filterwarnings("ignore", message=msg)  # meta cases are a list in memory; the base LM stays in eval
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    trainer.fit(module, datamodule=dm, ckpt_path=options.resume)
     wall = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return {}, {}
@@ -302,8 +318,8 @@ def train_editor(run: EditorRun) -> dict:
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
-    state, metrics = fit_editor(method, base, tok, world.cases("meta"), training, seed, trainer_kwargs, loggers,
-                                progress, work, resume)
+    state, metrics = fit_editor(method, base, tok, world.cases("meta"), training, seed,
+                                FitOptions(trainer_kwargs, loggers, progress, work, resume))
     if not state:  # a DDP rank other than 0
         return {}
     save_editor(out_dir, method, state, mid, run_config, metrics, extra=lambda tmp: _curves(csv_dir, tmp))

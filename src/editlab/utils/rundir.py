@@ -31,15 +31,16 @@ import yaml
 from editlab.errors import EditlabError
 from editlab.utils.jsonio import read_json, read_jsonl, write_json
 
-__all__ = ["LOCATION_KEYS", "NON_RESULT_KEYS", "RunState", "config_differences", "flatten", "job_subdir", "prepare",
-           "read_jsonl", "read_yaml", "record_multirun_job", "register_resolvers", "traced_layer", "write_json",
-           "write_yaml"]
+__all__ = ["LOCATION_KEYS", "NON_RESULT_KEYS", "RunState", "abspath", "config_differences", "flatten", "job_subdir",
+           "prepare", "read_jsonl", "read_yaml", "record_multirun_job", "register_resolvers", "traced_layer",
+           "write_json", "write_yaml"]
 
 RunState = Literal["fresh", "resume", "done"]
 LOCATION_KEYS = ("paths", "run_dir")  # where things are, not what was run
 # display, device, threads, logging, the number returned to a sweeper: the same results either way
 NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads", "objective")
 JOB_SUBDIR = "editlab.job_subdir"
+ABSPATH = "editlab.abspath"
 TRACED_LAYER = "editlab.traced_layer"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
@@ -97,11 +98,22 @@ def traced_layer(path: str) -> int:
     return result["best_layer"]
 
 
+def abspath(path: str) -> str:
+    """``path`` (``~`` expanded) made absolute from the directory the command started in: conf/paths/ makes its
+    roots absolute with ``${editlab.abspath:...}``, so every location composed from them is absolute once, at
+    composition, and a run records where its files are whatever directory it is read from later."""
+    from hydra.utils import to_absolute_path
+
+    return to_absolute_path(os.path.expanduser(str(path)))
+
+
 def register_resolvers() -> None:
-    """Register ``${editlab.job_subdir:}`` and ``${editlab.traced_layer:<result.json>}`` with OmegaConf
-    (idempotent); call before Hydra resolves a config."""
+    """Register ``${editlab.job_subdir:}``, ``${editlab.abspath:<path>}`` and ``${editlab.traced_layer:<result.json>}``
+    with OmegaConf (idempotent); call before Hydra resolves a config."""
     from omegaconf import OmegaConf
 
+    if not OmegaConf.has_resolver(ABSPATH):
+        OmegaConf.register_new_resolver(ABSPATH, abspath)
     if not OmegaConf.has_resolver(JOB_SUBDIR):
         OmegaConf.register_new_resolver(JOB_SUBDIR, job_subdir)
     if not OmegaConf.has_resolver(TRACED_LAYER):

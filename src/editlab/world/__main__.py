@@ -6,22 +6,23 @@ import json
 from pathlib import Path
 
 import hydra
-from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from editlab.cli import run_cli
 from editlab.utils.confdir import conf_dir
+from editlab.utils.rundir import register_resolvers
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
 CONF = str(conf_dir())
+register_resolvers()  # conf/paths/ makes its roots absolute with ${editlab.abspath:...}
 
 
 def run(cfg: DictConfig) -> Path:
     """Validate the ``data`` node, build or reuse the world, print where it is, its size and the next step."""
     raw = OmegaConf.to_container(cfg.data, resolve=True)
     wcfg = world_config(raw)
-    report = build_world(wcfg, Path(to_absolute_path(raw["cache_dir"])), progress=bool(cfg.progress))
+    report = build_world(wcfg, Path(raw["cache_dir"]), progress=bool(cfg.progress))
     print(summary(report.directory, report.built, report.timings.get("total", 0.0), raw["name"]))
     return report.directory
 
