@@ -18,7 +18,7 @@ from editlab.editing.methods.ke import KE, KeTrainer
 from editlab.editing.methods.ke_net import ConditionedParameter
 from editlab.editing.trainable import EditorTraining, MetaDataModule, save_editor
 from editlab.errors import EditlabError
-from editlab.runs.train_editor import fit_editor
+from editlab.runs.train_editor import FitOptions, fit_editor
 
 
 def check_update(param: ConditionedParameter) -> None:
@@ -124,7 +124,7 @@ def trained(method: KE, tiny_lm) -> dict[str, torch.Tensor]:
     training = EditorTraining(max_steps=STEPS, batch_size=BATCH, val_fraction=VAL_FRACTION, val_every=STEPS,
                               patience=None)
     state, metrics = fit_editor(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok, tiny_lm.world.meta_cases[:CASES],
-                                training, seed=SEED, trainer_kwargs={"precision": "32-true"})
+                                training, seed=SEED, options=FitOptions(trainer_kwargs={"precision": "32-true"}))
     print({k: v for k, v in metrics.items() if k.startswith(("val", "train"))})
     return state
 

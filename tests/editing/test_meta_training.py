@@ -25,7 +25,7 @@ from editlab.editing import registry
 from editlab.editing.meta_data import MetaBatch
 from editlab.editing.methods.malmen import MalmenTrainer, aggregate
 from editlab.editing.trainable import EditorTraining, MetaDataModule
-from editlab.runs.train_editor import fit_editor
+from editlab.runs.train_editor import FitOptions, fit_editor
 
 MARGIN = 0.15  # a rise of at least 6 of the 39 held-out edits
 CASES, VAL_FRACTION, BATCH, SEED = 200, 0.2, 8, 0
@@ -77,7 +77,7 @@ def _trained(method, tiny_lm, steps: int) -> tuple[dict[str, torch.Tensor], floa
     training = EditorTraining(max_steps=steps, batch_size=BATCH, val_fraction=VAL_FRACTION, val_every=steps,
                               patience=None)
     state, metrics = fit_editor(method, copy.deepcopy(tiny_lm.model), tiny_lm.tok, tiny_lm.world.meta_cases[:CASES],
-                                training, seed=SEED, trainer_kwargs={"precision": "32-true"})
+                                training, seed=SEED, options=FitOptions(trainer_kwargs={"precision": "32-true"}))
     return state, metrics["val/edit_success"]
 
 
