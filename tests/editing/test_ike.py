@@ -115,6 +115,8 @@ def test_budget_drops_least_similar_demonstrations_first(tiny_world, tiny_lm):
     kept = [d for d in demos if d in prefix]
     assert 0 < len(kept) < len(demos) and kept == demos[len(demos) - len(kept):]  # the most similar stay
     assert prefix.endswith(f"{req.sentence}.")
+    one_more = f"{demos[len(demos) - len(kept) - 1]}. {prefix}"  # the prefix keeps every demonstration that fits
+    assert len(prompt_ids(tiny_lm.tok, [one_more])[0]) - 1 > 100
     default = IKE(retriever="tfidf")  # null budget: max_position_embeddings (256 here) minus reserve_tokens (64)
     default.prepare(tiny_lm.model, ctx)
     assert len(prompt_ids(tiny_lm.tok, [default.build_prefix([req])])[0]) - 1 <= 192

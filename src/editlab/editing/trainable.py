@@ -220,6 +220,14 @@ class NetworkEditor(TrainableEditor):
     by the method and loaded from the checkpoint's weights in ``prepare`` (:func:`load_network`; MEND, MALMEN, KE)."""
 
     _weights: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+    editor: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    def trained_editor(self) -> nn.Module:
+        """The network ``prepare`` loaded, or one clear error naming the command that trains it."""
+        if self.editor is None:
+            raise EditlabError(f"method {self.name} has no trained editor; pass editor_path=<the directory python "
+                               f"train.py task=editor method={self.name} wrote>")
+        return self.editor
 
     def module_names(self, model: nn.Module) -> list[str]:
         """The edited Linear layers: the method's ``modules`` (roles or templates) in its ``layers``."""

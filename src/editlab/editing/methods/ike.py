@@ -116,17 +116,27 @@ class IKE(EditMethod):
         return [self._retriever.pool[i].of(kind) for i, kind in reversed(list(zip(ranked, kinds, strict=True)))]
 
     def build_prefix(self, facts: Sequence[EditRequest]) -> str:
-        """The whole prefix for ``facts`` within the token budget (see the module docstring)."""
-        demos = self.demonstrations(facts)
-        copies = [demonstration(f, Target(f.prompt, f.target)) for f in facts]
+        """The whole prefix for ``facts`` within the token budget (see the module docstring).
+
+        Pieces are dropped from the front (the least similar demonstrations, then the oldest edits' copies); the
+        number dropped is the smallest that fits, found by bisection: dropping a whole sentence never lengthens
+        the text, so a few tokenisations replace one per dropped piece.
+        """
+        pieces = [f"{d}." for d in self.demonstrations(facts)]
+        pieces += [f"{demonstration(f, Target(f.prompt, f.target))}." for f in facts]
         tail = [f"{f.sentence}." for f in facts]
 
-        def text() -> str:
-            return " ".join([f"{d}." for d in demos + copies] + tail)
+        def text(drop: int) -> str:
+            return " ".join(pieces[drop:] + tail)
 
-        while (demos or copies) and len(prompt_ids(self._tok, [text()])[0]) - 1 > self._budget:
-            (demos if demos else copies).pop(0)
-        return text()
+        lo, hi = 0, len(pieces)  # hi: every piece dropped, the edits' own sentences kept whatever their length
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(prompt_ids(self._tok, [text(mid)])[0]) - 1 <= self._budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return text(lo)
 
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:

@@ -219,10 +219,7 @@ class KE(NetworkEditor):
 
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
-        if self.editor is None:
-            raise EditlabError("method ke has no trained editor; pass editor_path=<the directory python train.py "
-                               "task=editor method=ke wrote>")
-        self.editor.to(next(model.parameters()).device).eval()
+        self.trained_editor().to(next(model.parameters()).device).eval()
         names = self.module_names(model)
         ids, mask = condition_ids(ctx.tokenizer, requests)
 

@@ -196,17 +196,9 @@ class Mend(NetworkEditor):
                 raise EditlabError(f"editor {ctx.editor_path} was meta-trained with {key}={was}, this run edits with "
                                    f"{key}={now}; pass method.hparams.{key}={was} or train an editor with {now}")
 
-    def trained_editor(self) -> GradientEditor:
-        """The editor ``prepare`` loaded, or one clear error naming the command that trains it."""
-        if self.editor is None:
-            raise EditlabError(f"method {self.name} has no trained editor; pass editor_path=<the directory python "
-                               f"train.py task=editor method={self.name} wrote>")
-        return self.editor
-
     def apply(self, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext,
               on_step: StepHook | None = None) -> EditHandle:
-        self.trained_editor()
-        self.editor.to(next(model.parameters()).device).eval()
+        self.trained_editor().to(next(model.parameters()).device).eval()
         names = self.module_names(model)
 
         def updates(factors: Factors, device: torch.device):
