@@ -169,9 +169,8 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     if options.work_dir is None:
         with tempfile.TemporaryDirectory(prefix="editor-") as tmp:
             return fit_editor(method, base, tokenizer, cases, training, seed, replace(options, work_dir=Path(tmp)))
-    trainer_kwargs, loggers, progress, work_dir = (options.trainer_kwargs, options.loggers, options.progress,
-                                                   options.work_dir)
-    kwargs = {"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}
+    work_dir, progress = options.work_dir, options.progress
+    kwargs = {"accelerator": "cpu", "devices": 1, **(options.trainer_kwargs or {})}
     # decided once, here: "auto" becomes bf16-mixed only where the hardware computes bf16 natively
     precision = resolve_and_log(kwargs.get("precision", "auto"), str(kwargs["accelerator"]))
     L.seed_everything(seed, workers=True, verbose=False)
@@ -195,8 +194,9 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     # validation is at a multiple of val_every: later steps are never exported (the best validated state is)
     kwargs.update(precision=precision, max_steps=training.max_steps, max_epochs=-1,
                   val_check_interval=min(training.val_every, training.max_steps), check_val_every_n_epoch=None,
-                  logger=loggers or False, log_every_n_steps=1, callbacks=callbacks, enable_progress_bar=progress,
-                  enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(work_dir),
+                  logger=options.loggers or False, log_every_n_steps=1, callbacks=callbacks,
+                  enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                  default_root_dir=str(work_dir),
                   use_distributed_sampler=False)  # MetaDataModule shards every global batch over the ranks itself
     try:
         trainer = L.Trainer(**kwargs)
@@ -281,22 +281,19 @@ def train_editor(run: EditorRun) -> dict:
     refused (utils/rundir.py's rules), unless ``overwrite``. ``ckpt_path="last"`` resumes the meta-training
     in :func:`training_dir` ``(out_dir)``; without it a stopped run starts over.
     """
-    world, checkpoint, method, seed, training, run_config = (run.world, run.checkpoint, run.method, run.seed,
-                                                             run.training, run.run_config)
-    trainer_kwargs, loggers, progress, overwrite, ckpt_path = (run.trainer_kwargs, run.loggers, run.progress,
-                                                               run.overwrite, run.ckpt_path)
+    world, method = run.world, run.method
     if not isinstance(method, TrainableEditor):
         raise EditlabError(f"method {method.name} has nothing to train; task=editor takes a trainable editor "
                            "(KE, MEND, MALMEN, SERAC)")
-    base = load_checkpoint(checkpoint, world.hash).eval()
-    mid = model_id(checkpoint)
+    base = load_checkpoint(run.checkpoint, world.hash).eval()
+    mid = model_id(run.checkpoint)
     out_dir = Path(run.out_dir)
     work = training_dir(out_dir)
     # only the first process decides and cleans: DDP's other ranks re-run this script while rank 0 trains
     if rank_zero_only.rank == 0:
-        if overwrite:
+        if run.overwrite:
             shutil.rmtree(out_dir, ignore_errors=True)
-        state = prepare(work, run_config, ignore=IGNORED_KEYS, overwrite=overwrite,
+        state = prepare(work, run.run_config, ignore=IGNORED_KEYS, overwrite=run.overwrite,
                         done=(f"../{out_dir.name}/editor.json",))
         if state == "done":
             info = editor_info(out_dir)
@@ -304,11 +301,11 @@ def train_editor(run: EditorRun) -> dict:
                 raise EditlabError(f"{out_dir} holds an editor trained on model {info.get('base_model_id')}, not "
                                    f"{mid} (the checkpoint changed); pass overwrite=true to retrain it")
             return {**info["metrics"], "editor": str(out_dir), "base_model_id": mid, "reused": True}
-        if ckpt_path is None:  # a fresh start: no stale checkpoint or log of an earlier, stopped run
+        if run.ckpt_path is None:  # a fresh start: no stale checkpoint or log of an earlier, stopped run
             for sub in ("checkpoints", "csv"):
                 shutil.rmtree(work / sub, ignore_errors=True)
-    resume = resolve_resume(ckpt_path, work)
-    loggers = list(loggers or [])
+    resume = resolve_resume(run.ckpt_path, work)
+    loggers = list(run.loggers or [])
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.append(CSVLogger(save_dir=str(work), name="csv", version=""))
     csv_dir = next(Path(lg.log_dir) for lg in loggers if isinstance(lg, CSVLogger))
@@ -318,9 +315,9 @@ def train_editor(run: EditorRun) -> dict:
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
-    state, metrics = fit_editor(method, base, tok, world.cases("meta"), training, seed,
-                                FitOptions(trainer_kwargs, loggers, progress, work, resume))
+    state, metrics = fit_editor(method, base, tok, world.cases("meta"), run.training, run.seed,
+                                FitOptions(run.trainer_kwargs, loggers, run.progress, work, resume))
     if not state:  # a DDP rank other than 0
         return {}
-    save_editor(out_dir, method, state, mid, run_config, metrics, extra=lambda tmp: _curves(csv_dir, tmp))
+    save_editor(out_dir, method, state, mid, run.run_config, metrics, extra=lambda tmp: _curves(csv_dir, tmp))
     return {**metrics, "editor": str(out_dir), "base_model_id": mid}
