@@ -116,3 +116,30 @@ def test_wrapper_through_score_cases_and_plain_subclass(tiny_lm):
             return super().forward(*args, **kwargs)
 
     assert fast_parts(Edited(model.config)) is None
+
+
+def test_progress_bar_counts_forwards_and_changes_no_number(tiny_lm):
+    """score_cases' progress bar reaches its total (one tick per forward batch) on the fast and the generic
+    path, and the scores are those of a run without it."""
+    from tqdm import tqdm
+
+    model, tok, n = tiny_lm.model, tiny_lm.tok, tiny_lm.max_new_tokens
+    cases, enc = tiny_lm.world.cases[:3], PromptEncoder(tok)
+    for m in (model, BiasWrapper(model, 5, bias=1.0)):
+        ticks: list[tuple[int, int]] = []
+
+        class Recording(tqdm):
+            def update(self, k=1):
+                super().update(k)
+                ticks.append((self.n, self.total))
+
+        import editlab.eval.probes as probes
+
+        real, probes.tqdm = probes.tqdm, Recording
+        try:
+            shown = score_cases(m, enc, cases, n, batch_size=4, progress="scores")
+        finally:
+            probes.tqdm = real
+        quiet = score_cases(m, enc, cases, n, batch_size=4)
+        assert [s.to_json() for s in shown] == [s.to_json() for s in quiet]
+        assert len(ticks) >= 2 and ticks[-1][0] == ticks[-1][1] == len(ticks)

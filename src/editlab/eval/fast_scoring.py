@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -90,8 +91,8 @@ def _cache_kwarg(decoder: torch.nn.Module) -> str:
 @torch.no_grad()
 def tree_score_and_decode(parts: FastParts, prompts: list[list[int]], objects: list[list[int]],
                           gen_prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_id: int,
-                          tokens_per_forward: int, out: torch.Tensor, hits: torch.Tensor, first_logp: bool = False
-                          ) -> tuple[list[list[int]], torch.Tensor | None]:
+                          tokens_per_forward: int, out: torch.Tensor, hits: torch.Tensor, first_logp: bool = False,
+                          bar: Any = None) -> tuple[list[list[int]], torch.Tensor | None]:
     """Teacher-forced scores of (prompt, object) pairs and greedy continuations of ``gen_prompts``.
 
     Adds each pair's object-token log-probabilities to ``out`` and argmax hits to ``hits`` (float64, (N,)).
@@ -99,6 +100,7 @@ def tree_score_and_decode(parts: FastParts, prompts: list[list[int]], objects: l
     with ``first_logp``, the first step's log-distributions (G, V) float32 on CPU. Each forward runs
     ``tokens_per_forward // ROW_TOKENS`` prefix-tree rows (at least one); a greedy prompt is decoded right
     after the forward that holds its path, so only one batch's keys and values are held at a time.
+    ``bar`` (a tqdm bar), when given, gets the number of forwards as its total and advances after each.
     """
     rows_per_batch = max(1, tokens_per_forward // ROW_TOKENS)
     packed = pack([p + o[:-1] for p, o in zip(prompts, objects, strict=True)] + gen_prompts, ROW_TOKENS)
@@ -113,7 +115,10 @@ def tree_score_and_decode(parts: FastParts, prompts: list[list[int]], objects: l
         gen.setdefault(path[0][0] // rows_per_batch, []).append(g)
     new: list[list[int]] = [[] for _ in gen_prompts]
     first = torch.empty((len(gen_prompts), parts.head.weight.shape[0])) if first_logp and gen_prompts else None
-    for b in sorted(set(tf) | set(gen)):
+    batches = sorted(set(tf) | set(gen))
+    if bar is not None:
+        bar.reset(total=len(batches))
+    for b in batches:
         idx = range(b * rows_per_batch, min((b + 1) * rows_per_batch, len(packed.tokens)))
         hidden, kv = _tree_forward(parts, packed, idx, pad_id, keep_kv=b in gen)
         if b in tf:
@@ -126,6 +131,8 @@ def tree_score_and_decode(parts: FastParts, prompts: list[list[int]], objects: l
                 new[g] = row
             if first is not None:
                 first[torch.tensor(g_idx)] = torch.log_softmax(logits0, -1).cpu()
+        if bar is not None:
+            bar.update()
     return new, first
 
 

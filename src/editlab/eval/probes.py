@@ -15,10 +15,12 @@ sentence of a corpus document would.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from editlab.eval.scoring import score_and_decode
@@ -60,10 +62,13 @@ class CaseScores:
 
 
 def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict], max_new_tokens: int,
-                prefixes: Sequence[str] | None = None, batch_size: int = 256, decode: bool = True) -> list[CaseScores]:
+                prefixes: Sequence[str] | None = None, batch_size: int = 256, decode: bool = True,
+                progress: str | None = None) -> list[CaseScores]:
     """Score all probes of ``cases`` (optionally each with a text prefix) under ``model``.
 
     ``decode=False`` skips greedy decoding (``gen`` stays empty): edit-step tracing needs probabilities only.
+    ``progress``: the label of a progress bar over the forward batches (none when None); seconds at paper
+    scale, so the run shows it is scoring rather than hanging.
     """
     prefixes = list(prefixes) if prefixes is not None else [""] * len(cases)
     pairs: dict[tuple[str, str, str], int] = {}  # (prefix, prompt, object) -> row of the teacher-forced pass
@@ -91,7 +96,9 @@ def score_cases(model: torch.nn.Module, enc: PromptEncoder, cases: Sequence[dict
     prompts = enc.prompts([(pre, p) for pre, p, _ in keys])
     objects = enc.objects([o for _, _, o in keys])
     gen_prompts = enc.prompts(list(gen_keys)) if decode else []
-    logp, tok_acc, conts = score_and_decode(model, enc.tok, prompts, objects, gen_prompts, max_new_tokens, batch_size)
+    with tqdm(desc=progress, unit="batch", disable=progress is None, file=sys.stderr) as bar:
+        logp, tok_acc, conts = score_and_decode(model, enc.tok, prompts, objects, gen_prompts, max_new_tokens,
+                                                batch_size, bar if progress is not None else None)
     prob = logp.exp().tolist()
     out = []
     for case, pre, (t_rows, f_rows, req, tf_t, tf_f) in zip(cases, prefixes, plan, strict=True):

@@ -38,6 +38,7 @@ A wrapper whose greedy ``generate`` follows its ``forward`` is then scored consi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -69,14 +70,16 @@ def object_scores(model: torch.nn.Module, prompts: list[list[int]], objects: lis
 @torch.no_grad()
 def score_and_decode(model: torch.nn.Module, tok: PreTrainedTokenizerBase, prompts: list[list[int]],
                      objects: list[list[int]], gen_prompts: list[list[int]], max_new_tokens: int,
-                     batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                     batch_size: int = 256, bar: Any = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """:func:`object_scores` of the pairs and :func:`greedy_continuations` of ``gen_prompts`` together.
 
     Same numbers as the two calls; on the fast path one prefix-tree pass serves both (a greedy prompt that
     is also a scored prompt costs nothing extra, and decoding starts from that pass's keys and values).
+    ``bar``: a tqdm bar to advance by one per forward batch (its total is set here); the batches, and so
+    the numbers, are the same with or without it.
     """
     logp, acc, new, _ = _score(model, prompts, objects, gen_prompts, max_new_tokens, tok.pad_token_id,
-                               tok.eos_token_id, batch_size, False)
+                               tok.eos_token_id, batch_size, False, bar)
     return logp, acc, tok.batch_decode(new, skip_special_tokens=True)
 
 
@@ -96,7 +99,7 @@ def greedy_continuations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, p
 
 
 def _score(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]], gen_prompts: list[list[int]],
-           max_new_tokens: int, pad_id: int, eos_id: int, batch_size: int, first_logp: bool
+           max_new_tokens: int, pad_id: int, eos_id: int, batch_size: int, first_logp: bool, bar: Any = None
            ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], torch.Tensor | None]:
     """(log p, token accuracy, greedy new tokens, first-step log-distributions or None) on the right path.
 
@@ -109,10 +112,14 @@ def _score(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[
     longest = max((len(s) for s in [*gen_prompts, *(p + o for p, o in zip(prompts, objects, strict=True))]), default=0)
     if parts is not None and (parts.window is None or longest + max_new_tokens <= parts.window):
         new, first = tree_score_and_decode(parts, prompts, objects, gen_prompts, max_new_tokens, pad_id, eos_id,
-                                           batch_size * 16, out, hits, first_logp)
+                                           batch_size * 16, out, hits, first_logp, bar)
     else:  # a wrapper, an untested architecture, or sequences a sliding window would cut: the model's own calls
-        _generic_scores(model, prompts, objects, pad_id, batch_size, out, hits)
-        new, first = _generic_greedy(model, gen_prompts, max_new_tokens, pad_id, eos_id, batch_size, first_logp)
+        rows = sorted(_rows(prompts, objects), key=lambda r: len(r[0]))
+        if bar is not None:
+            bar.reset(total=-(-len(rows) // batch_size) - (-len(gen_prompts) // batch_size))
+        _generic_scores(model, rows, objects, pad_id, batch_size, out, hits, bar)
+        new, first = _generic_greedy(model, gen_prompts, max_new_tokens, pad_id, eos_id, batch_size, first_logp,
+                                     bar)
     lengths = torch.tensor([max(len(o), 1) for o in objects], dtype=torch.float64)
     return out, hits / lengths, new, first
 
@@ -135,11 +142,11 @@ def _rows(prompts: list[list[int]], objects: list[list[int]]) -> list[tuple[list
     return rows
 
 
-def _generic_scores(model: torch.nn.Module, prompts: list[list[int]], objects: list[list[int]], pad_id: int,
-                    batch_size: int, out: torch.Tensor, hits: torch.Tensor) -> None:
-    """Generic path: right-padded, length-sorted batches through the model's own ``forward``."""
+def _generic_scores(model: torch.nn.Module, rows: list[tuple[list[int], list[tuple[int, int]]]],
+                    objects: list[list[int]], pad_id: int, batch_size: int, out: torch.Tensor, hits: torch.Tensor,
+                    bar: Any = None) -> None:
+    """Generic path: right-padded batches of the length-sorted :func:`_rows` through the model's own ``forward``."""
     device = next(model.parameters()).device
-    rows = sorted(_rows(prompts, objects), key=lambda r: len(r[0]))
     for a in range(0, len(rows), batch_size):
         batch = rows[a : a + batch_size]
         width = max(len(seq) for seq, _ in batch)
@@ -161,6 +168,8 @@ def _generic_scores(model: torch.nn.Module, prompts: list[list[int]], objects: l
         pair_t = torch.tensor(pair)
         out.index_add_(0, pair_t, torch.log_softmax(logits, -1).gather(-1, tok_t[:, None]).squeeze(-1).double().cpu())
         hits.index_add_(0, pair_t, (logits.argmax(-1) == tok_t).double().cpu())
+        if bar is not None:
+            bar.update()
 
 
 def left_padded(prompts: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +183,7 @@ def left_padded(prompts: list[list[int]], idx: list[int], pad_id: int) -> tuple[
 
 
 def _generic_greedy(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-                    eos_id: int, batch_size: int, first_logp: bool
+                    eos_id: int, batch_size: int, first_logp: bool, bar: Any = None
                     ) -> tuple[list[list[int]], torch.Tensor | None]:
     """Generic path: the model's own ``generate`` on length-sorted, left-padded batches."""
     device = next(model.parameters()).device
@@ -194,6 +203,8 @@ def _generic_greedy(model: torch.nn.Module, prompts: list[list[int]], max_new_to
             if first is None:
                 first = torch.empty((len(prompts), lp.shape[-1]))
             first[torch.tensor(idx)] = lp
+        if bar is not None:
+            bar.update()
     return new, first
 
 

@@ -97,7 +97,7 @@ def edit_run(run: EditRun) -> dict:
                       sample_tokens=metrics.sample_tokens, trace=edits.trace,
                       skip_correct=edits.skip_correct)
     t0 = time.perf_counter()
-    pre = score_cases(model, enc, chosen, mx)
+    pre = score_cases(model, enc, chosen, mx, progress="pre-edit scores" if run.progress else None)
     pre_fluency = session.fluency(model, chosen, salt=-1)
     writer = ResultsWriter(run_dir, resume=state == "resume" and (run_dir / PARTIAL).exists())
     if edits.mode == "sequential":
