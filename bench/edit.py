@@ -5,8 +5,9 @@
     python bench/edit.py --model DIR --world DIR --rounds 5
     python bench/edit.py --threads 1 --parts scoring   # only the scorer comparison, one torch thread
     python bench/edit.py --parts methods --methods grace,lora --batch-n 100
+    python bench/edit.py --parts threads     # edit.py's thread default, idle and beside a busy process
 
-Three parts, each figure a median (interleaved rounds for the scorer comparison, cases for the rest):
+Three parts (and an optional fourth), each figure a median (interleaved rounds for the scorer comparison, cases for the rest):
 
 1. ``scoring``: probes scored per second by :func:`editlab.eval.probes.score_cases` (all probes of many
    cases in one prefix-tree pass that computes every distinct prefix once, whose keys and values seed a
@@ -27,6 +28,11 @@ Three parts, each figure a median (interleaved rounds for the scorer comparison,
    (apply LoRA, score the case's probes post-edit with our core, locality on 100 fixed facts, restore;
    pre-edit scores amortised from one batched pass, as runs/edit.py does), with the paper's LoRA
    (40 steps) and with the model's preset (early stop). Fluency sampling is not included in (b).
+4. ``threads`` (only when asked for): the wall time of the command a user types, ``python edit.py
+   method=rome edits.n=50`` (a subprocess, into a temporary run directory), with ``threads=auto`` (the
+   default) and with one thread per core (torch's own default, what ``auto`` meant before it looked at the
+   model's width), on an idle machine and beside one busy single-threaded process, in interleaved rounds
+   (:func:`bench_threads`). A thread waiting for a core another process holds stalls every parallel region.
 
 Torch threads are left at the default unless ``--threads`` is given; prints one JSON object, whose
 ``hardware`` entry records the CPU model and capability, native bf16, torch threads and the precision the
@@ -298,6 +304,44 @@ def bench_protocols(model, tok, enc: PromptEncoder, ctx: EditContext, world: Wor
             "speedup_vs_paper_protocol": round(paper["s_per_case"] / ours["s_per_case"], 1)}
 
 
+def bench_threads(rounds: int, n_edits: int) -> dict:
+    """Part 4: median wall seconds of ``edit.py method=rome edits.n=<n_edits>`` per (load, threads) setting."""
+    from editlab.utils.threads import available_cores
+
+    cores = available_cores()
+    settings = ["auto", str(cores)] if cores > 1 else ["auto"]
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for load in ("idle", "loaded"):
+            busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "loaded" else None)
+            try:
+                for t in settings:
+                    with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
+                        cmd = [sys.executable, str(ROOT / "edit.py"), "method=rome", f"edits.n={n_edits}",
+                               f"threads={t}", "progress=false", f"run_dir={tmp}/run"]
+                        start = time.perf_counter()
+                        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                        if done.returncode != 0:
+                            raise EditlabError(f"edit.py failed (exit {done.returncode}): "
+                                               f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+                        times.setdefault((load, t), []).append(time.perf_counter() - start)
+                    log(f"threads round {r + 1}/{rounds}: {load}, threads={t}: {times[(load, t)][-1]:.1f} s")
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+    out: dict = {"command": f"python edit.py method=rome edits.n={n_edits} threads=<setting>", "cores": cores,
+                 "rounds": rounds, "busy_process": "python -c 'while True: pass' (one core)"}
+    for (load, t), ts in times.items():
+        out.setdefault(load, {})[f"threads={t}"] = {"median_s": round(statistics.median(ts), 2),
+                                                    "runs_s": [round(x, 2) for x in ts]}
+    for load in ("idle", "loaded"):
+        if len(settings) > 1:
+            a, b = (out[load][f"threads={t}"]["median_s"] for t in settings)
+            out[load]["ratio_cores_over_auto"] = round(b / a, 2) if a else None
+    return out
+
+
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: few cases, one round")
@@ -308,7 +352,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--score-cases", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: leave torch's default)")
     ap.add_argument("--parts", default="scoring,methods,extrapolated",
-                    help="comma-separated parts to run (scoring, methods, extrapolated)")
+                    help="comma-separated parts to run (scoring, methods, extrapolated, threads)")
     ap.add_argument("--methods", default=None, help="comma-separated methods of part 2 (default: every registered one)")
     ap.add_argument("--batch-n", type=int, default=None, help="requests in one apply for edits/s at batch N "
                     "(default 1000; --quick: 16)")
@@ -318,8 +362,9 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one method of part 2
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
-    if not parts or not parts <= {"scoring", "methods", "extrapolated"}:
-        raise EditlabError(f"--parts {args.parts}: choose from scoring, methods, extrapolated (comma-separated)")
+    if not parts or not parts <= {"scoring", "methods", "extrapolated", "threads"}:
+        raise EditlabError(f"--parts {args.parts}: choose from scoring, methods, extrapolated, threads "
+                           "(comma-separated)")
     names = available() if args.methods is None else [m for m in args.methods.split(",") if m]
     unknown = sorted(set(names) - set(available()))
     if unknown or not names:
@@ -364,6 +409,8 @@ def main(argv: list[str]) -> dict:
         out["scoring"] = bench_scoring(model, tok, enc, cases[:n_score], k, rounds, 4 if q else 20)
     if "methods" in parts:
         out["methods"] = bench_methods(names, args)
+    if "threads" in parts:
+        out["threads"] = bench_threads(rounds, 5 if q else 50)
     if "extrapolated" in parts:
         out["extrapolated"] = bench_protocols(model, tok, enc, ctx, world, cases, k, n_paper, n_ours, 100,
                                               args.preset)

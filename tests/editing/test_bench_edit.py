@@ -62,3 +62,33 @@ def test_bench_methods_part_runs_each_method_in_a_subprocess(tiny_world, ckpt):
 def test_bench_rejects_unknown_methods():
     with pytest.raises(EditlabError, match="--methods nope"):
         _bench().main(["--methods", "nope"])
+
+
+def test_bench_threads_times_each_setting_idle_and_loaded(monkeypatch):
+    """The threads part runs edit.py once per (round, load, setting), with a busy process only while loaded, and
+    a failing edit.py is an error naming its exit code (not a figure)."""
+    bench = _bench()
+    monkeypatch.setattr("editlab.utils.threads.available_cores", lambda: 2)
+    calls, busy = [], []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kw):
+        proc = real_popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        busy.append(proc)
+        return proc
+
+    def run(cmd, **kw):
+        calls.append((next((a for a in cmd if a.startswith("threads=")), None), any(p.poll() is None for p in busy)))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "Popen", popen)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    out = bench.bench_threads(rounds=2, n_edits=3)
+    assert calls == [("threads=auto", False), ("threads=2", False), ("threads=auto", True), ("threads=2", True)] * 2
+    assert all(p.poll() is not None for p in busy)  # the busy process is stopped after each loaded block
+    assert set(out["idle"]) == set(out["loaded"]) == {"threads=auto", "threads=2", "ratio_cores_over_auto"}
+    assert len(out["loaded"]["threads=2"]["runs_s"]) == 2 and out["command"].endswith("edits.n=3 threads=<setting>")
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2, "", "error: x"))
+    with pytest.raises(EditlabError, match="exit 2"):
+        bench.bench_threads(rounds=1, n_edits=3)
