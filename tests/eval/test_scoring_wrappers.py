@@ -129,9 +129,11 @@ def test_progress_bar_counts_forwards_and_changes_no_number(tiny_lm):
         ticks: list[tuple[int, int]] = []
 
         class Recording(tqdm):
+            log = ticks
+
             def update(self, k=1):
                 super().update(k)
-                ticks.append((self.n, self.total))
+                self.log.append((self.n, self.total))
 
         import editlab.eval.probes as probes
 
