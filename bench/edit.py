@@ -7,7 +7,8 @@
     python bench/edit.py --parts methods --methods grace,lora --batch-n 100
     python bench/edit.py --parts threads     # edit.py's thread default, idle and beside a busy process
 
-Three parts (and an optional fourth), each figure a median (interleaved rounds for the scorer comparison, cases for the rest):
+Three parts (and an optional fourth), each figure a median (interleaved rounds for the scorer comparison, cases
+for the rest):
 
 1. ``scoring``: probes scored per second by :func:`editlab.eval.probes.score_cases` (all probes of many
    cases in one prefix-tree pass that computes every distinct prefix once, whose keys and values seed a
