@@ -1,0 +1,169 @@
+"""The community benchmarks' own metrics on :class:`~editlab.benchmarks.BenchmarkCase` records, named by protocol.
+
+Tokenisation follows the reference code: a prompt is what the model's tokenizer makes of it (its own special
+tokens: a Llama tokenizer adds BOS, GPT-2's adds nothing), a target is ``tokenizer(" " + target)`` without special
+tokens, and the target's tokens are teacher-forced after the prompt. (ROME and EasyEdit tokenise
+``prompt + " " + target`` in one call and cut at the prompt's length; for the byte-level BPE tokenizers they use,
+the space starts the target's first token, so the two agree.)
+
+**CounterFact** (Meng et al., 2022, section 3 and appendix; ROME ``experiments/py/eval_utils_counterfact.py`` and
+``experiments/summarize.py``). For each prompt the mean per-token negative log-likelihood of the new and of the
+true target (``test_batch_prediction``). Per case, the share of prompts where the new target wins (rewrite:
+Efficacy Success, ES; paraphrase: Paraphrase Success, PS) or the true one wins (neighborhood: Neighborhood Success,
+NS), and the magnitudes ``exp(-nll_new) - exp(-nll_true)`` (EM, PM; NM the reverse). Summaries are means over
+cases. ``score``: the harmonic mean of ES, PS and NS, the paper's Score S; ``score_reference_code``: the harmonic
+mean of PS and NS, what ``summarize.py`` computes (the two disagree; both are reported, named).
+
+**Token accuracy** (zsRE as ROME and MEND score it; KnowEdit as EasyEdit scores it, Zhang et al., 2024): the share
+of target tokens that are the argmax given the gold prefix. Edit Succ. on the request, rephrase on paraphrases,
+``portability/<kind>`` against the probe's first answer, and for ``locality/<kind>`` two figures: ``acc`` against
+the probe's first answer (ROME's zsRE neighborhood accuracy) and ``agree``, the share of argmax tokens unchanged
+from the pre-edit model (EasyEdit's locality). ``portability`` is the mean of a case's portability kinds
+(KnowEdit's "average of all sub-scores").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import fmean
+
+import torch
+from scipy.stats import hmean
+from transformers import PreTrainedTokenizerBase
+
+from editlab.benchmarks import BenchmarkCase
+
+
+@dataclass(frozen=True)
+class Forced:
+    """Teacher-forced scores of one (prompt, target) pair: per-token log p of the target and the argmax ids."""
+
+    logp: tuple[float, ...]
+    argmax: tuple[int, ...]
+    target: tuple[int, ...]
+
+    @property
+    def nll(self) -> float:
+        """Mean per-token negative log-likelihood (ROME's ``test_batch_prediction``)."""
+        return -fmean(self.logp)
+
+    def acc(self, against: Sequence[int] | None = None) -> float:
+        """Share of positions whose argmax is the target token (or the token in ``against``)."""
+        ref = self.target if against is None else against
+        return fmean(float(a == b) for a, b in zip(self.argmax, ref, strict=True))
+
+
+@torch.no_grad()
+def teacher_forced(model: torch.nn.Module, tok: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
+                   batch_size: int = 64) -> dict[tuple[str, str], Forced]:
+    """:class:`Forced` of each distinct (prompt, target) pair; right-padded, length-sorted batches, one forward each."""
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    todo = list(dict.fromkeys(pairs))
+    enc = [(tok(p)["input_ids"], tok(" " + t, add_special_tokens=False)["input_ids"]) for p, t in todo]
+    order = sorted(range(len(todo)), key=lambda i: len(enc[i][0]) + len(enc[i][1]))
+    out: dict[tuple[str, str], Forced] = {}
+    for a in range(0, len(order), batch_size):
+        idx = order[a:a + batch_size]
+        seqs = [enc[i][0] + enc[i][1][:-1] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, :len(s)], mask[row, :len(s)] = torch.tensor(s), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        for row, i in enumerate(idx):
+            prompt, target = enc[i]
+            pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(target), device=device)
+            lsm = torch.log_softmax(logits[row, pos], -1)
+            tgt = torch.tensor(target, device=device)
+            out[todo[i]] = Forced(tuple(lsm.gather(-1, tgt[:, None]).squeeze(-1).tolist()),
+                                  tuple(lsm.argmax(-1).tolist()), tuple(target))
+    return out
+
+
+def _cf_pairs(case: BenchmarkCase) -> dict[str, list[str]]:
+    return {"rewrite": [case.prompt], "paraphrase": [p.prompt for p in case.of_kind("paraphrase")],
+            "neighborhood": [p.prompt for p in case.of_kind("neighborhood")]}
+
+
+def counterfact_metrics(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase]
+                        ) -> list[dict[str, float | None]]:
+    """Per case: ES, PS, NS (``*_success``) and EM, PM, NM (``*_diff``); None where a case has no such prompt or no
+    true target."""
+    pairs = [(p, t) for c in cases if c.target_true for ps in _cf_pairs(c).values() for p in ps
+             for t in (c.target_new, c.target_true[0])]
+    scored = teacher_forced(model, tok, pairs)
+    out = []
+    for c in cases:
+        row: dict[str, float | None] = {}
+        for kind, prompts in _cf_pairs(c).items():
+            if not c.target_true or not prompts:
+                row[f"{kind}_success"] = row[f"{kind}_diff"] = None
+                continue
+            new = [scored[(p, c.target_new)].nll for p in prompts]
+            true = [scored[(p, c.target_true[0])].nll for p in prompts]
+            sign = -1.0 if kind == "neighborhood" else 1.0  # the true target should win on a neighbour
+            row[f"{kind}_success"] = fmean(float(sign * (t - n) > 0) for n, t in zip(new, true, strict=True))
+            row[f"{kind}_diff"] = fmean(sign * (math.exp(-n) - math.exp(-t)) for n, t in zip(new, true, strict=True))
+        out.append(row)
+    return out
+
+
+def summarize_counterfact(rows: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+    """Means over cases (as fractions) and the two scores of the module docstring."""
+    keys = [k for k in (rows[0] if rows else {})]
+    out: dict[str, float | None] = {}
+    for k in keys:
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[k] = fmean(vals) if vals else None
+    parts = [out.get(f"{k}_success") for k in ("rewrite", "paraphrase", "neighborhood")]
+    out["score"] = float(hmean(parts)) if all(p is not None for p in parts) else None
+    out["score_reference_code"] = float(hmean(parts[1:])) if all(p is not None for p in parts[1:]) else None
+    return out
+
+
+def _token_pairs(case: BenchmarkCase) -> list[tuple[str, str, str]]:
+    """(metric key, prompt, target) of a case's token-accuracy probes."""
+    out = [("edit_succ", case.prompt, case.target_new)]
+    out += [("rephrase", p.prompt, case.target_new) for p in case.of_kind("paraphrase")]
+    out += [(p.kind, p.prompt, p.answers[0]) for p in case.probes
+            if p.answers and p.kind.split("/")[0] in ("portability", "locality")]
+    return out
+
+
+def token_scores(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase]
+                 ) -> list[list[tuple[str, Forced]]]:
+    """Per case, (metric key, :class:`Forced`) of each token-accuracy probe (score once before and once after)."""
+    per_case = [_token_pairs(c) for c in cases]
+    scored = teacher_forced(model, tok, [(p, t) for pc in per_case for _, p, t in pc])
+    return [[(k, scored[(p, t)]) for k, p, t in pc] for pc in per_case]
+
+
+def token_metrics(post: list[list[tuple[str, Forced]]], pre: list[list[tuple[str, Forced]]]
+                  ) -> list[dict[str, float]]:
+    """Per case: mean token accuracy per key; for locality keys ``<key> acc`` and ``<key> agree`` (against ``pre``);
+    ``portability``: the mean of the case's portability keys."""
+    out = []
+    for case_post, case_pre in zip(post, pre, strict=True):
+        groups: dict[str, list[float]] = {}
+        for (key, f), (_, g) in zip(case_post, case_pre, strict=True):
+            if key.startswith("locality/"):
+                groups.setdefault(f"{key} acc", []).append(f.acc())
+                groups.setdefault(f"{key} agree", []).append(f.acc(g.argmax))
+            else:
+                groups.setdefault(key, []).append(f.acc())
+        row = {k: fmean(v) for k, v in groups.items()}
+        port = [v for k, v in row.items() if k.startswith("portability/")]
+        if port:
+            row["portability"] = fmean(port)
+        out.append(row)
+    return out
+
+
+def summarize_tokens(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean over the cases that have each key."""
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return {k: fmean(r[k] for r in rows if k in r) for k in keys}
