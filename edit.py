@@ -71,6 +71,7 @@ def edit(cfg: DictConfig) -> dict:
         editor_path=Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else None,
         trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
         cache_root=Path(cfg.paths.stats),
+        stats_dataset=Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None,
     ))
 
 

@@ -104,6 +104,8 @@ class EditContext:
             statistics cache (``cache_dir`` is per model id: two seeds of one preset are two models with
             different covariances) and is what a trained editor checkpoint must have been trained on.
             Empty means "unknown": a method that caches per model must then refuse to cache.
+        stats_text: a text dataset on disk (a ``text`` column) that covariance statistics read instead of the
+            world's corpus, for a model that was not trained on the world (``stats.dataset=``).
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -112,6 +114,7 @@ class EditContext:
     editor_path: Path | None = None
     seed: int = 0
     model_id: str = ""
+    stats_text: Path | None = None
 
 
 class EditWrapper(nn.Module):

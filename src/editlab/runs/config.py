@@ -112,6 +112,8 @@ class EditRun:
         trainer: Lightning Trainer settings of the sequential protocol (``conf/trainer/sequential_edit.yaml``).
         cache_root: where method statistics are cached, one folder per model id (``paths.stats``; ``None``:
             ``<run_dir>/../.cache``).
+        stats_dataset: a local text dataset the covariance statistics read instead of the world's corpus
+            (``stats.dataset``; ``None``: the corpus).
     """
 
     world: World
@@ -129,3 +131,4 @@ class EditRun:
     editor_path: Path | None = None
     trainer: dict = field(default_factory=dict)
     cache_root: Path | None = None
+    stats_dataset: Path | None = None

@@ -90,7 +90,7 @@ def edit_run(run: EditRun) -> dict:
     loc = locality_facts(world.facts, cases, metrics.n_locality, seed)
     cache = Path(run.cache_root) if run.cache_root is not None else run_dir.parent / ".cache"
     ctx = EditContext(model_id=mid, tokenizer=tok, world_dir=world.dir, cache_dir=cache / mid, editor_path=editor_path,
-                         seed=seed)
+                      seed=seed, stats_text=run.stats_dataset)
     method.prepare(model, ctx)
     base_loc = LocalityState.score(model, enc, loc, mx)
     session = Session(method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,

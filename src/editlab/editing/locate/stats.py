@@ -10,10 +10,16 @@ takes seconds to minutes, so it is computed on first use and cached:
   count, so the statistic is a pure function of (model, module, n_tokens);
 - accumulation in fp64 (a sum of 1e6 rank-one terms in fp32 loses the small eigenvalues AlphaEdit's
   null space is made of), all requested modules in one pass, with a progress bar;
+- source: the world's corpus, or (``ctx.stats_text``) a text dataset on disk for a model that was not trained on
+  the world: a JSON Lines, JSON, Parquet or Arrow file, or a ``datasets`` ``save_to_disk`` folder, whose ``text``
+  column is read with ``datasets`` and tokenised with the model's own tokenizer (its special tokens, e.g. BOS),
+  rows drawn by the same seeded permutation, each cut to :data:`MAX_LEN` tokens (ROME reads Wikipedia the same
+  way, ``layer_stats``);
 - cache: ``<ctx.cache_dir>/covariance/<module name>.n<n_tokens>.safetensors`` (``cache_dir`` is already
   one folder per model id, so two models never share a file; the module name carries the layer),
   written atomically (temporary sibling + rename: a killed run leaves no half file), reused by every run
-  and method of that model. A file that does not load or does not match its key is an error naming it.
+  and method of that model; statistics of a text dataset are ``<module>.text-<sha256 of its bytes, 12>.n<n>``.
+  A file that does not load or does not match its key is an error naming it.
   Without a cache directory but with a model id the statistics are kept in memory for the process, keyed the
   same way: they belong to the base model, so a method prepared again on an edited copy (a resumed stream)
   gets the base's statistics, as it does from the disk cache. Without a model id nothing is kept.
@@ -21,9 +27,11 @@ takes seconds to minutes, so it is computed on first use and cached:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +53,49 @@ MAX_LEN = 256
 _MEMORY: dict[tuple[str, str, int], torch.Tensor] = {}
 
 
+TEXT_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+@cache
+def text_key(path: Path) -> str:
+    """``text-<12 hex>``: the SHA-256 of a text dataset's bytes (every file of a folder, in name order)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return f"text-{digest.hexdigest()[:12]}"
+
+
 def cache_path(ctx: EditContext, module: str, n_tokens: int) -> Path | None:
     """Where the statistic of ``module`` over ``n_tokens`` tokens is cached (None: not cached)."""
     if ctx.cache_dir is None or not ctx.model_id:
         return None
-    return Path(ctx.cache_dir) / "covariance" / f"{module}.n{int(n_tokens)}.safetensors"
+    source = f".{text_key(Path(ctx.stats_text))}" if ctx.stats_text is not None else ""
+    return Path(ctx.cache_dir) / "covariance" / f"{module}{source}.n{int(n_tokens)}.safetensors"
+
+
+def read_text_dataset(path: Path):
+    """The ``text`` column's dataset of a local file or ``save_to_disk`` folder (``datasets``), or one clear error."""
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise EditlabError(f"no text dataset at {path}; give stats.dataset=<a .jsonl, .json, .parquet or .arrow file "
+                           "with a 'text' column, or a datasets save_to_disk folder>")
+    if path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+    elif path.suffix in TEXT_SUFFIXES:
+        ds = datasets.load_dataset(TEXT_SUFFIXES[path.suffix], data_files=str(path), split="train")
+    else:
+        raise EditlabError(f"stats.dataset={path}: use a {', '.join(TEXT_SUFFIXES)} file or a save_to_disk folder")
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if "text" not in ds.column_names:
+        raise EditlabError(f"stats.dataset={path} has no 'text' column (columns: {', '.join(ds.column_names)})")
+    return ds
 
 
 def covariances(model: nn.Module, modules: Sequence[str], ctx: EditContext, n_tokens: int, seed: int = 0,
@@ -65,7 +111,7 @@ def covariances(model: nn.Module, modules: Sequence[str], ctx: EditContext, n_to
             out[name] = _MEMORY[(ctx.model_id, name, int(n_tokens))]
     missing = [m for m in modules if m not in out]
     if missing:
-        computed = compute(model, missing, ctx.world_dir, n_tokens, seed, progress)
+        computed = compute(model, missing, ctx.world_dir, n_tokens, seed, progress, ctx.stats_text, ctx.tokenizer)
         for name, cov in computed.items():
             path = cache_path(ctx, name, n_tokens)
             if path is not None:
@@ -76,16 +122,32 @@ def covariances(model: nn.Module, modules: Sequence[str], ctx: EditContext, n_to
     return out
 
 
-@torch.no_grad()
-def compute(model: nn.Module, modules: Sequence[str], world_dir: Path | None, n_tokens: int, seed: int = 0,
-            progress: bool = True) -> dict[str, torch.Tensor]:
-    """One pass over ``n_tokens`` corpus tokens accumulating ``sum k k^T`` in fp64 for every module."""
-    if n_tokens < 1:
-        raise EditlabError(f"covariance statistics need n_tokens >= 1 (got {n_tokens}); set the method's stats_tokens")
+def _documents(world_dir: Path | None, seed: int, text: Path | None, tokenizer) -> tuple[Iterator[list[int]], int]:
+    """(token ids of each document in the seeded order, cut to MAX_LEN; the padding id) of the statistics' source."""
+    if text is not None:
+        ds = read_text_dataset(Path(text))
+        order = np.random.default_rng(seed).permutation(len(ds))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        docs = (tokenizer(ds[int(i)]["text"])["input_ids"][:MAX_LEN] for i in order)
+        return (d for d in docs if d), pad
     if world_dir is None or not (Path(world_dir) / "tokens.bin").exists():
         raise EditlabError(f"covariance statistics are computed over the world's corpus, but {world_dir} has no "
-                           "tokens.bin; pass the built world's directory (python -m editlab.world data=...)")
+                           "tokens.bin; pass the built world's directory (python -m editlab.world data=...) or a "
+                           "text dataset (stats.dataset=...)")
     corpus = Corpus.open(Path(world_dir))
+    order = np.random.default_rng(seed).permutation(corpus.n_docs)
+    return ([corpus.bos_id, *corpus.tokens[corpus.offsets[d]: corpus.offsets[d + 1]].tolist()][:MAX_LEN]
+            for d in order), corpus.eos_id
+
+
+@torch.no_grad()
+def compute(model: nn.Module, modules: Sequence[str], world_dir: Path | None, n_tokens: int, seed: int = 0,
+            progress: bool = True, text: Path | None = None, tokenizer=None) -> dict[str, torch.Tensor]:
+    """One pass over ``n_tokens`` tokens of the world's corpus (or of the text dataset ``text``, tokenised with
+    ``tokenizer``) accumulating ``sum k k^T`` in fp64 for every module."""
+    if n_tokens < 1:
+        raise EditlabError(f"covariance statistics need n_tokens >= 1 (got {n_tokens}); set the method's stats_tokens")
+    documents, pad = _documents(world_dir, seed, text, tokenizer)
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
     take: dict[str, torch.Tensor] = {}
@@ -97,21 +159,17 @@ def compute(model: nn.Module, modules: Sequence[str], world_dir: Path | None, n_
         return hook
 
     handles = [model.get_submodule(m).register_forward_hook(hook_for(m)) for m in modules]
-    order = np.random.default_rng(seed).permutation(corpus.n_docs)
-    seen, cursor = 0, 0
+    seen = 0
     bar = tqdm(total=n_tokens, desc="covariance statistics", unit="tok", file=sys.stderr,
                disable=not progress or None, leave=False)
     try:
         while seen < n_tokens:
-            if cursor >= len(order):
-                raise EditlabError(f"the corpus has fewer than stats_tokens={n_tokens} tokens ({seen}); "
-                                   "lower the method's stats_tokens")
-            docs = order[cursor : cursor + BATCH_DOCS]
-            cursor += len(docs)
-            seqs = [[corpus.bos_id, *corpus.tokens[corpus.offsets[d] : corpus.offsets[d + 1]].tolist()][:MAX_LEN]
-                    for d in docs]
+            seqs = [d for _, d in zip(range(BATCH_DOCS), documents, strict=False)]
+            if not seqs:
+                raise EditlabError(f"the {'text dataset' if text is not None else 'corpus'} has fewer than "
+                                   f"stats_tokens={n_tokens} tokens ({seen}); lower the method's stats_tokens")
             width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), corpus.eos_id, dtype=torch.long)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.bool)
             for i, s in enumerate(seqs):
                 ids[i, : len(s)] = torch.tensor(s)
