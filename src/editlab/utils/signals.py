@@ -65,7 +65,7 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the whole state (optimizer, loops): a resume needs it
     if trainer.is_global_zero:
         os.replace(tmp, path)
 
