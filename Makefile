@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.editlab-installed
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,9 @@ bench: setup
 	$(PY) bench/pretrain.py
 	$(PY) bench/edit.py
 	$(PY) bench/launchers.py
+
+gpu-check: setup  # one GPU, a few minutes: pretrain mistral_83m briefly, edit with LoRA, ROME, MEMIT, MEND (bench/gpu_check.py)
+	$(PY) bench/gpu_check.py
 
 lint: setup
 	$(PY) -m ruff check .

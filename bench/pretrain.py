@@ -30,14 +30,13 @@ from editlab.lm.packing import Corpus, PackedStream
 from editlab.lm.precision import resolve_precision
 from editlab.lm.presets import arch_from, build_model, recipe_from
 from editlab.runs.pretrain import plan
-from editlab.utils.hardware import describe
+from editlab.utils.hardware import describe, mfu
 from editlab.utils.rundir import register_resolvers
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 register_resolvers()  # conf/paths/ makes its roots absolute with ${editlab.abspath:...}
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e12, "L40S": 362e12}
 
 
 def _step(model, opt, batch: dict, precision: str, device: str) -> None:
@@ -144,9 +143,8 @@ def main(argv: list[str]) -> dict:
     }
     if device == "cuda":
         c = ours.config
-        flops_per_token = 6 * out["params"] + 12 * c.num_hidden_layers * c.hidden_size * recipe.seq_len
-        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in out["device"]), None)
-        out["mfu"] = round(flops_per_token * out["tokens_per_s_ours"] / peak, 3) if peak else None
+        out["mfu"] = mfu(out["device"], out["params"], c.num_hidden_layers, c.hidden_size, recipe.seq_len,
+                         out["tokens_per_s_ours"])
         out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
 

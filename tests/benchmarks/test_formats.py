@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -185,15 +183,23 @@ def test_world_export_follows_each_format_s_definitions(tiny_world):
         assert moved == case["downstream_changes"] and moved != bool(bench.of_kind("locality/relation_specificity"))
 
 
-def test_export_command(tiny_world, tmp_path):
-    """The command line: `export` is a word; format= and out= without it (or it without them) are one error."""
+def test_export_command(tiny_world, tmp_path, capsys):
+    """The command: `export` is a word turned into export=true; format= and out= without it (or it without them)
+    are one error naming the command."""
+    from hydra import compose, initialize_config_dir
+
+    from editlab.world.__main__ import _export_word, run
+
+    assert _export_word(["export", "format=zsre", "out=x.json"]) == ["export=true", "format=zsre", "out=x.json"]
     cache = tiny_world.dir.parent.parent
-    env_cmd = [sys.executable, "-m", "editlab.world", f"hydra.run.dir={tmp_path}/h", f"data.cache_dir={cache}"]
-    run = subprocess.run([*env_cmd, "export", "format=zsre", f"out={tmp_path}/z.json"], capture_output=True,
-                         text=True, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-800:]
-    assert "exported the eval cases as zsre" in run.stdout and len(json.loads((tmp_path / "z.json").read_text())) > 0
-    run = subprocess.run([*env_cmd, "format=zsre"], capture_output=True, text=True, cwd=ROOT)
-    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-        "error: format= and out= belong to the export command: python -m editlab.world export "
-        "format=<counterfact|zsre|knowedit> out=<file>"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        def cfg(*overrides):
+            return compose(config_name="world", overrides=[f"data.cache_dir={cache}", "progress=false", *overrides])
+
+        run(cfg("export=true", "format=zsre", f"out={tmp_path}/z.json"))
+        assert "exported the eval cases as zsre" in capsys.readouterr().out
+        assert len(json.loads((tmp_path / "z.json").read_text())) == len(World.open(tiny_world.dir).cases())
+        with pytest.raises(EditlabError, match="format= and out= belong to the export command"):
+            run(cfg("format=zsre"))
+        with pytest.raises(EditlabError, match="export needs both format="):
+            run(cfg("export=true", "format=zsre"))

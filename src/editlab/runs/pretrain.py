@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import export_checkpoint
@@ -39,6 +39,7 @@ from editlab.runs.eta import RunPlan
 from editlab.runs.fact_probe import FactProbe
 from editlab.utils import hardware
 from editlab.utils.jsonio import strict, write_json
+from editlab.utils.progress import RunProgressBar
 from editlab.utils.rundir import prepare
 from editlab.utils.signals import StopOnSignal
 from editlab.world.loading import World
@@ -165,7 +166,7 @@ def pretrain(run: PretrainRun) -> dict:
     # StopOnSignal after the probe: a step's probe point is logged before a signal stops the run there
     stop = StopOnSignal(run_dir / "checkpoints" / "last.ckpt", at="batch")
     # the bar redraws every step: at ~90 s a step (mistral_83m on a CPU) a bar every 10 steps showed no rate for 15 min
-    callbacks = [ckpt, probe, stop] + ([TQDMProgressBar(refresh_rate=1)] if progress else [])
+    callbacks = [ckpt, probe, stop] + ([RunProgressBar(refresh_rate=1)] if progress else [])
     try:
         trainer = L.Trainer(max_epochs=-1, logger=loggers, callbacks=callbacks,
                             default_root_dir=str(run_dir), num_sanity_val_steps=0, limit_val_batches=0,

@@ -38,7 +38,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -50,6 +50,7 @@ from editlab.metrics import GenerativeAccuracy, ProbabilisticCoherence
 from editlab.runs.results import ResultsWriter, write_jsonl
 from editlab.runs.session import Session
 from editlab.utils.jsonio import dumps, read_jsonl
+from editlab.utils.progress import RunProgressBar
 from editlab.utils.signals import StopOnSignal, save_atomically
 from editlab.vocab import ATOMIC, has_object, hit_exact, is_target_probe
 from editlab.world.stream import AgentStream
@@ -274,7 +275,7 @@ def sequential_trainer(settings: dict, protocol: SequentialProtocol, last: Path,
     k = protocol.batch_size
     callbacks: list[Callback] = [EditCheckpoint(last, max(1, ckpt_every // k)), StopOnSignal(last, at="epoch")]
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        callbacks.append(RunProgressBar(refresh_rate=1))
     try:
         return L.Trainer(max_epochs=protocol.n_steps, check_val_every_n_epoch=max(1, protocol.eval_every // k),
                          accelerator=device.type, devices=[device.index] if device.index is not None else 1,

@@ -44,7 +44,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -66,6 +66,7 @@ from editlab.runs.pretrain import resolve_resume
 from editlab.utils import hardware
 from editlab.utils.csvlog import keep_for_resume, log_files, read_csv_log
 from editlab.utils.jsonio import strict
+from editlab.utils.progress import RunProgressBar
 from editlab.utils.rundir import prepare
 from editlab.utils.signals import StopOnSignal
 from editlab.world.loading import World
@@ -189,7 +190,7 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=training.patience,
                                        min_delta=training.min_delta, check_on_train_epoch_end=False))
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(RunProgressBar(refresh_rate=10))
     # validation every ``val_every`` optimizer steps across epochs (check_val_every_n_epoch=None); the last
     # validation is at a multiple of val_every: later steps are never exported (the best validated state is)
     kwargs.update(precision=precision, max_steps=training.max_steps, max_epochs=-1,

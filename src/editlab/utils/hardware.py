@@ -89,3 +89,14 @@ def describe(precision: str | None = None) -> dict:
     if precision is not None:
         out["precision"] = precision
     return out
+
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A6000": 155e12, "L40S": 362e12}
+"""Dense bf16 peak FLOP/s of the GPUs a model-FLOPs utilisation is quoted for (vendor data sheets, no sparsity)."""
+
+
+def mfu(device_name: str, params: int, n_layers: int, hidden: int, seq_len: int, tokens_per_s: float) -> float | None:
+    """Model-FLOPs utilisation: ``(6 N + 12 L d T) * tokens/s / peak`` (PaLM's appendix B count: weights' forward and
+    backward plus attention scores), or None for a device without a listed peak."""
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
+    return round((6 * params + 12 * n_layers * hidden * seq_len) * tokens_per_s / peak, 3) if peak else None
