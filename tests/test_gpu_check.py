@@ -1,0 +1,35 @@
+"""bench/gpu_check.py: refuses to pretend on a machine without CUDA; --smoke runs every step on the CPU (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from editlab.errors import EditlabError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_without_cuda_it_says_so_and_offers_the_smoke_run(tmp_path):
+    with pytest.raises(EditlabError, match="no CUDA GPU here; .* --smoke"):
+        _check().main(["--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_step_and_writes_one_json(tmp_path):
+    out = _check().main(["--smoke", "--steps", "4", "--edits", "2", "--editor-steps", "2", "--out", str(tmp_path)])
+    assert out["pretrain"]["steps"] == 4 and out["pretrain"]["tokens_per_s"] > 0
+    assert set(out["edit"]) == {"lora", "rome", "memit", "mend"} and all(e["n"] == 2 for e in out["edit"].values())
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(out))
