@@ -29,6 +29,12 @@ def test_unwritable_location_names_the_file_and_the_settings(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and f"cannot use {blocker / 'run'}" in err and "EDITLAB_OUTPUTS" in err
 
 
+def test_a_missing_input_file_is_not_called_unwritable(capsys, tmp_path):
+    code, err = _exit(capsys, lambda: (tmp_path / "run_config.yaml").read_text())
+    assert code == 2 and err == (f"error: no file {tmp_path / 'run_config.yaml'}; the command that writes it has not "
+                                 "finished there, or the path is wrong\n")
+
+
 def test_a_bug_is_one_line_and_its_traceback_goes_to_a_log_file(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITLAB_OUTPUTS", str(tmp_path))
 

@@ -58,8 +58,13 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
     except OSError as exc:
         if exc.filename is None:
             _crash(exc)
-        print(f"error: cannot use {exc.filename}: {exc.strerror or exc}; choose a location you can write "
-              "(EDITLAB_OUTPUTS=..., EDITLAB_CACHE=... or run_dir=...)", file=sys.stderr)
+        if isinstance(exc, FileNotFoundError) and Path(exc.filename).parent.is_dir():
+            # a file missing in a folder that exists: something expected it there (the folder is writable or not)
+            print(f"error: no file {exc.filename}; the command that writes it has not finished there, or the path "
+                  "is wrong", file=sys.stderr)
+        else:
+            print(f"error: cannot use {exc.filename}: {exc.strerror or exc}; choose a location you can write "
+                  "(EDITLAB_OUTPUTS=..., EDITLAB_CACHE=... or run_dir=...)", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
         _crash(exc)
