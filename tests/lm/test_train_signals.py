@@ -20,6 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from editlab.runs.reports import training_loss
+from editlab.utils.csvlog import log_files, read_csv_log
 from editlab.utils.signals import StopOnSignal, graceful_stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +112,10 @@ def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_ends_like_an_uninte
     bars = re.findall(r"(Epoch \d+|Training): *(?:\d+%)?\|[^|]*\| *(\d+)/(\S+?) ", resumed.stdout.replace("\r", "\n"))
     first = next(b for b in bars if int(b[1]) > state["global_step"])
     assert first[0] == "Epoch 0" and first[2].isdigit(), bars[:4]
+    assert "is not empty" not in resumed.stderr  # Lightning's "old logs will be deleted": they are kept
+    parts = log_files(run / "csv")  # the log before the stop is kept beside the resumed run's
+    assert len(parts) == 2 and min(r["step"] for r in read_csv_log(parts[0])) < state["global_step"]
+    assert len(training_loss(run / "csv" / "metrics.csv")) == 40 // 10  # logged every 10 steps, across the stop
     full = _run(tiny_world, tmp_path / "full", ["ckpt_every_n_steps=1"])
     assert full.returncode == 0, full.stderr[-2000:]
     a, b = _strict_json(tmp_path / "full" / "metrics.json"), _strict_json(run / "metrics.json")

@@ -38,6 +38,7 @@ from editlab.lm.presets import Arch, Recipe, build_model
 from editlab.runs.eta import RunPlan
 from editlab.runs.fact_probe import FactProbe
 from editlab.utils import hardware
+from editlab.utils.csvlog import keep_csv_logs_on_resume
 from editlab.utils.jsonio import strict, write_json
 from editlab.utils.progress import RunProgressBar
 from editlab.utils.rundir import prepare
@@ -147,6 +148,7 @@ def pretrain(run: PretrainRun) -> dict:
     if ckpt_path is None and (done := finished_run(run_dir, run_config, run.overwrite)) is not None:
         return done
     resume = resolve_resume(ckpt_path, run_dir)
+    keep_csv_logs_on_resume(loggers, resume is not None)  # the loss curve before the stop stays (reports read it)
     # decided once, here: "auto" becomes bf16-mixed or 32-true for the machine it runs on (logged, and recorded below)
     precision = resolve_and_log(trainer_kwargs.get("precision", "auto"),
                                 str(trainer_kwargs.get("accelerator", "auto")))

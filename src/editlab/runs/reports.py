@@ -19,7 +19,7 @@ from editlab.eval.records import read_records
 from editlab.eval.report import editing_markdown, table4_markdown, table5_markdown, tidy_csv
 from editlab.eval.summary import summarize
 from editlab.utils.atomic import publish
-from editlab.utils.csvlog import read_csv_log
+from editlab.utils.csvlog import log_files, read_csv_log
 from editlab.utils.jsonio import dumps, read_json, read_jsonl
 from editlab.utils.rundir import read_yaml
 from editlab.vocab import PromptEncoder
@@ -34,8 +34,9 @@ def write_tables(directory: Path, summary: dict, meta: dict) -> None:
 
 
 def training_loss(csv_path: Path) -> list[tuple[float, float]]:
-    """(tokens, train/loss) pairs of a pretraining run's CSV log (Lightning CSVLogger), if there is one."""
-    return [(p["train/tokens"], p["train/loss"]) for p in read_csv_log(csv_path)
+    """(tokens, train/loss) pairs of a pretraining run's CSV log (Lightning CSVLogger), if there is one; with the
+    parts a resumed run kept beside ``csv_path`` (:func:`~editlab.utils.csvlog.log_files`)."""
+    return [(p["train/tokens"], p["train/loss"]) for p in read_csv_log(*log_files(Path(csv_path).parent))
             if "train/loss" in p and "train/tokens" in p]
 
 

@@ -64,7 +64,7 @@ from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.lm.precision import resolve_and_log
 from editlab.runs.pretrain import resolve_resume
 from editlab.utils import hardware
-from editlab.utils.csvlog import keep_for_resume, log_files, read_csv_log
+from editlab.utils.csvlog import keep_csv_logs_on_resume, log_files, read_csv_log
 from editlab.utils.jsonio import strict
 from editlab.utils.progress import RunProgressBar
 from editlab.utils.rundir import prepare
@@ -310,9 +310,7 @@ def train_editor(run: EditorRun) -> dict:
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
         loggers.append(CSVLogger(save_dir=str(work), name="csv", version=""))
     csv_dir = next(Path(lg.log_dir) for lg in loggers if isinstance(lg, CSVLogger))
-    if resume is not None and rank_zero_only.rank == 0:
-        keep_for_resume(csv_dir)
-        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    keep_csv_logs_on_resume(loggers, resume is not None)
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))

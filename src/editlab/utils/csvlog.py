@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 
@@ -39,3 +40,17 @@ def log_files(csv_dir: Path) -> list[Path]:
     csv_dir = Path(csv_dir)
     parts = sorted(csv_dir.glob("metrics.*.csv"), key=lambda p: int(p.suffixes[0][1:]))
     return parts + [p for p in (csv_dir / "metrics.csv",) if p.is_file()]
+
+
+def keep_csv_logs_on_resume(loggers: list, resuming: bool) -> None:
+    """Before a resumed fit logs again: keep each ``CSVLogger``'s earlier file (:func:`keep_for_resume`) and drop
+    Lightning's warning that the log folder "is not empty" and old files "will be deleted" (they are kept)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if not resuming or rank_zero_only.rank != 0:
+        return
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            keep_for_resume(Path(lg.log_dir))
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
