@@ -23,7 +23,7 @@ def _check():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_without_cuda_it_says_so_and_offers_the_smoke_run(tmp_path):
-    with pytest.raises(EditlabError, match="no CUDA GPU here; .* --smoke"):
+    with pytest.raises(EditlabError, match=r"no CUDA GPU here; .* --smoke"):
         _check().main(["--out", str(tmp_path)])
 
 
