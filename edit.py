@@ -33,6 +33,7 @@ def edit(cfg: DictConfig) -> dict:
     from editlab.lm.checkpoint import trained_overrides
     from editlab.runs.config import EditRun, EditsConfig, MetricsConfig
     from editlab.runs.edit import edit_run
+    from editlab.runs.hparams import with_base_hparams
     from editlab.utils.threads import apply_threads
     from editlab.utils.typed import from_dict
     from editlab.world.loading import World
@@ -42,7 +43,8 @@ def edit(cfg: DictConfig) -> dict:
 
     # conf/method/<name>.yaml, specialised by conf/method_model/tuned/<name>_<model>.yaml, then the command line
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    method = get_method(method_cfg["name"], method_cfg.get("hparams"))
+    hparams = with_base_hparams(method_cfg.get("hparams") or {}, cfg.model.name, cfg.preset.name)  # propagate's base
+    method = get_method(method_cfg["name"], hparams)
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")
     metrics = from_dict(MetricsConfig, OmegaConf.to_container(cfg.metrics, resolve=True), "metrics")
     data = OmegaConf.to_container(cfg.data, resolve=True)

@@ -95,11 +95,12 @@ def test_method_model_specialises_the_method_and_builds_it(path):
 def test_preset_paper_is_the_methods_own_values_on_every_model(method):
     """preset=paper takes conf/method/<method>.yaml alone (no per-model file), and its layers fit every model
     preset's depth; preset=tuned is the default and names nothing in run directories."""
-    base = OmegaConf.to_container(OmegaConf.load(ROOT / "method" / f"{method}.yaml"), resolve=True)["hparams"]
+    own = OmegaConf.to_container(OmegaConf.load(ROOT / "method" / f"{method}.yaml"), resolve=True)
+    base, run_name = own["hparams"], own.get("run_name", method)  # a wrapper names its base: propagate-lora
     for model in MODELS:
         cfg = _compose("edit", [f"method={method}", f"model={model}", "preset=paper"])
         assert OmegaConf.to_container(cfg.method.hparams, resolve=True) == base
-        assert f"/{method}-paper-single-" in cfg.run_dir.replace("${editlab.job_subdir:}", "")
+        assert f"/{run_name}-paper-single-" in cfg.run_dir.replace("${editlab.job_subdir:}", "")
         depth = (cfg.model.get("arch") or {}).get("num_hidden_layers")
         for key in ("layers", "layer"):
             spec = base.get(key)
@@ -108,7 +109,8 @@ def test_preset_paper_is_the_methods_own_values_on_every_model(method):
                     idx = relative_layers(s, depth) if isinstance(s, str) else [s]
                     assert all(-depth <= i < depth for i in idx), (method, model, s)
     tuned = _compose("edit", [f"method={method}"])
-    assert tuned.preset.name == "tuned" and f"/{method}-single-" in tuned.run_dir.replace("${editlab.job_subdir:}", "")
+    assert tuned.preset.name == "tuned" and f"/{run_name}-single-" in tuned.run_dir.replace("${editlab.job_subdir:}",
+                                                                                            "")
 
 
 def test_command_line_beats_the_per_model_value():

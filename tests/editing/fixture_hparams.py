@@ -47,6 +47,8 @@ def fixture_hparams(name: str) -> dict:
     path = CONF / "method" / f"{name}.yaml"
     if not path.is_file():
         return {}
+    if name == "propagate":  # the wrapper over the fixture's LoRA (edit.py composes the base's values the same way)
+        return {"base": "lora", "base_hparams": fixture_hparams("lora")}
     if name in TINY_LM:
         return {**(OmegaConf.to_container(OmegaConf.load(path).get("hparams"), resolve=True) or {}), **TINY_LM[name]}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -70,6 +70,9 @@ class EditRequest:
     relation: str
     target: str
     case_id: str = ""
+    implied: tuple[EditRequest, ...] = ()
+    """Facts the request implies for a rational learner (the world's agent: every other answer of the subject that
+    the edit changes), given only to methods that set ``uses_implied`` (``method=propagate``); others ignore it."""
 
     @property
     def prompt(self) -> str:
@@ -277,6 +280,7 @@ class EditMethod(ABC):
     name: ClassVar[str] = ""
     in_context: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = True
+    uses_implied: ClassVar[bool] = False  # the run fills each request's ``implied`` facts (costs an agent query)
     _state: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:  # noqa: B027 - optional hook

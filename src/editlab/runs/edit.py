@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from editlab.editing.base import EditContext
+from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.trainable import TrainableEditor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
@@ -44,11 +44,19 @@ from editlab.utils.hardware import resolve_device
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 from editlab.vocab import PromptEncoder
+from editlab.world.implied import Implications
+from editlab.world.loading import World
 from editlab.world.stream import AgentStream
 
 FINAL_LOCALITY = ("locality_agree", "locality_acc", "locality_kl")
 """Curve values of a sequential run's final model that its summary carries as ``final/<key>`` (records score
 each edit's own probes; locality is measured on the model, once per curve point)."""
+
+
+def implications_of(world: World):
+    """A case -> its implied facts as edit requests (:mod:`editlab.world.implied`), for methods that take them."""
+    implied = Implications.from_world(world)
+    return lambda case: tuple(EditRequest(s, r, o, f"{case['case_id']}/implied") for s, r, o in implied.of_case(case))
 
 
 def preset_of(run_config: dict) -> str:
@@ -71,11 +79,12 @@ def edit_run(run: EditRun) -> dict:
     dev = resolve_device(run.device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
-    if isinstance(method, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint
+    editor = getattr(method, "base_method", method)  # a wrapper (propagate) edits with its base's editor
+    if isinstance(editor, TrainableEditor):  # editor_path, or the editor train.py task=editor wrote for this checkpoint
         fallback = {"data": (run_config.get("data") or {}).get("name"),
                     "model": (run_config.get("model") or {}).get("name"), "seed": run_config.get("model_seed"),
                     "preset": run_config.get("preset")}
-        editor_path = resolve_editor(editor_path, method, checkpoint, mid, fallback)
+        editor_path = resolve_editor(editor_path, editor, checkpoint, mid, fallback)
     run_dir = Path(run.run_dir)
     state = prepare(run_dir, run_config, ignore=NON_RESULT_KEYS, overwrite=run.overwrite, done=("metrics.json", FINAL))
     if state == "done":
@@ -93,9 +102,10 @@ def edit_run(run: EditRun) -> dict:
                       seed=seed, stats_text=run.stats_dataset)
     method.prepare(model, ctx)
     base_loc = LocalityState.score(model, enc, loc, mx)
+    implied = implications_of(world) if method.uses_implied else None
     session = Session(method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,
                       sample_tokens=metrics.sample_tokens, trace=edits.trace,
-                      skip_correct=edits.skip_correct)
+                      skip_correct=edits.skip_correct, implications=implied)
     t0 = time.perf_counter()
     pre = score_cases(model, enc, chosen, mx, progress="pre-edit scores" if run.progress else None)
     pre_fluency = session.fluency(model, chosen, salt=-1)

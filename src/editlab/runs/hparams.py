@@ -37,3 +37,12 @@ def method_hparams(name: str, model: str | None, preset: str = "tuned", conf_dir
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name="edit", overrides=overrides)
     return OmegaConf.to_container(cfg.method.hparams, resolve=True) or {}
+
+
+def with_base_hparams(hparams: dict, model: str | None, preset: str = "tuned") -> dict:
+    """A wrapper method's hyper-parameters (``base`` + ``base_hparams``, e.g. ``propagate``) with the base method's
+    own values for ``model`` (:func:`method_hparams`) under the explicit ``base_hparams``; others unchanged."""
+    if "base" not in hparams:
+        return hparams
+    own = method_hparams(str(hparams["base"]), model, preset)
+    return {**hparams, "base_hparams": {**own, **(hparams.get("base_hparams") or {})}}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -56,11 +56,14 @@ class Session:
     sample_tokens: int = 64
     trace: int = 0  # trace the first ``trace`` cases of the stream (Figure 4 panels)
     skip_correct: bool = False  # edits.skip_correct: cases answered exactly before the edit are not edited
+    implications: Callable[[dict], tuple[EditRequest, ...]] | None = None  # a case's implied facts (uses_implied)
 
     def apply(self, model: nn.Module, cases: Sequence[dict], index: int,
               on_step: Callable[[int, nn.Module], None] | None = None) -> tuple[EditHandle, dict]:
         """Apply the requests of ``cases`` at once; seeded by ``index`` so any edit can be replayed exactly."""
         requests = [EditRequest.from_case(c) for c in cases]
+        if self.implications is not None:
+            requests = [replace(r, implied=self.implications(c)) for r, c in zip(requests, cases, strict=True)]
         device = device_of(model)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

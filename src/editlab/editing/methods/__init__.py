@@ -12,6 +12,7 @@ from editlab.editing.methods import (  # noqa: F401
     malmen,
     memit,
     mend,
+    propagate,
     rome,
     serac,
 )
