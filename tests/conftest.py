@@ -18,6 +18,17 @@ from editlab.world.build import build_world
 from editlab.world.config import WorldConfig, world_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (the benchmark scripts are files, not a package), for tests of their parts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" /
+                                                  f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one pytest-xdist worker per core already fills the cores
     import torch
 

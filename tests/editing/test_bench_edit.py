@@ -4,7 +4,6 @@ trainable editor; an in-context one in the slow suite), one method through the r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,16 +15,14 @@ from transformers import PreTrainedTokenizerFast
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import load_weights, model_id
 from editlab.world.loading import World
+from tests.conftest import load_bench
 from tests.editing import toys
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_edit", ROOT / "bench" / "edit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("edit")
 
 
 @pytest.mark.parametrize("name", ["toy_learned_step", pytest.param("ice", marks=pytest.mark.slow)])

@@ -94,14 +94,9 @@ def test_alone_the_downstream_answer_follows_the_marginal(stream):
 
 
 def _bench():
-    import importlib.util
-    from pathlib import Path
+    from tests.conftest import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_batch_golds",
-                                                  Path(__file__).resolve().parents[2] / "bench" / "batch_golds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("batch_golds")
 
 
 def test_bench_batch_golds_sees_no_shift_in_batches_of_one_and_some_in_batches(tiny_world):
