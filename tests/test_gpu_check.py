@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from editlab.errors import EditlabError
 from tests.conftest import load_bench
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _check():
