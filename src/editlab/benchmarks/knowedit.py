@@ -1,5 +1,5 @@
 """KnowEdit (Zhang et al., 2024), the JSON files of its ZsRE, WikiData_counterfact and WikiData_recent tasks
-that EasyEdit's ``KnowEditDataset`` reads (``examples/KnowEdit.md`` in EasyEdit shows each).
+that EasyEdit's ``KnowEditDataset`` reads (the KnowEdit README in EasyEdit's examples shows each).
 
 A file is a JSON array of records::
 
