@@ -78,6 +78,20 @@ def test_a_methods_paper_and_tuned_rows_are_named_by_the_preset_not_by_every_val
         ("paper", 1e-4, 2), ("tuned", 1e-3, 1), ("tuned", 1e-2, 1)]
 
 
+def test_a_moved_cache_and_a_newer_null_key_do_not_split_a_setup(tmp_path):
+    """Runs from two checkouts (another data.cache_dir) and of two versions (one records stats.dataset: null, the
+    other has no such key) are one setup; a key set to a value still names its own."""
+    for name, seed, extra in (("a", 0, {"data": {"name": "w", "cache_dir": "/one/.cache"}}),
+                              ("b", 1, {"data": {"name": "w", "cache_dir": "/two/.cache"}, "stats": {"dataset": None}}),
+                              ("c", 0, {"data": {"name": "w", "cache_dir": "/one/.cache"}, "stats": {"dataset": "t"}})):
+        d = _run(tmp_path, name, "rome", 1e-3, seed, 0.5)
+        cfg = {**yaml.safe_load((d / "run_config.yaml").read_text()), **extra}
+        (d / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    comp = compare.compare(*compare.find_runs(tmp_path))
+    assert comp.keys == ["method.name", "stats.dataset"]
+    assert sorted((r["stats.dataset"], r["seeds"]) for r in comp.rows) == [("<unset>", 2), ("t", 1)]
+
+
 def test_multirun_jobs_define_the_runs_and_unfinished_jobs_are_listed(tmp_path):
     a = _run(tmp_path / "runs", "a", "lora", 1e-3, 0, 0.5)
     _run(tmp_path / "runs", "b", "lora", 1e-2, 0, 0.6)  # not a job of this sweep: left out

@@ -105,6 +105,9 @@ def read_run(path: Path) -> Run:
     ignore = set(LOCATION_KEYS) | set(NON_RESULT_KEYS) | {"checkpoint", "editor_path"}
     config = flatten({k: v for k, v in read_yaml(path / "run_config.yaml").items() if k not in ignore})
     config.pop("preset.tag", None)  # a directory suffix derived from preset.name, which names the setup
+    config.pop("data.cache_dir", None)  # where the world is cached (a location, like paths), not which world
+    # a key a later version added with a null default says what its absence said: runs of both versions are one setup
+    config = {k: v for k, v in config.items() if v is not None}
     return Run(path, config, values, str(summary.get("gold_agent", "single")))
 
 
