@@ -73,12 +73,14 @@ from editlab.lm.checkpoint import load_checkpoint, model_id
 from editlab.runs.hparams import method_hparams  # what edit.py composes for model=<preset>
 from editlab.runs.train_editor import fit_editor
 from editlab.utils.hardware import describe
+from editlab.utils.rundir import register_resolvers
 from editlab.vocab import PromptEncoder
 from editlab.world.build import build_world
 from editlab.world.config import world_config
 from editlab.world.loading import World
 
 ROOT = Path(__file__).resolve().parents[1]
+register_resolvers()  # conf/paths/ makes its roots absolute with ${editlab.abspath:...}
 MODEL = ROOT / "outputs/train/wikidata_synth_tiny/mistral_tiny-s0/model"  # what `python train.py` exports
 N_CASES_RUN = 5000
 PAPER_CODE_S_PER_CASE = 22.0  # the paper's own code per case, as measured on a 2-core AMD EPYC (AVX512), 2026
