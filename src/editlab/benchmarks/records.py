@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from editlab.errors import EditlabError
 
@@ -80,7 +80,7 @@ class RecordReader:
             self.fail(f"is a {type(record).__name__}, not an object")
         self.record = record
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         raise EditlabError(f"{self.path}: record {self.index} {what}; is this a {self.fmt} file "
                            f"(docs/benchmarks.md shows the format)? fix or drop the record")
 
@@ -111,7 +111,6 @@ class RecordReader:
             if flat and all(isinstance(a, str) for a in flat):
                 return tuple(flat)
         self.fail(f"field '{where}' should be a string, a list of strings or a list of alias lists")
-        raise AssertionError  # fail raises
 
     def mapping(self, key: str) -> dict:
         """An optional object (an absent key is {})."""

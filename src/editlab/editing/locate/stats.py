@@ -56,14 +56,19 @@ _MEMORY: dict[tuple[str, str, int], torch.Tensor] = {}
 TEXT_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 
 
-@cache
 def text_key(path: Path) -> str:
-    """``text-<12 hex>``: the SHA-256 of a text dataset's bytes (every file of a folder, in name order)."""
+    """``text-<12 hex>``: the SHA-256 of a text dataset's bytes (every file of a folder, in name order). Hashed once
+    per process for each (file, size, modification time), so an edited file gets a new key in the same process."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@cache
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for f in files:
-        with f.open("rb") as fh:
+    for name, _, _ in files:
+        with open(name, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return f"text-{digest.hexdigest()[:12]}"

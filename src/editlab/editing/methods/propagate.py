@@ -1,10 +1,11 @@
 """Agent-propagated edits: the upper bound of what a base editor can make coherent when it is told everything.
 
-A rational learner who takes the request "s1 r1 o*" also changes every answer the request implies (here: the
-subject's downstream fact, whose posterior follows the upstream one). ``propagate`` hands the base method the
-request plus those implied facts (``EditRequest.implied``, filled by the run from the world's agent; the method
-itself never sees the agent) as one batch. Scored, as every method is, against the agent holding the request
-alone: the implications are the request's consequences, not extra requests. The gap between a base method's own
+A rational learner who takes the request "s1 r1 o*" also changes every answer the request implies: the subject's
+downstream fact, whose posterior follows the upstream one, and sometimes other subjects' answers on the same
+relation pair, whose learned dependency the edit's evidence refits (:mod:`editlab.world.implied`). ``propagate``
+hands the base method the request plus those implied facts (``EditRequest.implied``, filled by the run from the
+world's agent; the method itself never sees the agent) as one batch. Scored, as every method is, against the
+agent holding the request alone: the implications are the request's consequences, not extra requests. The gap between a base method's own
 row and its ``propagate`` row is how much coherence it could hold; an editor that propagates without the agent
 is judged against that bound.
 
