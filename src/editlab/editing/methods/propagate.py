@@ -4,10 +4,10 @@ A rational learner who takes the request "s1 r1 o*" also changes every answer th
 downstream fact, whose posterior follows the upstream one, and sometimes other subjects' answers on the same
 relation pair, whose learned dependency the edit's evidence refits (:mod:`editlab.world.implied`). ``propagate``
 hands the base method the request plus those implied facts (``EditRequest.implied``, filled by the run from the
-world's agent; the method itself never sees the agent) as one batch. Scored, as every method is, against the
-agent holding the request alone: the implications are the request's consequences, not extra requests. The gap between a base method's own
-row and its ``propagate`` row is how much coherence it could hold; an editor that propagates without the agent
-is judged against that bound.
+world's agent; the method itself never sees the agent) as one batch. Scored, as every method is, against the agent
+holding the request alone: the implications are the request's consequences, not extra requests. The gap between a
+base method's own row and its ``propagate`` row is how much coherence it could hold; an editor that propagates
+without the agent is judged against that bound.
 
 ``base`` is any registered method that edits several requests at once; ``base_hparams`` its hyper-parameters
 (``edit.py`` composes the base's own preset for the model: ``conf/method_model/<preset>/<base>_<model>.yaml``).
