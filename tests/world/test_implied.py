@@ -17,7 +17,8 @@ def test_the_subject_s_implied_fact_is_the_case_s_downstream_change(tiny_world):
         if own:
             (fact,) = own
             new = next(p for p in case["probes"] if p["kind"] == "s1r2" and p["target"] == "new_argmax")
-            assert fact == (case["subject"], new["relation"], new["object"])
+            assert fact[:3] == (case["subject"], new["relation"], new["object"])
+            assert fact.p == new["p_post"] and 0 < fact.p < 1  # the edited agent's credence in its new argmax
 
 
 def test_the_implied_facts_are_every_fact_that_moves_in_the_whole_graph(tiny_world):
@@ -34,6 +35,6 @@ def test_the_implied_facts_are_every_fact_that_moves_in_the_whole_graph(tiny_wor
         edited = agent.edit(i["subject"], i["relation"], i["requested_object"], float(case["edit_weight"]))
         moved = {(s, r, edited.argmax(s, r)) for s, r in facts if edited.argmax(s, r) != agent.argmax(s, r)}
         moved.discard((i["subject"], i["relation"], edited.argmax(i["subject"], i["relation"])))
-        assert moved == {(sid[s], rid[r], oid[o]) for s, r, o in implied.of_case(case)}, case["case_id"]
+        assert moved == {(sid[s], rid[r], oid[o]) for s, r, o, _ in implied.of_case(case)}, case["case_id"]
         others += sum(s != i["subject"] for s, _, _ in moved)
     assert others > 0  # the refitted dependency table moves other subjects' answers too

@@ -73,6 +73,10 @@ class EditRequest:
     implied: tuple[EditRequest, ...] = ()
     """Facts the request implies for a rational learner (the world's agent: every other answer of the subject that
     the edit changes), given only to methods that set ``uses_implied`` (``method=propagate``); others ignore it."""
+    credence: float = 1.0
+    """The probability the edited model should give ``target`` (editing/loss.py, "Credence targets"): 1, the field's
+    convention, or the Bayesian agent's posterior p* < 1 for the request as evidence (``edits.target=credence``).
+    Only methods that set ``supports_credence`` read it."""
 
     @property
     def prompt(self) -> str:
@@ -87,6 +91,23 @@ class EditRequest:
     def from_case(case: dict) -> EditRequest:
         """The request of a case record (cases.jsonl, world.md section 6)."""
         return EditRequest(case["subject"], case["relation"], case["requested_object"], case["case_id"])
+
+
+@dataclass(frozen=True)
+class RelationSchema:
+    """A knowledge graph without its facts' objects: which relation depends on which, the objects each relation takes
+    and the subjects that have it. What a schema-guided editor may know (a real knowledge graph publishes the same:
+    property constraints and which entities carry a property); never the Bayesian agent or its posteriors.
+
+    Attributes:
+        downstream: upstream relation -> its downstream relation (the world's dependency pairs).
+        objects: relation -> the objects it takes (the agent's support of the relation, sorted).
+        subjects: relation -> the subjects with a fact of it, sorted.
+    """
+
+    downstream: dict[str, str]
+    objects: dict[str, tuple[str, ...]]
+    subjects: dict[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,7 @@ class EditContext:
             Empty means "unknown": a method that caches per model must then refuse to cache.
         stats_text: a text dataset on disk (a ``text`` column) that covariance statistics read instead of the
             world's corpus, for a model that was not trained on the world (``stats.dataset=``).
+        schema: the world's relation schema, for schema-guided editors (``schema_propagate``); None when unknown.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -118,6 +140,7 @@ class EditContext:
     seed: int = 0
     model_id: str = ""
     stats_text: Path | None = None
+    schema: RelationSchema | None = None
 
 
 class EditWrapper(nn.Module):
@@ -281,6 +304,7 @@ class EditMethod(ABC):
     in_context: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = True
     uses_implied: ClassVar[bool] = False  # the run fills each request's ``implied`` facts (costs an agent query)
+    supports_credence: ClassVar[bool] = False  # optimises each request's loss to a target probability (credence)
     _state: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def prepare(self, model: nn.Module, ctx: EditContext) -> None:  # noqa: B027 - optional hook

@@ -26,6 +26,13 @@ loss whose scale does not grow with k:
 The reduction scales each request's gradient by a per-request constant; under Adam that matters through
 the gradient clip, the balance of requests in a batch and Adam's epsilon, not through the step size.
 
+Credence targets (``EditRequest.credence`` c, ``edits.target=credence``): the edit asks for p(o*|s r) = c, not 1
+(a rational learner given the request as evidence of weight n' holds p* < 1). Each request's NLL is replaced by
+the Bernoulli divergence of the whole object's probability p = exp(-NLL) from c (:func:`credence_loss`),
+``KL(c || p) = c log(c/p) + (1-c) log((1-c)/(1-p))``, which is 0 exactly at p = c and *is* the NLL when c = 1, so
+a certain request (the default, every paper's target) is optimised bit for bit as before. The reductions and the
+stopping rule read |log p - log c| in place of the NLL (:func:`credence_gap`; the NLL at c = 1).
+
 Early stopping (methods.md, "Early stopping"; ROME/MEMIT/AlphaEdit's target optimisation offers it as
 ``stop_on: nll``, their reference codes stop on the whole loss): a request is done once its NLL *per object
 token* (:func:`stop_nll`, ROME's ``nll_loss_each``) is below ``stop_loss``; an edit stops, before its next
@@ -63,10 +70,12 @@ class TargetBatch:
     mask: torch.Tensor
     target: torch.Tensor
     last_prompt: torch.Tensor
+    credence: torch.Tensor | None = None
+    """(B,) each request's target probability (:attr:`EditRequest.credence`); None when every request is certain."""
 
     def to(self, device: torch.device) -> TargetBatch:
         return TargetBatch(self.ids.to(device), self.mask.to(device), self.target.to(device),
-                           self.last_prompt.to(device))
+                           self.last_prompt.to(device), None if self.credence is None else self.credence.to(device))
 
 
 def target_batch(enc: PromptEncoder, requests: Sequence[EditRequest]) -> TargetBatch:
@@ -83,13 +92,42 @@ def target_batch(enc: PromptEncoder, requests: Sequence[EditRequest]) -> TargetB
         mask[i, : len(p) + len(o)] = 1
         target[i, len(p) : len(p) + len(o)] = True
     last = torch.tensor([len(p) - 1 for p in prompts])
-    return TargetBatch(ids, mask, target, last)
+    return TargetBatch(ids, mask, target, last, credences(requests))
+
+
+def credences(requests: Sequence[EditRequest]) -> torch.Tensor | None:
+    """(B,) the requests' credences in float64, or None when all are certain (the loss is then the plain NLL)."""
+    c = [float(r.credence) for r in requests]
+    return None if all(x >= 1.0 for x in c) else torch.tensor(c, dtype=torch.float64)
+
+
+def credence_loss(nll: torch.Tensor, credence: torch.Tensor | None) -> torch.Tensor:
+    """Per request, ``KL(c || p)`` between Bernoulli(c) and Bernoulli(p = exp(-nll)) (module docstring): the NLL
+    itself where c = 1 (and everywhere when ``credence`` is None); minimal, 0, at p = c. Same shape as ``nll``."""
+    if credence is None:
+        return nll
+    c = credence.to(device=nll.device, dtype=nll.dtype)
+    x = nll.clamp(min=1e-12)
+    log_not_p = torch.where(x > 0.6931, torch.log1p(-torch.exp(-x)), torch.log(-torch.expm1(-x)))  # log(1 - p)
+    soft = torch.xlogy(c, c) + c * x + torch.xlogy(1 - c, 1 - c) - (1 - c) * log_not_p
+    return torch.where(c < 1, soft, nll)
+
+
+def credence_gap(nll: torch.Tensor, credence: torch.Tensor | None) -> torch.Tensor:
+    """Per request, ``|log p - log c|``: how far the object's log-probability is from its target's, what the stopping
+    rule reads (a divergence threshold would stop far below c when c < 1: KL(0.95 || 0.88) is already 0.05). The NLL
+    itself where c = 1 (and everywhere when ``credence`` is None)."""
+    if credence is None:
+        return nll
+    c = credence.to(device=nll.device, dtype=nll.dtype)
+    return torch.where(c < 1, (nll + torch.log(c)).abs(), nll)
 
 
 def target_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_forced",
                reduction: str = "sum") -> torch.Tensor:
-    """Mean over requests of ``-log p(o* | s r)`` under ``objective`` and ``reduction`` (scalar, differentiable)."""
-    return reduce_nll(request_nll(model, batch, objective), batch, reduction).mean()
+    """Mean over requests of ``-log p(o* | s r)`` under ``objective`` and ``reduction`` (scalar, differentiable); a
+    request with credence c < 1 contributes its :func:`credence_loss` instead."""
+    return reduce_nll(credence_loss(request_nll(model, batch, objective), batch.credence), batch, reduction).mean()
 
 
 def reduce_nll(per_request: torch.Tensor, batch: TargetBatch, reduction: str) -> torch.Tensor:
@@ -126,8 +164,8 @@ def request_nll(model: nn.Module, batch: TargetBatch, objective: str = "teacher_
 def stop_nll(per_request: torch.Tensor, batch: TargetBatch) -> torch.Tensor:
     """The early-stopping quantity: each request's NLL (:func:`request_nll`, summed) divided by its number of
     object tokens, i.e. the mean of -log p over the object's tokens ((B,), detached), whatever the loss's
-    reduction."""
-    return reduce_nll(per_request.detach(), batch, "mean")
+    reduction; for a credence c < 1 the distance :func:`credence_gap` |log p - log c| in its place."""
+    return reduce_nll(credence_gap(per_request.detach(), batch.credence), batch, "mean")
 
 
 def all_done(per_token: torch.Tensor, stop_loss: float) -> bool:
@@ -160,10 +198,10 @@ def fit(model: nn.Module, batch: TargetBatch, params: Sequence[torch.Tensor], op
     done = 0
     with torch.enable_grad():
         for step in range(1, steps + 1):
-            per_request = request_nll(model, batch, objective)
-            nll = reduce_nll(per_request, batch, reduction).mean()
+            raw = request_nll(model, batch, objective)
+            nll = reduce_nll(credence_loss(raw, batch.credence), batch, reduction).mean()
             first = nll.item() if first is None else first
-            if all_done(stop_nll(per_request, batch), stop_loss):
+            if all_done(stop_nll(raw, batch), stop_loss):
                 break
             loss = nll + extra_loss() if extra_loss is not None else nll
             grads = torch.autograd.grad(loss, params)

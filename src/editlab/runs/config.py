@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from editlab.world.loading import World
 
 MODES = ("single", "batch", "sequential")
-
+TARGETS = ("certain", "credence")
 
 @dataclass(frozen=True)
 class EditsConfig:
@@ -35,6 +35,9 @@ class EditsConfig:
         skip_correct: the run's one gate (evaluation.md). ``False``: every case is edited (the papers).
             ``True``: a case whose pre-edit greedy ``s1r1`` continuation already is o* (exact rule) is not
             given to the method and is recorded with ``edited: false``, the same for every method.
+        target: what each request asks of the model: ``certain`` (p(o*) -> 1, every paper's target) or
+            ``credence`` (p(o*) -> the agent's posterior p* for the request as evidence of weight n', the case's
+            s1r1 gold; editing/loss.py "Credence targets"), for methods that ``supports_credence``.
     """
 
     n: int = 200
@@ -46,6 +49,7 @@ class EditsConfig:
     trace: int = 0
     split: str = "eval"
     skip_correct: bool = False
+    target: str = "certain"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -60,6 +64,8 @@ class EditsConfig:
                                f"edits.batch_size={self.batch_size}")
         if not isinstance(self.skip_correct, bool):
             raise EditlabError(f"edits.skip_correct={self.skip_correct} must be true or false")
+        if self.target not in TARGETS:
+            raise EditlabError(f"edits.target={self.target} must be one of {', '.join(TARGETS)}")
         if self.split not in ("eval", "meta"):
             raise EditlabError(f"edits.split={self.split} must be eval or meta")
         if isinstance(self.weight, str) and self.weight not in ("n_prime", "case"):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from editlab.editing.base import EditContext, EditRequest
+from editlab.editing.base import EditContext, EditMethod, EditRequest, RelationSchema
 from editlab.editing.trainable import TrainableEditor
 from editlab.errors import EditlabError
 from editlab.eval.locality import LocalityState, locality_facts
@@ -53,10 +53,32 @@ FINAL_LOCALITY = ("locality_agree", "locality_acc", "locality_kl")
 each edit's own probes; locality is measured on the model, once per curve point)."""
 
 
-def implications_of(world: World):
-    """A case -> its implied facts as edit requests (:mod:`editlab.world.implied`), for methods that take them."""
+def implications_of(world: World, credence: bool = False):
+    """A case -> its implied facts as edit requests (:mod:`editlab.world.implied`), for methods that take them; with
+    ``credence`` each asks for the edited agent's posterior of its new answer (``edits.target=credence``)."""
     implied = Implications.from_world(world)
-    return lambda case: tuple(EditRequest(s, r, o, f"{case['case_id']}/implied") for s, r, o in implied.of_case(case))
+    return lambda case: tuple(EditRequest(f.subject, f.relation, f.object, f"{case['case_id']}/implied",
+                                          credence=f.p if credence else 1.0) for f in implied.of_case(case))
+
+
+def schema_of(world: World) -> RelationSchema:
+    """The world's knowledge graph without its objects (:class:`~editlab.editing.base.RelationSchema`): its relation
+    pairs, each relation's objects and the subjects with a fact of it, for schema-guided editors."""
+    subjects: dict[str, set[str]] = {}
+    for fact in world.facts:
+        subjects.setdefault(fact["relation"], set()).add(fact["subject"])
+    rels = world.info["relations"]
+    return RelationSchema(downstream={r["name"]: r["downstream"] for r in rels if r["downstream"]},
+                          objects={r["name"]: tuple(r["support"]) for r in rels},
+                          subjects={r["name"]: tuple(sorted(subjects.get(r["name"], ()))) for r in rels})
+
+
+def check_target(method: EditMethod, target: str) -> None:
+    """``edits.target=credence`` only for a method whose loss takes a target probability (one line naming the fix)."""
+    if target == "credence" and not method.supports_credence:
+        raise EditlabError(f"edits.target=credence asks each edit for a probability below 1, which method "
+                           f"{method.name} cannot aim at (it optimises no target loss): use edits.target=certain, "
+                           "or lora, adalora, ft_l, ft_m, rome, memit, alphaedit, grace (or propagate over one)")
 
 
 def preset_of(run_config: dict) -> str:
@@ -76,6 +98,7 @@ def edit_run(run: EditRun) -> dict:
                            f"{len(cases)} or build a world with more cases (data.cases.n_cases)")
     if edits.mode != "single" and edits.batch_size > 1 and not method.supports_batch:
         raise EditlabError(f"method {method.name} edits one request at a time; use edits.batch_size=1")
+    check_target(method, edits.target)
     dev = resolve_device(run.device)
     model = load_checkpoint(checkpoint, world.hash).to(dev).eval()  # before touching run_dir: bad input leaves nothing
     mid = model_id(checkpoint)
@@ -99,13 +122,14 @@ def edit_run(run: EditRun) -> dict:
     loc = locality_facts(world.facts, cases, metrics.n_locality, seed)
     cache = Path(run.cache_root) if run.cache_root is not None else run_dir.parent / ".cache"
     ctx = EditContext(model_id=mid, tokenizer=tok, world_dir=world.dir, cache_dir=cache / mid, editor_path=editor_path,
-                      seed=seed, stats_text=run.stats_dataset)
+                      seed=seed, stats_text=run.stats_dataset, schema=schema_of(world))
     method.prepare(model, ctx)
     base_loc = LocalityState.score(model, enc, loc, mx)
-    implied = implications_of(world) if method.uses_implied else None
+    credence = edits.target == "credence"
+    implied = implications_of(world, credence) if method.uses_implied else None
     session = Session(method, ctx, enc, mx, loc, base_loc, seed=seed, n_samples=metrics.n_samples,
                       sample_tokens=metrics.sample_tokens, trace=edits.trace,
-                      skip_correct=edits.skip_correct, implications=implied)
+                      skip_correct=edits.skip_correct, implications=implied, credence=credence)
     t0 = time.perf_counter()
     pre = score_cases(model, enc, chosen, mx, progress="pre-edit scores" if run.progress else None)
     pre_fluency = session.fluency(model, chosen, salt=-1)

@@ -35,6 +35,14 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def request_credence(case: dict) -> float:
+    """The agent's posterior of o* once it holds the request (the case's s1r1 gold of the requested object, p* < 1 by
+    the n' that reaches ``data.agent.target``): the ``edits.target=credence`` target. A batch or stream is scored
+    against the agent holding all its edits, whose p(o*) can differ where edits share a fact; the target stays the
+    request's own."""
+    return next(float(p["p_post"]) for p in case["probes"] if p["kind"] == "s1r1" and p["target"] == "requested")
+
+
 def fluency_scores(texts: Sequence[str], case: dict) -> dict[str, float]:
     """ROME's fluency and consistency of one case's sampled documents (metrics/fluency.py, metrics/consistency.py)."""
     return {"fluency": case_fluency(texts), "consistency": case_consistency(texts, case_prompt(case),
@@ -57,11 +65,14 @@ class Session:
     trace: int = 0  # trace the first ``trace`` cases of the stream (Figure 4 panels)
     skip_correct: bool = False  # edits.skip_correct: cases answered exactly before the edit are not edited
     implications: Callable[[dict], tuple[EditRequest, ...]] | None = None  # a case's implied facts (uses_implied)
+    credence: bool = False  # edits.target=credence: each request asks for its agent posterior (request_credence)
 
     def apply(self, model: nn.Module, cases: Sequence[dict], index: int,
               on_step: Callable[[int, nn.Module], None] | None = None) -> tuple[EditHandle, dict]:
         """Apply the requests of ``cases`` at once; seeded by ``index`` so any edit can be replayed exactly."""
         requests = [EditRequest.from_case(c) for c in cases]
+        if self.credence:
+            requests = [replace(r, credence=request_credence(c)) for r, c in zip(requests, cases, strict=True)]
         if self.implications is not None:
             requests = [replace(r, implied=self.implications(c)) for r, c in zip(requests, cases, strict=True)]
         device = device_of(model)

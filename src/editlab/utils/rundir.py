@@ -42,6 +42,7 @@ NON_RESULT_KEYS = ("progress", "overwrite", "device", "logger", "threads", "obje
 JOB_SUBDIR = "editlab.job_subdir"
 ABSPATH = "editlab.abspath"
 TRACED_LAYER = "editlab.traced_layer"
+TAG = "editlab.tag"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
 
@@ -98,6 +99,12 @@ def traced_layer(path: str) -> int:
     return result["best_layer"]
 
 
+def tag(value: object, default: object) -> str:
+    """``"-<value>"`` unless ``value`` is ``default`` (then ``""``): a run directory names a setting only when it is
+    not the default, so ``${editlab.tag:${edits.target},certain}`` leaves every default run's directory as it was."""
+    return "" if str(value) == str(default) else f"-{value}"
+
+
 def abspath(path: str) -> str:
     """``path`` (``~`` expanded) made absolute from the directory the command started in: conf/paths/ makes its
     roots absolute with ``${editlab.abspath:...}``, so every location composed from them is absolute once, at
@@ -108,8 +115,8 @@ def abspath(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${editlab.job_subdir:}``, ``${editlab.abspath:<path>}`` and ``${editlab.traced_layer:<result.json>}``
-    with OmegaConf (idempotent); call before Hydra resolves a config."""
+    """Register ``${editlab.job_subdir:}``, ``${editlab.abspath:<path>}``, ``${editlab.traced_layer:<result.json>}`` and
+    ``${editlab.tag:<value>,<default>}`` with OmegaConf (idempotent); call before Hydra resolves a config."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(ABSPATH):
@@ -118,6 +125,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(JOB_SUBDIR, job_subdir)
     if not OmegaConf.has_resolver(TRACED_LAYER):
         OmegaConf.register_new_resolver(TRACED_LAYER, traced_layer)
+    if not OmegaConf.has_resolver(TAG):
+        OmegaConf.register_new_resolver(TAG, tag)
 
 
 def read_yaml(path: Path) -> dict:

@@ -15,10 +15,21 @@ whole graph that nothing else moves.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from editlab.world.agent import Agent
 from editlab.world.loading import World
+
+
+class ImpliedFact(NamedTuple):
+    """One implied fact: its new argmax ``object`` and the edited agent's posterior ``p`` of it (a credence target)."""
+
+    subject: str
+    relation: str
+    object: str
+    p: float
 
 
 class Implications:
@@ -36,7 +47,7 @@ class Implications:
         names = sorted(world.relation_id, key=world.relation_id.get)
         return Implications(world.agent, list(world.info["subjects"]), names, list(world.info["objects"]))
 
-    def of_case(self, case: dict) -> list[tuple[str, str, str]]:
+    def of_case(self, case: dict) -> list[ImpliedFact]:
         """The facts the case's request implies under its own evidence weight (the case's golds' agent)."""
         i = case["ids"]
         return self.implied_facts(i["subject"], i["relation"], i["requested_object"], float(case["edit_weight"]))
@@ -51,14 +62,15 @@ class Implications:
                         "marginal")
         return sorted(rows - {agent.row(s, r)})
 
-    def implied_facts(self, s: int, r: int, o: int, weight: float) -> list[tuple[str, str, str]]:
-        """(subject, relation, new object) of each fact other than (s, r) whose argmax the edit (s, r, o, weight)
-        changes, in fact order (the edited subject's first: facts are sorted by subject)."""
+    def implied_facts(self, s: int, r: int, o: int, weight: float) -> list[ImpliedFact]:
+        """Each fact other than (s, r) whose argmax the edit (s, r, o, weight) changes, with its new argmax and the
+        edited agent's posterior of it, in fact order (the edited subject's first: facts are sorted by subject)."""
         agent = self.agent
         edited = agent.edit(s, r, o, weight)
         out = []
         for row in self.candidates(s, r):
             fs, fr = int(agent.fact_s[row]), int(agent.fact_r[row])
             if (new := edited.argmax(fs, fr)) != agent.argmax(fs, fr):
-                out.append((self.subjects[fs], self.relations[fr], self.objects[new]))
+                out.append(ImpliedFact(self.subjects[fs], self.relations[fr], self.objects[new],
+                                       edited.prob(fs, fr, new)))
         return out

@@ -58,6 +58,8 @@ class LocateEdit(EditMethod):
         fact_token: ``subject_last`` (the method) or ``last`` (the prompt's last token, ROME's ablation).
     """
 
+    supports_credence = True  # each request's loss is editing/loss.py's (credence targets)
+
     layers: list[int | str] = field(default_factory=lambda: [1])
     module: str = "mlp_out"
     prefixes: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])

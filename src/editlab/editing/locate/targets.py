@@ -9,8 +9,11 @@ Adam on
              + kl_factor * KL(p_delta(. | s) || p(. | s))        (the "essence" prompt keeps what s is)
              + weight_decay * ||delta|| / ||h||^2                 (ROME's norm penalty, as in its code)
 
-with ``delta`` clamped to ``||delta|| <= clamp_norm_factor * ||h||`` after every step. The NLL of a template
-is the object's summed token NLL divided by its length (ROME's ``nll_loss_each``), averaged flat over the
+with ``delta`` clamped to ``||delta|| <= clamp_norm_factor * ||h||`` after every step. A request with a credence
+c < 1 (``EditRequest.credence``, editing/loss.py) has each template's NLL replaced by its Bernoulli divergence
+KL(c || p(o* | x_j + s r)) (:func:`~editlab.editing.loss.credence_loss`; the NLL itself at c = 1), and the stopping
+rule reads |log p - log c| in place of its NLL (:func:`~editlab.editing.loss.credence_gap`). The NLL of a
+template is the object's summed token NLL divided by its length (ROME's ``nll_loss_each``), averaged flat over the
 templates; the KL is read at the ``fact_token`` position of the essence prompt ``"{subject} <essence>"``
 (ROME's ``"{} is a"``). Each term is one function here (:func:`kl_divergence`, :func:`norm_penalty`,
 :func:`norm_bound`, :func:`stop_value`). Where the reference codes (``rome/compute_v.py``,
@@ -62,6 +65,7 @@ from editlab.editing.base import EditFailed, EditRequest
 from editlab.editing.locate.keys import TARGET_INITS, bare_rows, per_request_mean, template_mean
 from editlab.editing.locate.passes import FullPass, tail_pass
 from editlab.editing.locate.rows import FACT_TOKENS, Rows, build_rows, concat
+from editlab.editing.loss import credence_gap, credence_loss, credences
 from editlab.errors import EditlabError
 
 CHUNK_REQUESTS = 128
@@ -208,7 +212,7 @@ class _LossPass:
     """
 
     def __init__(self, model: nn.Module, module: nn.Module, rew: Rows, ess: Rows, sub: torch.Tensor, n: int,
-                 pad_id: int, fast: bool) -> None:
+                 pad_id: int, fast: bool, credence: torch.Tensor | None = None) -> None:
         device = next(model.parameters()).device
         in_sub = torch.zeros(n, dtype=torch.bool)
         in_sub[sub.cpu()] = True
@@ -230,18 +234,21 @@ class _LossPass:
         self.rew_tpl = rows.tpl[:n_rew]  # and its template (0: the bare prompt)
         self.rew_local = local[self.rew_req]
         self.n_rew = n_rew
+        self.credence = None if credence is None else credence.to(device)[self.rew_req]  # per rewrite row
         self.run = (tail_pass if fast else FullPass)(model, module, rows, read_rows, read_cols)
 
-    def __call__(self, delta: torch.Tensor | None, tie: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(NLL of each request of ``sub`` (m,), its essence log-probs (m, V), what the hook read); ``delta`` (n, d)
-        holds every request's row (``tie``: request -> its key group's row)."""
+    def __call__(self, delta: torch.Tensor | None, tie: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(the target loss of each request of ``sub`` (m,): its NLL, or the credence divergence; the NLL the stopping
+        rule reads (m,): the same, or the credence gap; its essence log-probs (m, V); what the hook read).
+        ``delta`` (n, d) holds every request's row (``tie``: request -> its key group's row)."""
         logits, got = self.run(None if delta is None else delta[tie[self.req]])
         logp = torch.log_softmax(logits.float(), dim=-1)
         n_t = self.t_rows.shape[0]
         tok_lp = logp[:n_t].gather(-1, self.gold[:, None])[:, 0]
-        per_row = -torch.zeros(self.n_rew, dtype=tok_lp.dtype, device=tok_lp.device).index_add(
-            0, self.t_rows, tok_lp) / self.n_tok
-        return per_request_mean(per_row[:, None], self.rew_local, self.sub.shape[0])[:, 0], logp[n_t:], got
+        summed = -torch.zeros(self.n_rew, dtype=tok_lp.dtype, device=tok_lp.device).index_add(0, self.t_rows, tok_lp)
+        per_row = torch.stack([credence_loss(summed, self.credence), credence_gap(summed, self.credence)], 1)
+        loss, stop = (per_request_mean(per_row / self.n_tok[:, None], self.rew_local, self.sub.shape[0])).unbind(1)
+        return loss, stop, logp[n_t:], got
 
 
 def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest],
@@ -257,15 +264,16 @@ def _chunk(model: nn.Module, module: nn.Module, tok: PreTrainedTokenizerBase, re
         raise EditFailed(f"an edit of {[r.case_id or r.prompt for r in requests][:3]} has an empty target object; "
                          "give every request a non-empty target")
     ess = build_rows(tok, requests, [""], relation=spec.essence, fact_token=spec.fact_token)
-    run = _LossPass(model, module, rew, ess, torch.arange(n), n, tok.pad_token_id, fast)
+    cred = credences(requests)
+    run = _LossPass(model, module, rew, ess, torch.arange(n), n, tok.pad_token_id, fast, cred)
     with torch.no_grad():  # the unedited model: current outputs h, keys, essence distributions
-        nll, kl_init, got = run(None, tie)
+        nll, stop, kl_init, got = run(None, tie)
         out, inp = got["output"][:run.n_rew].float(), got["input"][:run.n_rew].float()
         h = (per_request_mean(out, run.rew_req, n) if spec.target_init == "mean"
              else bare_rows(out, run.rew_req, run.rew_tpl, n))
         key = template_mean(inp, run.rew_req, run.rew_tpl, n, tpl_groups)
-    opt = _Optimisation(spec, run, tie, kl_init, h, nll,
-                        lambda sub: _LossPass(model, module, rew, ess, sub, n, tok.pad_token_id, fast))
+    opt = _Optimisation(spec, run, tie, kl_init, h, nll, stop,
+                        lambda sub: _LossPass(model, module, rew, ess, sub, n, tok.pad_token_id, fast, cred))
     delta, nll, steps = opt.current() if spec.stop_check == "current" else opt.previous()
     return delta.detach()[tie], h, key, nll.detach(), steps
 
@@ -274,12 +282,12 @@ class _Optimisation:
     """The Adam loop over the ``delta`` rows of one chunk, under either ``stop_check`` (module docstring)."""
 
     def __init__(self, spec: TargetSpec, run: _LossPass, tie: torch.Tensor, kl_init: torch.Tensor, h: torch.Tensor,
-                 nll: torch.Tensor, pass_of) -> None:
+                 nll: torch.Tensor, stop: torch.Tensor, pass_of) -> None:
         self.spec, self.run, self.tie, self.kl_init, self.nll = spec, run, tie, kl_init, nll
         self.n = tie.shape[0]
         self.pass_of = pass_of  # chunk-local request indices -> a _LossPass over them
         self.h_norm = h.norm(dim=1).clamp(min=1e-12)
-        self.stop = nll.clone()  # at delta = 0 the KL and the decay term are 0: both rules read the NLL
+        self.stop = stop.clone()  # at delta = 0 the KL and the decay term are 0: both rules read the NLL
         self.delta = torch.zeros_like(h, requires_grad=True)
         self.opt = torch.optim.Adam([self.delta], lr=spec.lr)
 
@@ -297,12 +305,13 @@ class _Optimisation:
                 self.run(None, self.tie)  # a TailPass records its unedited tail first
 
     def _terms(self) -> tuple[torch.Tensor, ...]:
-        """(the requests of the pass, their NLL, KL and decay term at the current delta)."""
+        """(the requests of the pass, their target loss, the NLL their stop reads, KL and decay term at the current
+        delta)."""
         sub = self.run.sub
-        nll_sub, kl_lp, _ = self.run(self.delta, self.tie)
+        nll_sub, stop_sub, kl_lp, _ = self.run(self.delta, self.tie)
         kl = kl_divergence(self.spec, self.kl_init[sub], kl_lp)
         decay = norm_penalty(self.spec, self.delta[self.tie[sub]], self.h_norm[sub])
-        return sub, nll_sub, kl, decay
+        return sub, nll_sub, stop_sub, kl, decay
 
     def _step(self, loss: torch.Tensor, done: torch.Tensor) -> None:
         """One Adam step of the rows not ``done`` on ``loss``, then the norm clamp."""
@@ -323,9 +332,9 @@ class _Optimisation:
         done = torch.zeros(self.n, dtype=torch.bool, device=self.tie.device)
         with torch.enable_grad():
             for it in range(spec.steps):
-                sub, nll_sub, kl, decay = self._terms()
+                sub, nll_sub, stop_sub, kl, decay = self._terms()
                 self.nll = self.nll.detach().index_copy(0, sub, nll_sub.detach())
-                self.stop = self.stop.index_copy(0, sub, stop_value(spec, nll_sub, kl, decay))
+                self.stop = self.stop.index_copy(0, sub, stop_value(spec, stop_sub, kl, decay))
                 done = done | self._done()  # a done request keeps its delta: it stays done
                 if bool(done.all()) or it == spec.steps - 1:
                     break
@@ -350,9 +359,9 @@ class _Optimisation:
                 was_done = done
                 self._rebuild(active)
                 steps += 1
-                sub, nll_sub, kl, decay = self._terms()
+                sub, nll_sub, stop_sub, kl, decay = self._terms()
                 loss = (nll_sub + spec.kl_factor * kl + decay)[~done[sub]].sum()
                 self.nll = self.nll.detach().index_copy(0, sub, nll_sub.detach())
-                self.stop = self.stop.index_copy(0, sub, stop_value(spec, nll_sub, kl, decay))
+                self.stop = self.stop.index_copy(0, sub, stop_value(spec, stop_sub, kl, decay))
                 self._step(loss, done)
         return self.delta, self.nll, steps

@@ -51,6 +51,8 @@ class FineTune(EditMethod):
             shared rule; 0: always run ``steps``).
     """
 
+    supports_credence = True  # each request's loss is editing/loss.py's (credence targets)
+
     layer: int | str = 0
     module: str = "mlp_out"
     lr: float = 5e-4

@@ -212,6 +212,8 @@ class Grace(EditMethod):
             ``all`` (from the match on: the paper's ``replace_all`` made causal).
     """
 
+    supports_credence = True  # each request's loss is editing/loss.py's (credence targets)
+
     name = "grace"
     layer: int | str = -2
     module: str = "mlp_out"

@@ -48,6 +48,8 @@ class AdapterEdit(EditMethod):
             shared rule; 0: always run ``steps``).
     """
 
+    supports_credence = True  # each request's loss is editing/loss.py's (credence targets)
+
     modules: list[str] = field(default_factory=lambda: ["mlp_out"])
     layers: list[int | str] | None = None
     lr: float = 1e-4

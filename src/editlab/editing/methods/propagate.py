@@ -37,13 +37,14 @@ class Propagate(EditMethod):
 
     def __post_init__(self) -> None:
         if self.base == self.name:
-            raise EditlabError("method propagate.base cannot be propagate; name an editor, e.g. lora or memit")
+            raise EditlabError(f"method {self.name}.base cannot be {self.name}; name an editor, e.g. lora or memit")
         self.base_method: EditMethod = get_method(self.base, self.base_hparams)
         if not self.base_method.supports_batch:
-            raise EditlabError(f"method propagate.base={self.base} edits one request at a time; the request and its "
+            raise EditlabError(f"method {self.name}.base={self.base} edits one request at a time; the request and its "
                                "implications are one batch: use a batch editor (lora, ft_l, ft_m, memit, alphaedit, "
                                "mend, malmen, ...)")
         self.in_context = self.base_method.in_context
+        self.supports_credence = self.base_method.supports_credence
 
     @staticmethod
     def with_implied(requests: Sequence[EditRequest]) -> list[EditRequest]:
