@@ -136,6 +136,20 @@ def tiny_lm(tiny_world) -> TinyLM:
     return TinyLM(model, tok, tiny_world, max_object_tokens(tok, tiny_world.world["objects"]))
 
 
+_SCHEMAS: dict = {}
+
+
+def world_schema(world_dir: Path):
+    """The relation schema of the world at ``world_dir`` (what edit.py puts in every EditContext), built once."""
+    from editlab.runs.edit import schema_of
+    from editlab.world.loading import World
+
+    key = str(world_dir)
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = schema_of(World.open(world_dir))
+    return _SCHEMAS[key]
+
+
 def pretrain_briefly(model, world_dir: Path, steps: int = 150, rows: int = 16):
     """``steps`` AdamW steps (lr 5e-3) of ``rows`` packed corpus rows of 64 tokens; returns ``model`` in eval mode."""
     import torch

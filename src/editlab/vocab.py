@@ -235,14 +235,19 @@ def hit_paper(continuation: str, label: str) -> bool:
     return label.lower().replace(".", "") in continuation.lower().replace(".", "")
 
 
-def hit_exact(continuation: str, label: str) -> bool:
-    """Exact protocol: the continuation up to the first '.', '"' or end, stripped, equals the label."""
+def answer_text(continuation: str) -> str:
+    """The answer a continuation gives: its text up to the first '.', '"' or end, stripped."""
     cut = len(continuation)
     for ch in ('.', '"'):
         j = continuation.find(ch)
         if j >= 0:
             cut = min(cut, j)
-    return continuation[:cut].strip() == label
+    return continuation[:cut].strip()
+
+
+def hit_exact(continuation: str, label: str) -> bool:
+    """Exact protocol: the continuation's answer (:func:`answer_text`) equals the label."""
+    return answer_text(continuation) == label
 
 
 HITS: dict[str, Callable[[str, str], bool]] = {"paper": hit_paper, "exact": hit_exact}

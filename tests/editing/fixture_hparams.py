@@ -49,6 +49,9 @@ def fixture_hparams(name: str) -> dict:
         return {}
     if name == "propagate":  # the wrapper over the fixture's LoRA (edit.py composes the base's values the same way)
         return {"base": "lora", "base_hparams": fixture_hparams("lora")}
+    if name == "schema_propagate":  # the same, reading 40 subjects per relation (speed); a rank-2 adapter holds the
+        # request and its consequence on the 64-wide fixtures (rank 1 loses an earlier edit of three on llama)
+        return {"base": "lora", "base_hparams": {**fixture_hparams("lora"), "rank": 2}, "max_subjects": 40}
     if name in TINY_LM:
         return {**(OmegaConf.to_container(OmegaConf.load(path).get("hparams"), resolve=True) or {}), **TINY_LM[name]}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -41,7 +41,7 @@ from editlab.eval.scoring import greedy_continuations
 from editlab.runs.export import export_edited, load_edited
 from editlab.runs.train_editor import fit_editor
 from editlab.vocab import PromptEncoder, hit_exact
-from tests.conftest import pretrain_briefly
+from tests.conftest import pretrain_briefly, world_schema
 from tests.editing import toys
 from tests.editing.fixture_hparams import EDITOR_TRAINING, fixture_hparams
 
@@ -114,7 +114,8 @@ def _editor(sub: Subject, method: TrainableEditor, tmp_root: Path) -> Path:
 
 @pytest.fixture
 def ctx(subject, tmp_path_factory) -> EditContext:
-    return EditContext(tokenizer=subject.tok, world_dir=subject.world.dir, model_id=subject.model_id)
+    return EditContext(tokenizer=subject.tok, world_dir=subject.world.dir, model_id=subject.model_id,
+                       schema=world_schema(subject.world.dir))
 
 
 # Per test model values where the fixture's preset does not carry over (measured, like the YAML presets):

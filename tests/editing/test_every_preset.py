@@ -23,10 +23,12 @@ from editlab.lm.presets import arch_from, build_model
 from editlab.runs.hparams import method_hparams
 from editlab.runs.train_editor import fit_editor
 from editlab.vocab import PromptEncoder
+from tests.conftest import world_schema
 
 SMALL = ("mistral_tiny_demo", "mistral_tiny", "mistral_tiny_wide")
 PRESETS = ("paper", "tuned")
-FAST = {"steps": 1, "stats_tokens": 8192}  # 8192 > the widest preset's 2048 key dimensions (full-rank statistics)
+FAST = {"steps": 1, "stats_tokens": 8192,  # 8192 > the widest preset's 2048 key dimensions (full-rank statistics)
+        "max_subjects": 20}  # schema_propagate reads 20 subjects per relation
 _MODELS: dict[str, torch.nn.Module] = {}
 
 
@@ -62,7 +64,8 @@ def test_method_edits_on_every_small_model_preset(name, model_preset, preset, ti
         method = registry.get_method(name, {**hp, **{k: v for k, v in FAST.items() if k in fields}})
     except EditlabError:  # a schedule tied to the step count (AdaLoRA's tinit/tfinal): the composed steps
         method = registry.get_method(name, {**hp, **{k: v for k, v in FAST.items() if k in fields and k != "steps"}})
-    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=tmp_path / "stats", model_id=f"rand-{model_preset}")
+    ctx = EditContext(tokenizer=tok, world_dir=world.dir, cache_dir=tmp_path / "stats", model_id=f"rand-{model_preset}",
+                      schema=world_schema(world.dir))
     model = base
     if isinstance(method, TrainableEditor):
         training = EditorTraining(max_steps=1, batch_size=2, val_fraction=0.25, val_every=1)

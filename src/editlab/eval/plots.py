@@ -161,6 +161,27 @@ def success_locality(points: Sequence[tuple[str, float, float, float | None, flo
     return fig
 
 
+def propagation_scatter(rows: Sequence[dict]) -> Figure:
+    """Downstream s1 r2 accuracy against locality agreement, one point per setup (rows of
+    :func:`editlab.eval.propagation.propagation_rows`, with 95% interval bars); the paper's LoRA marked."""
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    for row in rows:
+        (y, dy), (x, dx) = row["downstream s1r2 acc"], row["locality agree"]
+        if x is None or y is None:
+            continue
+        style = dict(fmt="*", markersize=14, color="crimson") if row["paper_lora"] else dict(fmt="o", markersize=5)
+        ax.errorbar(100 * x, 100 * y, xerr=None if dx is None else 100 * dx, yerr=None if dy is None else 100 * dy,
+                    capsize=2, **style)
+        ax.annotate(row["setup"] + (" - the paper's LoRA" if row["paper_lora"] else ""), (100 * x, 100 * y),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("locality agreement (%)")
+    ax.set_ylabel("downstream s1r2 accuracy after the edit (%)")
+    ax.set_title("Does the consequence follow the edit? (downstream-changes cases)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def metric_bars(labels: Sequence[str], columns: Sequence[str],
                 values: Sequence[Sequence[tuple[float | None, float | None]]], title: str) -> Figure:
     """Grouped bars: one group per metric column, one bar per setup (mean with its 95% interval).

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from editlab.errors import EditlabError
-from editlab.eval import compare, plots
+from editlab.eval import compare, plots, propagation
 from editlab.eval.probes import max_object_tokens, score_cases
 from editlab.eval.records import read_records
 from editlab.eval.report import editing_markdown, table4_markdown, table5_markdown, tidy_csv
@@ -155,7 +155,7 @@ def evaluate_sweep(directories: Path | list[Path], out: Path, wandb_dir: Path | 
         directories: multirun records (``<outputs>/multirun/edit/<date>_<time>``, whose ``jobs/`` lists its runs)
             or directories holding finished edit runs; several are one table (a sweep extended by a later one).
         out: the report directory to (re)place (``comparison.md``, ``comparison.csv``, ``generations.md``,
-            ``success_locality.png``, ``bars_<group>.png``).
+            ``propagation.md``, ``propagation.png``, ``success_locality.png``, ``bars_<group>.png``).
         wandb_dir: when set, also log the table as a W&B table (offline unless logged in) under this directory.
     """
     runs, missing = [], []
@@ -167,9 +167,12 @@ def evaluate_sweep(directories: Path | list[Path], out: Path, wandb_dir: Path | 
     labels = [compare.setup_label(row, comp.keys) for row in comp.rows]
 
     generations = _generations(runs, comp.keys)
+    prop = propagation.propagation_rows(runs, comp.keys, _n_facts(runs))
 
     def write(tmp: Path) -> None:
         (tmp / "comparison.md").write_text(compare.comparison_markdown(comp))
+        (tmp / "propagation.md").write_text(propagation.propagation_markdown(prop))
+        plots.save(plots.propagation_scatter(prop), tmp / "propagation.png")
         if generations:
             (tmp / "generations.md").write_text(generations)
         (tmp / "comparison.csv").write_text(compare.comparison_csv(comp))
@@ -188,6 +191,26 @@ def evaluate_sweep(directories: Path | list[Path], out: Path, wandb_dir: Path | 
         _log_wandb_table(comp, labels, wandb_dir)
     return {"report": str(out), "n": len(runs), "setups": len(comp.rows), "missing": len(missing),
             "keys": comp.keys}
+
+
+def _n_facts(runs: list[compare.Run]) -> dict[Path, int | None]:
+    """Per run, the number of facts of its world's knowledge graph (the propagation report's estimate of the facts an
+    edit changed), None where the run records no world or its world is not built."""
+    sizes: dict[str, int | None] = {}
+    out: dict[Path, int | None] = {}
+    for r in runs:
+        data = read_yaml(r.path / "run_config.yaml").get("data")
+        if not data:
+            out[r.path] = None
+            continue
+        key = repr(sorted(data.items()))
+        if key not in sizes:
+            try:
+                sizes[key] = len(World.from_config(data, data["cache_dir"]).facts)
+            except EditlabError:
+                sizes[key] = None
+        out[r.path] = sizes[key]
+    return out
 
 
 def _generations(runs: list[compare.Run], keys: list[str], n: int = 3) -> str:

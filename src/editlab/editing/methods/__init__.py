@@ -14,5 +14,6 @@ from editlab.editing.methods import (  # noqa: F401
     mend,
     propagate,
     rome,
+    schema_propagate,
     serac,
 )
