@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from editlab.editing.base import EditContext, EditRequest
 from editlab.editing.loss import TargetBatch, credence_gap, credence_loss, fit, target_batch
 from editlab.errors import EditlabError
 from editlab.vocab import PromptEncoder
+from tests.editing.test_methods import Bigram
 
 
 def reference_kl(c: float, p: float) -> float:
@@ -51,17 +51,6 @@ def test_the_stop_reads_the_log_distance_from_the_credence():
     c = torch.tensor([1.0, 0.5, 0.95])
     want = torch.tensor([0.2, abs(0.2 + math.log(0.5)), abs(0.05 + math.log(0.95))])
     assert torch.allclose(credence_gap(nll, c), want) and credence_gap(nll, c)[0] == nll[0]
-
-
-class Bigram(nn.Module):
-    """Toy LM: the logits at position t depend only on token t (a V x V table)."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = nn.Parameter(table)
-
-    def forward(self, input_ids, attention_mask=None, use_cache=False):
-        return SimpleNamespace(logits=self.table[input_ids])
 
 
 def _fit_to(credence: float | None, loss_fn=None) -> float:

@@ -148,3 +148,19 @@ def test_downstream_fact_and_flag_come_from_the_case(tiny_world):
             swapped = with_target(ex, ex.alternatives[0])
             assert swapped.downstream is None and not swapped.downstream_changes
     assert 0 < n_changing < len(cases)
+
+
+def test_coherence_aware_meta_training_sees_no_evaluation_subject(tiny_world):
+    """The soft-downstream examples (the agent's posteriors as targets: coherence-aware meta-training) are built from
+    meta-split subjects only: no prompt of a request, equivalent, soft target, downstream fact or locality fact names
+    a subject that an evaluation case edits."""
+    examples = meta_examples(tiny_world.meta_cases, MetaDataOptions(n_locality=4, soft_downstream=True), seed=0)
+    assert sum(bool(ex.soft) for ex in examples) > 50  # downstream facts the edits move are in the data
+    meta = {c["subject"] for c in tiny_world.meta_cases}
+    edited = {c["subject"] for c in tiny_world.cases}
+    for ex in examples:
+        prompts = [t.prompt for t in (*ex.equivalents, *ex.locality, *ex.soft)]
+        prompts += [ex.downstream.prompt] if ex.downstream is not None else []
+        assert ex.subject in meta
+        for text in prompts:
+            assert not any(s in text for s in edited), (ex.request, text)

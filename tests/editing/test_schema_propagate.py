@@ -25,8 +25,9 @@ GREEDY = {"s1": "A", "s2": "B", "s3": "B", "s4": "A"}  # the model's upstream an
 DOWN = {"s1": [0.7, 0.1, 0.1], "s2": [0.1, 0.6, 0.1], "s3": [0.2, 0.3, 0.4], "s4": [0.8, 0.05, 0.05]}
 
 
-def _method(implied_target: str = "conditional", greedy: dict | None = None):
-    m = registry.get_method("schema_propagate", {"base": "lora", "implied_target": implied_target})
+def _method(implied_target: str = "conditional", greedy: dict | None = None, estimate: str = "probability"):
+    m = registry.get_method("schema_propagate", {"base": "lora", "implied_target": implied_target,
+                                                 "estimate": estimate})
     m.schema, m.answers = SCHEMA, {"u": dict(greedy or GREEDY)}
     return m
 
@@ -45,6 +46,9 @@ def test_the_consequence_is_the_mode_among_the_subjects_answering_the_new_object
         got = _method().consequence(None, EditRequest("s1", "u", "B", "e", credence=c))
         assert (got.subject, got.relation, got.target, got.case_id) == ("s1", "d", "Y", "e/implied"), got
         assert got.credence == pytest.approx(q)
+    # estimate=frequency: s2's most probable object is Y, s3's Z: Y (the first of the tie) with q = 1/2
+    freq = _method(estimate="frequency").consequence(None, EditRequest("s1", "u", "B", "e"))
+    assert freq.target == "Y" and freq.credence == pytest.approx(0.5)
     certain = _method("certain").consequence(None, EditRequest("s1", "u", "B", "e"))
     assert certain.target == "Y" and certain.credence == 1.0
     # nothing to propagate: no downstream relation; nobody else answers the object

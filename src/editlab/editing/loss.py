@@ -96,8 +96,9 @@ def target_batch(enc: PromptEncoder, requests: Sequence[EditRequest]) -> TargetB
 
 
 def credences(requests: Sequence[EditRequest]) -> torch.Tensor | None:
-    """(B,) the requests' credences in float64, or None when all are certain (the loss is then the plain NLL)."""
-    c = [float(r.credence) for r in requests]
+    """(B,) the requests' credences in float64, or None when all are certain (the loss is then the plain NLL). A row
+    without a ``credence`` (a meta-training target, editing/meta_data.py) is certain."""
+    c = [float(getattr(r, "credence", 1.0)) for r in requests]
     return None if all(x >= 1.0 for x in c) else torch.tensor(c, dtype=torch.float64)
 
 

@@ -18,6 +18,10 @@ the base editor (as :class:`~editlab.editing.methods.propagate.Propagate` does w
 - ``certain``: the implied fact asks for probability 1 (what ``propagate`` does), and is added only when o_d is
   not already s1's most probable object.
 
+``estimate``: how m is read from the references: ``probability`` (default), the mean of their sequence
+probabilities of each object; ``frequency``, the share of references whose most probable object it is (the
+population's conditional, as a count-based learner estimates it, without each subject's own confidence).
+
 Only the subject's own downstream fact is propagated (the agent also moves other subjects' answers by refitting
 its dependency table; those shifts are small and the model's table is its weights). The greedy upstream answers
 are read once, in :meth:`SchemaPropagate.prepare`, from the model before any edit (in a sequential run, earlier
@@ -43,6 +47,7 @@ from editlab.errors import EditlabError
 from editlab.vocab import PromptEncoder, answer_text
 
 IMPLIED_TARGETS = ("conditional", "certain")
+ESTIMATES = ("probability", "frequency")
 
 
 def sequence_probs(model: nn.Module, enc: PromptEncoder, subjects: Sequence[str], relation: str,
@@ -85,6 +90,7 @@ class SchemaPropagate(Propagate):
     uses_implied = False  # the consequences come from the model, not the agent
 
     implied_target: str = "conditional"
+    estimate: str = "probability"
     max_subjects: int | None = None
     score_batch: int = 512
 
@@ -92,6 +98,8 @@ class SchemaPropagate(Propagate):
         super().__post_init__()
         if self.implied_target not in IMPLIED_TARGETS:
             raise EditlabError(f"implied_target={self.implied_target!r} must be one of {', '.join(IMPLIED_TARGETS)}")
+        if self.estimate not in ESTIMATES:
+            raise EditlabError(f"estimate={self.estimate!r} must be one of {', '.join(ESTIMATES)}")
         if self.implied_target == "conditional" and not self.base_method.supports_credence:
             raise EditlabError(f"schema_propagate with implied_target=conditional asks {self.base} for probabilities "
                                "below 1, which it cannot aim at: use implied_target=certain or a base that optimises "
@@ -130,6 +138,8 @@ class SchemaPropagate(Propagate):
         objects = schema.objects[d]
         probs = sequence_probs(model, self.enc, [request.subject, *refs], d, objects, self.score_batch)
         p0, m = probs[0], probs[1:].mean(0)  # s1 before the edit; the model's p(o_d | r_d, o_u = o*)
+        if self.estimate == "frequency":  # the share of references whose most probable object is o_d
+            m = torch.bincount(probs[1:].argmax(1), minlength=len(objects)).double() / len(refs)
         k = int(m.argmax())
         if self.implied_target == "certain":
             return None if int(p0.argmax()) == k else EditRequest(request.subject, d, objects[k],
