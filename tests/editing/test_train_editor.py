@@ -50,11 +50,11 @@ TOY_TRAIN = ROOT / "tests" / "editing" / "toy_train.py"
 class ScriptedModule(L.LightningModule):
     """Moves one parameter by SGD on (w - 1)^2 and reports the scripted validation metrics."""
 
-    def __init__(self, base: torch.nn.Module, script: list[float]) -> None:
+    def __init__(self, base: torch.nn.Module, script: list[float], loss_script: list[float] | None = None) -> None:
         super().__init__()
         self.base = base.requires_grad_(False)  # frozen: must stay out of the Lightning checkpoints
         self.w = torch.nn.Parameter(torch.zeros(()))
-        self.script = script
+        self.script, self.loss_script = script, loss_script
         self.register_buffer("validations", torch.zeros((), dtype=torch.long))  # resumable position in the script
 
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
@@ -63,8 +63,11 @@ class ScriptedModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        v = self.script[min(int(self.validations), len(self.script) - 1)]
+        i = int(self.validations)
+        v = self.script[min(i, len(self.script) - 1)]
         self.log_dict({"val/edit_success": v, "val/locality": 1.0 - v / 2})
+        if self.loss_script:
+            self.log("val/loss", self.loss_script[min(i, len(self.loss_script) - 1)])
         self.validations += 1
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -80,10 +83,11 @@ class Scripted(TrainableEditor):
 
     name = "scripted"
     script: tuple[float, ...] = (0.5,)
+    loss_script: tuple[float, ...] = ()
     w: float | None = None
 
     def training_module(self, base, tokenizer, training):
-        return ScriptedModule(base, list(self.script))
+        return ScriptedModule(base, list(self.script), list(self.loss_script))
 
     def editor_state(self, module):
         return {"w": module.w.detach().reshape(1)}
@@ -112,6 +116,23 @@ def trained_ckpt(tiny_world, tmp_path_factory) -> Path:
 
 
 FAST = {"val_fraction": 0.02, "batch_size": 2}
+
+
+def test_monitor_loss_exports_the_lowest_validation_loss(tiny_world, trained_ckpt, tmp_path):
+    """editor.monitor=loss: the exported editor is the validation with the lowest val/loss (here the 4th), not the
+    highest edit success (the 2nd); a module that logs no val/loss is one error naming it."""
+    training = EditorTraining(max_steps=10, val_every=2, patience=None, monitor="loss", **FAST)
+    scripted = Scripted(script=(0.2, 0.9, 0.5, 0.4, 0.3), loss_script=(3.0, 2.0, 1.5, 0.5, 0.9))
+    m = train_editor(EditorRun(World.open(tiny_world.dir), trained_ckpt, scripted, tmp_path / "editors" / "s", 0,
+                               training, {"task": "editor"}, {"precision": "32-true"}, progress=False))
+    assert m["best_step"] == 8 and m["val/loss"] == pytest.approx(0.5)
+    assert float(load_file(tmp_path / "editors" / "s" / EDITOR_WEIGHTS)["w"]) == pytest.approx(_w_after(8), abs=1e-6)
+    with pytest.raises(EditlabError, match="val/loss"):
+        train_editor(EditorRun(World.open(tiny_world.dir), trained_ckpt, Scripted(script=(0.5,)),
+                               tmp_path / "editors" / "t", 0, training, {"task": "editor"}, {"precision": "32-true"},
+                               progress=False))
+    with pytest.raises(EditlabError, match=r"editor\.monitor"):
+        EditorTraining(monitor="success")
 
 
 @pytest.mark.parametrize(("script", "patience", "min_delta", "steps", "best_step"), [

@@ -45,8 +45,12 @@ from editlab.utils.atomic import atomic_directory
 EDITOR_WEIGHTS = "editor.safetensors"
 EDITOR_INFO = "editor.json"
 FORMAT = "editlab-editor-1"
-MONITOR = "val/edit_success"  # the validation edit metric: best checkpoint, early stopping
+MONITOR = "val/edit_success"  # the validation edit metric: best checkpoint, early stopping (the default monitor)
 LOGGED = ("train/loss", MONITOR, "val/locality")  # what every training module logs (TrainableEditor.training_module)
+MONITORS = {"edit_success": (MONITOR, "max"), "loss": ("val/loss", "min")}
+"""``editor.monitor`` -> (the validation metric that picks the exported editor and stops early, its direction):
+``loss`` is the validation meta-loss, what the editor is trained on (with ``soft_downstream``, the downstream
+targets included), for objectives that edit success alone does not see."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class EditorTraining:
         min_delta: the smallest rise of ``val/edit_success`` that counts as an improvement.
         n_locality: locality facts per example (editing/meta_data.py).
         soft_downstream: add downstream facts with the agent's posterior as soft targets.
+        monitor: which validation metric picks the exported editor and drives early stopping (:data:`MONITORS`).
     """
 
     max_steps: int = 500
@@ -73,8 +78,11 @@ class EditorTraining:
     min_delta: float = 0.0
     n_locality: int = 4
     soft_downstream: bool = False
+    monitor: str = "edit_success"
 
     def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise EditlabError(f"editor.monitor={self.monitor} must be one of {', '.join(MONITORS)}")
         if self.max_steps < 1 or self.batch_size < 1 or self.val_every < 1:
             raise EditlabError("editor: max_steps, batch_size and val_every must be >= 1")
         if (self.patience is not None and self.patience < 1) or self.min_delta < 0:

@@ -7,7 +7,8 @@ loads. Plain typed arguments only; same seed + config -> same editor. Layout (``
 
     <out>/                                the editor (atomic): editor.safetensors, editor.json, meta_training.png
     <out>-training/run_config.yaml        the config these checkpoints belong to
-    <out>-training/checkpoints/best.ckpt  the best validation state so far (highest ``val/edit_success``)
+    <out>-training/checkpoints/best.ckpt  the best validation state so far (highest ``val/edit_success``, or the
+                                          lowest ``val/loss`` with ``editor.monitor=loss``)
     <out>-training/checkpoints/last.ckpt  the state to resume from (every validation, and on SIGTERM / SIGINT)
     <out>-training/csv/metrics.csv        the CSV log (always kept: the curves figure is drawn from it)
     <out>-training/wandb/                 with logger=wandb (offline unless logged in)
@@ -52,7 +53,7 @@ from transformers import PreTrainedTokenizerBase
 from editlab.editing.base import EditMethod
 from editlab.editing.trainable import (
     LOGGED,
-    MONITOR,
+    MONITORS,
     EditorTraining,
     MetaDataModule,
     TrainableEditor,
@@ -88,15 +89,15 @@ class ValidationLog(Callback):
     into one clear error at the first validation, before ModelCheckpoint / EarlyStopping need it.
     """
 
-    def __init__(self, method: str) -> None:
-        self.method = method
+    def __init__(self, method: str, monitor: str = "val/edit_success", mode: str = "max") -> None:
+        self.method, self.monitor, self.mode = method, monitor, mode
         self.history: list[dict[str, float]] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        missing = [k for k in LOGGED if k not in m]
+        missing = [k for k in dict.fromkeys((*LOGGED, self.monitor)) if k not in m]
         if missing:
             raise EditlabError(f"method {self.method}'s training module did not log {', '.join(missing)}; a "
                                f"TrainableEditor's training module logs {', '.join(LOGGED)}")
@@ -104,9 +105,9 @@ class ValidationLog(Callback):
                                                              if k.startswith("val/")}})
 
     def best(self) -> dict[str, float]:
-        """The first validation with the highest :data:`MONITOR` (the one ModelCheckpoint keeps)."""
-        top = max(p[MONITOR] for p in self.history)
-        return next(p for p in self.history if p[MONITOR] == top)
+        """The first validation with the best monitored metric (the one ModelCheckpoint keeps)."""
+        top = (max if self.mode == "max" else min)(p[self.monitor] for p in self.history)
+        return next(p for p in self.history if p[self.monitor] == top)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -180,14 +181,15 @@ def fit_editor(method: TrainableEditor, base: nn.Module, tokenizer: PreTrainedTo
     dm = MetaDataModule(cases, training.batch_size, training.val_fraction, seed, training.data_options())
     dm.check()
     ckpt_dir = Path(work_dir) / "checkpoints"
-    log = ValidationLog(method.name)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1,
+    monitor, mode = MONITORS[training.monitor]
+    log = ValidationLog(method.name, monitor, mode)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                            enable_version_counter=False)
     # at every validation (ModelCheckpoint's own save_last only follows a new best)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     callbacks: list[Callback] = [log, FrozenOut(), best, last, StopOnSignal(ckpt_dir / "last.ckpt", at="batch")]
     if training.patience is not None:
-        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=training.patience,
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=training.patience,
                                        min_delta=training.min_delta, check_on_train_epoch_end=False))
     if progress:
         callbacks.append(RunProgressBar(refresh_rate=10))
