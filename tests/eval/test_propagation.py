@@ -50,4 +50,4 @@ def test_columns_by_hand_and_means_over_seeds(tmp_path):
     text = propagation.propagation_markdown(rows)
     assert "(paper's LoRA)" in text and "| 20.0 ± 127.1 |" in text and "3.8 ± 15.9" in text
     fig = plots.propagation_scatter(rows)
-    assert any("paper's LoRA" in t.get_text() for t in fig.axes[0].texts)
+    assert any("paper's LoRA" in t.get_text() for t in fig.axes[0].get_legend().get_texts())

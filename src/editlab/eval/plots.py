@@ -162,22 +162,24 @@ def success_locality(points: Sequence[tuple[str, float, float, float | None, flo
 
 
 def propagation_scatter(rows: Sequence[dict]) -> Figure:
-    """Downstream s1 r2 accuracy against locality agreement, one point per setup (rows of
-    :func:`editlab.eval.propagation.propagation_rows`, with 95% interval bars); the paper's LoRA marked."""
-    fig, ax = plt.subplots(figsize=(7.2, 5.0))
-    for row in rows:
+    """Downstream s1 r2 accuracy against locality agreement, one numbered point per setup (rows of
+    :func:`editlab.eval.propagation.propagation_rows`, with 95% interval bars; the legend names each number), the
+    paper's LoRA marked with a star."""
+    fig, ax = plt.subplots(figsize=(11.0, 5.0))
+    for i, row in enumerate(rows, 1):
         (y, dy), (x, dx) = row["downstream s1r2 acc"], row["locality agree"]
         if x is None or y is None:
             continue
-        style = dict(fmt="*", markersize=14, color="crimson") if row["paper_lora"] else dict(fmt="o", markersize=5)
+        paper = row["paper_lora"]
+        style = dict(fmt="*", markersize=14, color="crimson") if paper else dict(fmt="o", markersize=5)
         ax.errorbar(100 * x, 100 * y, xerr=None if dx is None else 100 * dx, yerr=None if dy is None else 100 * dy,
-                    capsize=2, **style)
-        ax.annotate(row["setup"] + (" - the paper's LoRA" if row["paper_lora"] else ""), (100 * x, 100 * y),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+                    capsize=2, label=f"{i}: {row['setup']}" + (" (the paper's LoRA)" if paper else ""), **style)
+        ax.annotate(str(i), (100 * x, 100 * y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("locality agreement (%)")
     ax.set_ylabel("downstream s1r2 accuracy after the edit (%)")
     ax.set_title("Does the consequence follow the edit? (downstream-changes cases)", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
