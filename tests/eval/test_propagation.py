@@ -51,3 +51,12 @@ def test_columns_by_hand_and_means_over_seeds(tmp_path):
     assert "(paper's LoRA)" in text and "| 20.0 ± 127.1 |" in text and "3.8 ± 15.9" in text
     fig = plots.propagation_scatter(rows)
     assert any("paper's LoRA" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_a_final_locality_of_zero_is_read_as_zero(tmp_path):
+    """A sequential run is judged on its final model: final/locality_agree 0.0 is the value, not a missing one."""
+    d = _run(tmp_path, "s0", "ice", "tuned", 0, 0.1, 0.9, [" Rome"])
+    m = json.loads((d / "metrics.json").read_text())
+    m["summary"]["subsets"]["all"].update({"final/locality_agree": 0.0, "final/s1r1_acc": 1.0})
+    (d / "metrics.json").write_text(json.dumps(m))
+    assert propagation.run_values(compare.read_run(d), n_facts=12)["locality agree"] == 0.0

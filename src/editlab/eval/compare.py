@@ -65,13 +65,14 @@ SEED_KEYS = ("seed",)  # aggregated over (mean and interval); every other differ
 
 @dataclass
 class Run:
-    """One finished edit run: its directory, flat config, the metric values of ``METRICS`` and the agent its
-    records were scored against (``gold_agent`` of its summary: single, batch or stream)."""
+    """One finished edit run: its directory, flat config, the metric values of ``METRICS``, the agent its
+    records were scored against (``gold_agent`` of its summary: single, batch or stream) and the summary itself."""
 
     path: Path
     config: dict[str, object]
     values: dict[str, float | None]
     gold_agent: str = "single"
+    summary: dict = field(default_factory=dict, repr=False)  # metrics.json's summary, for reports beyond METRICS
 
 
 @dataclass
@@ -108,7 +109,7 @@ def read_run(path: Path) -> Run:
     config.pop("data.cache_dir", None)  # where the world is cached (a location, like paths), not which world
     # a key a later version added with a null default says what its absence said: runs of both versions are one setup
     config = {k: v for k, v in config.items() if v is not None}
-    return Run(path, config, values, str(summary.get("gold_agent", "single")))
+    return Run(path, config, values, str(summary.get("gold_agent", "single")), summary)
 
 
 def find_runs(directory: Path) -> tuple[list[Run], list[str]]:

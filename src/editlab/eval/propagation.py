@@ -27,7 +27,6 @@ from pathlib import Path
 from editlab.eval.compare import Run, interval95, setup_label
 from editlab.eval.records import read_records
 from editlab.eval.summary import headline_stage
-from editlab.utils.jsonio import read_json
 from editlab.vocab import answer_text
 
 COLUMNS: tuple[tuple[str, int], ...] = (  # (column, digits) rates and coherences x 100; counts as they are
@@ -41,8 +40,7 @@ PAPER_LORA = ("lora", "paper")
 
 def run_values(run: Run, n_facts: int | None) -> dict[str, float | None]:
     """The report's columns for one run (module docstring); None where the run has no such value."""
-    metrics = read_json(run.path / "metrics.json", "re-run the edit", "edit run metrics")
-    summary = metrics.get("summary") or {}
+    summary = run.summary
     stage = headline_stage(summary)
     subsets = summary.get("subsets", {})
     allsub, down = subsets.get("all", {}), subsets.get("downstream_changes", {})
@@ -55,7 +53,9 @@ def run_values(run: Run, n_facts: int | None) -> dict[str, float | None]:
            "downstream s1r2 coh pre": get(down, "pre/s1r2_prob_coh"),
            "downstream s1r2 coh": get(down, f"{stage}/s1r2_prob_coh"),
            "s1r1 acc": get(allsub, f"{stage}/s1r1_acc"), "s1r1 coh": get(allsub, f"{stage}/s1r1_prob_coh"),
-           "locality agree": get(allsub, f"{stage}/locality_agree") or get(allsub, "post/locality_agree")}
+           "locality agree": get(allsub, f"{stage}/locality_agree")}
+    if out["locality agree"] is None:  # a sequential run whose summary has no final locality: the per-edit one
+        out["locality agree"] = get(allsub, "post/locality_agree")
     s2 = [(get(allsub, f"{stage}/{k}"), get(allsub, f"pre/{k}")) for k in ("s2r1_acc", "s2r2_acc")]
     out["s2 acc change"] = (sum(a - b for a, b in s2) / 2) if all(a is not None and b is not None for a, b in s2) \
         else None

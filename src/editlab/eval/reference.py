@@ -29,7 +29,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editlab.eval.probes import ATOMIC, CaseScores
-from editlab.eval.scoring import encode_pairs, left_padded
+from editlab.eval.scoring import encode_pairs
+from editlab.utils.padding import left_padded
 
 BATCH = 64  # the paper's evaluation batch size
 

@@ -44,6 +44,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from editlab.eval.fast_scoring import fast_parts, tree_score_and_decode
+from editlab.utils.padding import left_padded
 from editlab.vocab import object_ids, prompt_ids
 
 
@@ -170,16 +171,6 @@ def _generic_scores(model: torch.nn.Module, rows: list[tuple[list[int], list[tup
         hits.index_add_(0, pair_t, (logits.argmax(-1) == tok_t).double().cpu())
         if bar is not None:
             bar.update()
-
-
-def left_padded(prompts: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(prompts[i]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-        mask[row, width - len(prompts[i]) :] = 1
-    return ids, mask
 
 
 def _generic_greedy(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int, pad_id: int,

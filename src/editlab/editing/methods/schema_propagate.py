@@ -44,6 +44,7 @@ from editlab.editing.loss import request_nll, target_batch
 from editlab.editing.methods.propagate import Propagate
 from editlab.editing.registry import register
 from editlab.errors import EditlabError
+from editlab.utils.padding import left_padded
 from editlab.vocab import PromptEncoder, answer_text
 
 IMPLIED_TARGETS = ("conditional", "certain")
@@ -65,21 +66,22 @@ def sequence_probs(model: nn.Module, enc: PromptEncoder, subjects: Sequence[str]
 
 def greedy_answers(model: nn.Module, enc: PromptEncoder, subjects: Sequence[str], relation: str, max_new_tokens: int,
                    batch: int = 256) -> list[str]:
-    """Each subject's greedy answer to BOS "s r" (left-padded batches through the model's own ``generate``), cut as
-    the evaluation's exact rule cuts it (:func:`~editlab.vocab.answer_text`)."""
+    """Each subject's greedy answer to BOS "s r" (length-sorted, left-padded batches through the model's own
+    ``generate``), cut as the evaluation's exact rule cuts it (:func:`~editlab.vocab.answer_text`)."""
     tok = enc.tok
     prompts = enc.prompts([("", f"{s} {relation}") for s in subjects])
     device = next(model.parameters()).device
-    out: list[str] = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
     with torch.no_grad():
-        for i in range(0, len(prompts), batch):
-            part = prompts[i : i + batch]
-            width = max(map(len, part))
-            ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in part], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=device)
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            out += [answer_text(t) for t in tok.batch_decode(gen[:, width:], skip_special_tokens=True)]
+        for a in range(0, len(order), batch):
+            idx = order[a : a + batch]
+            ids, mask = left_padded(prompts, idx, tok.pad_token_id)
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+            for i, text in zip(idx, tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True), strict=True):
+                out[i] = answer_text(text)
     return out
 
 
