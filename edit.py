@@ -48,6 +48,11 @@ def edit(cfg: DictConfig) -> dict:
     edits = from_dict(EditsConfig, OmegaConf.to_container(cfg.edits, resolve=True), "edits")
     metrics = from_dict(MetricsConfig, OmegaConf.to_container(cfg.metrics, resolve=True), "metrics")
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data.get("benchmark"):  # a community benchmark file on a Hugging Face model (runs/benchmark_edit.py)
+        return _benchmark(cfg, data, method, edits)
+    if cfg.model.name == "hf":
+        raise EditlabError("model=hf edits benchmark files (data=counterfact|zsre|knowedit data.path=<file>); the "
+                           "world's cases are edited on an editlab checkpoint: checkpoint=<dir> or model=<preset>")
     world = World.from_config(data, data["cache_dir"])
     checkpoint = Path(to_absolute_path(cfg.checkpoint))
     if not checkpoint.is_dir():
@@ -77,6 +82,51 @@ def edit(cfg: DictConfig) -> dict:
     ))
 
 
+def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
+    """``data=counterfact|zsre|knowedit``: the file's requests on ``model.path`` (model=hf) or, by default, on the
+    editlab checkpoint (a Hugging Face model directory with its tokenizer)."""
+    from editlab.runs.benchmark_edit import BenchmarkData, BenchmarkRun, benchmark_run
+
+    if data.get("path") in (None, "???"):
+        raise EditlabError(f"data={data['name']} reads a local {data['benchmark']} file: add data.path=<file> "
+                           "(docs/benchmarks.md shows the format)")
+    if cfg.model.name == "hf" and cfg.model.path in (None, "???"):
+        raise EditlabError("model=hf needs model.path=<a Hugging Face model directory, or a hub id in the local cache>")
+    options = {"target": data["target"]} if "target" in data else {}
+    model_path = cfg.model.path if cfg.model.name == "hf" else to_absolute_path(cfg.checkpoint)
+    logger = instantiate(cfg.logger)
+    record_multirun_job(Path(to_absolute_path(cfg.run_dir)))
+    return benchmark_run(BenchmarkRun(
+        data=BenchmarkData(data["name"], data["benchmark"], Path(to_absolute_path(data["path"])), options),
+        model_path=str(model_path),
+        dtype=str(OmegaConf.select(cfg, "model.dtype", default="float32")),
+        method=method,
+        edits=edits,
+        run_dir=Path(to_absolute_path(cfg.run_dir)),
+        seed=int(cfg.seed),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        loggers=[logger] if logger is not None else [],
+        device=str(cfg.device),
+        progress=bool(cfg.progress),
+        overwrite=bool(cfg.overwrite),
+        cache_root=Path(cfg.paths.stats),
+        stats_dataset=Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None,
+    ))
+
+
+def print_benchmark(out: dict) -> float:
+    """The headline of a benchmark run; returns its post-edit edit success (the number a sweeper maximises)."""
+    post = out["summary"]["post"]
+    reused = " (finished earlier with this config; overwrite=true redoes it)" if out.get("reused") else ""
+    key = "rewrite_success" if out["benchmark"] == "counterfact" else "edit_succ"
+    keys = (key, "paraphrase_success", "neighborhood_success", "score", "edit_succ_exact", "rephrase", "portability",
+            "locality/nq agree")
+    parts = [f"{k} {post[k]:.3f}" for k in keys if post.get(k) is not None]
+    print(f"results: {out['results']}{reused}\n{out['n']} {out['method']} edits ({out['mode']}) on {out['benchmark']}: "
+          f"{', '.join(parts)}; median {out['median_edit_s'] * 1000:.0f} ms/edit")
+    return float(post[key])
+
+
 def check_method_args(argv: list[str]) -> None:
     """Unknown ``method=`` values fail here with the registry's "did you mean" line, not Hydra's page."""
     from editlab.editing.registry import method_class
@@ -93,6 +143,8 @@ def check_method_args(argv: list[str]) -> None:
 @hydra.main(config_path="conf", config_name="edit", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     out = run_cli(lambda: edit(cfg), "re-run the same command to resume")
+    if "benchmark" in out:
+        return print_benchmark(out)
     post = out["summary"]["subsets"]["all"]
     reused = " (finished earlier with this config; overwrite=true redoes it)" if out.get("reused") else ""
     print(f"results: {out['results']}{reused}\n{out['n']} {out['method']} edits ({out['mode']}): "

@@ -4,6 +4,7 @@
 - an OmegaConf interpolation error caused by an :class:`~editlab.errors.EditlabError` (a resolver such as
   ``${editlab.traced_layer:...}`` refusing its input while the entry point resolves its config): that
   error's one line, exit 2; OmegaConf would otherwise wrap it in a traceback.
+- a mandatory value left unset (``???``, e.g. ``model.path`` of ``model=hf``): ``error: <key> has no value``, exit 2.
 - a ``+key=value`` override that adds a top-level key: no code reads it, so it is a typo; refused (exit 2)
   before anything runs. Additions inside a node (``+method.hparams.x=...``) are checked by that node's
   validation (unknown keys named there).
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from editlab.errors import EditlabError
 from editlab.utils.quiet import silence_third_party
@@ -45,6 +46,10 @@ def run_cli(fn: Callable[[], T], resume_hint: str = "re-run the same command to 
             return fn()
     except EditlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", None) or str(exc).rsplit(":", 1)[-1].strip()
+        print(f"error: {key} has no value (??? in its config); set it on the command line: {key}=...", file=sys.stderr)
         sys.exit(2)
     except InterpolationResolutionError as exc:
         cause = _editlab_cause(exc)

@@ -170,9 +170,40 @@ def with_prefix(prefix: str, text: str) -> str:
     return f"{prefix} {text}" if prefix else text
 
 
+LEAD = "editlab_lead"
+"""The tokenizer attribute :func:`use_own_framing` sets: the special-token ids the tokenizer puts before a text."""
+
+
+def lead_ids(tok: PreTrainedTokenizerBase) -> list[int]:
+    """The ids every prompt starts with: ``[BOS]`` for the world's tokenizer (which adds none itself, so that
+    documents are stored unframed), or what a model's own tokenizer adds (:func:`use_own_framing`)."""
+    lead = getattr(tok, LEAD, None)
+    return [tok.bos_token_id] if lead is None else list(lead)
+
+
+def use_own_framing(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Frame prompts the way ``tok`` itself does (a Hugging Face model's own tokenizer, ``model=hf``): the special
+    tokens it adds before a text (Llama and Mistral: BOS; GPT-2 and Qwen: none), as the reference code feeds them
+    (ROME and EasyEdit call the tokenizer with its defaults). A tokenizer without a padding token pads with EOS
+    (padding is always masked). Returns ``tok``, changed in place."""
+    own = tok("a")["input_ids"]
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    if not bare or own[len(own) - len(bare):] != bare:
+        raise EditlabError(f"the tokenizer {type(tok).__name__} adds special tokens after a text ({own} for {bare}); "
+                           "editlab frames prompts with leading special tokens only")
+    setattr(tok, LEAD, tuple(own[: len(own) - len(bare)]))
+    if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise EditlabError(f"the tokenizer {type(tok).__name__} has neither a padding nor an EOS token; "
+                               "give it a pad_token in its tokenizer_config.json")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def prompt_ids(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """BOS + tokens(text) per text: how every prompt is fed to the LM (the world's tokenizer adds no BOS)."""
-    return [[tok.bos_token_id, *ids] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+    """:func:`lead_ids` + tokens(text) per text: how every prompt is fed to the LM (BOS + tokens for the world)."""
+    lead = lead_ids(tok)
+    return [[*lead, *ids] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def object_ids(tok: PreTrainedTokenizerBase, objects: Sequence[str]) -> list[list[int]]:
@@ -206,10 +237,12 @@ class PromptEncoder:
         return [self._object[x] for x in items]
 
 
-def subject_span(tok: PreTrainedTokenizerBase, subject: str, relation: str, prefix: str = ""
+def subject_span(tok: PreTrainedTokenizerBase, subject: str, relation: str, prefix: str = "", text: str = ""
                  ) -> tuple[list[int], tuple[int, int]]:
-    """The ids :func:`prompt_ids` feeds for ``with_prefix(prefix, prompt(subject, relation))`` and the token
-    span ``(start, end)`` (end exclusive, positions in those ids, BOS at 0) covering the subject.
+    """The ids :func:`prompt_ids` feeds for ``with_prefix(prefix, prompt)`` and the token span ``(start, end)`` (end
+    exclusive, positions in those ids, after :func:`lead_ids`) covering the subject. The prompt is
+    ``prompt(subject, relation)``, or ``text`` where given (a benchmark's prompt: the subject's first occurrence in it,
+    as ROME's ``{}`` template marks it).
 
     The span is read from the fast tokenizer's character offsets, never by tokenising the subject on
     its own: a byte-level BPE tokenises a word differently at the start of the text and after a space
@@ -219,14 +252,20 @@ def subject_span(tok: PreTrainedTokenizerBase, subject: str, relation: str, pref
     if not getattr(tok, "is_fast", False):
         raise EditlabError("subject spans need a fast tokenizer (character offsets); load the world's "
                            "tokenizer with PreTrainedTokenizerFast")
-    text = with_prefix(prefix, prompt(subject, relation))
-    a = len(text) - len(prompt(subject, relation))
+    body = text or prompt(subject, relation)
+    at = body.find(subject) if subject else -1
+    if at < 0:
+        raise EditlabError(f"subject {subject!r} does not occur in its prompt {body!r}")
+    full = with_prefix(prefix, body)
+    a = len(full) - len(body) + at
     b = a + len(subject)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
     inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a and e > s]
     if not inside:
-        raise EditlabError(f"subject {subject!r} has no token in {text!r}; is it empty?")
-    return [tok.bos_token_id, *enc["input_ids"]], (inside[0] + 1, inside[-1] + 2)  # +1: BOS before the text
+        raise EditlabError(f"subject {subject!r} has no token in {full!r}; is it empty?")
+    lead = lead_ids(tok)
+    k = len(lead)
+    return [*lead, *enc["input_ids"]], (inside[0] + k, inside[-1] + k + 1)
 
 
 # ------------------------------------------------------------------------------------------------ hit rules

@@ -64,7 +64,8 @@ with the model as it scores now (edit-step tracing, the paper's Figure 4)."""
 
 @dataclass(frozen=True)
 class EditRequest:
-    """One edit: make ``target`` the answer of ``prompt`` (= "subject relation")."""
+    """One edit: make ``target`` the answer of ``prompt`` ("subject relation" for the world's facts, or a
+    benchmark's own prompt ``text`` with the subject inside it)."""
 
     subject: str
     relation: str
@@ -77,10 +78,14 @@ class EditRequest:
     """The probability the edited model should give ``target`` (editing/loss.py, "Credence targets"): 1, the field's
     convention, or the Bayesian agent's posterior p* < 1 for the request as evidence (``edits.target=credence``).
     Only methods that set ``supports_credence`` read it."""
+    text: str = ""
+    """A benchmark's prompt with the subject in it (CounterFact's filled template, a zsRE question); empty for the
+    world's facts, whose prompt is "subject relation". ``relation`` then only names the relation (CounterFact's
+    Wikidata property), keeping requests about one (subject, relation) apart in batch solves."""
 
     @property
     def prompt(self) -> str:
-        return f"{self.subject} {self.relation}"
+        return self.text or f"{self.subject} {self.relation}"
 
     @property
     def sentence(self) -> str:

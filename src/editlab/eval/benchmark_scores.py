@@ -34,6 +34,7 @@ from scipy.stats import hmean
 from transformers import PreTrainedTokenizerBase
 
 from editlab.benchmarks import BenchmarkCase
+from editlab.vocab import with_prefix
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,13 @@ def _cf_pairs(case: BenchmarkCase) -> dict[str, list[str]]:
             "neighborhood": [p.prompt for p in case.of_kind("neighborhood")]}
 
 
-def counterfact_metrics(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase]
-                        ) -> list[dict[str, float | None]]:
+def counterfact_metrics(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase],
+                        prefix: str = "") -> list[dict[str, float | None]]:
     """Per case: ES, PS, NS (``*_success``) and EM, PM, NM (``*_diff``); None where a case has no such prompt or no
-    true target."""
+    true target. ``prefix``: an in-context editor's text before every prompt."""
     pairs = [(p, t) for c in cases if c.target_true for ps in _cf_pairs(c).values() for p in ps
              for t in (c.target_new, c.target_true[0])]
-    scored = teacher_forced(model, tok, pairs)
+    scored = _prefixed(teacher_forced(model, tok, [(with_prefix(prefix, p), t) for p, t in pairs]), pairs, prefix)
     out = []
     for c in cases:
         row: dict[str, float | None] = {}
@@ -134,12 +135,20 @@ def _token_pairs(case: BenchmarkCase) -> list[tuple[str, str, str]]:
     return out
 
 
-def token_scores(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase]
-                 ) -> list[list[tuple[str, Forced]]]:
-    """Per case, (metric key, :class:`Forced`) of each token-accuracy probe (score once before and once after)."""
-    per_case = [_token_pairs(c) for c in cases]
-    scored = teacher_forced(model, tok, [(p, t) for pc in per_case for _, p, t in pc])
+def token_scores(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase],
+                 prefix: str = "", keys: Sequence[str] | None = None) -> list[list[tuple[str, Forced]]]:
+    """Per case, (metric key, :class:`Forced`) of each token-accuracy probe (score once before and once after);
+    ``keys``: only these metric keys (CounterFact's request and paraphrases); ``prefix`` as above."""
+    per_case = [[x for x in _token_pairs(c) if keys is None or x[0] in keys] for c in cases]
+    pairs = [(p, t) for pc in per_case for _, p, t in pc]
+    scored = _prefixed(teacher_forced(model, tok, [(with_prefix(prefix, p), t) for p, t in pairs]), pairs, prefix)
     return [[(k, scored[(p, t)]) for k, p, t in pc] for pc in per_case]
+
+
+def _prefixed(scored: dict[tuple[str, str], Forced], pairs: Sequence[tuple[str, str]], prefix: str
+              ) -> dict[tuple[str, str], Forced]:
+    """``scored`` keyed by the pairs without their prefix."""
+    return {(p, t): scored[(with_prefix(prefix, p), t)] for p, t in pairs}
 
 
 def token_metrics(post: list[list[tuple[str, Forced]]], pre: list[list[tuple[str, Forced]]]

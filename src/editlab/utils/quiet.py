@@ -21,7 +21,9 @@ CHATTER = re.compile(r"^(💡 Tip:|GPU available:|TPU available:|HPU available:|
 
 # deprecated APIs called by a dependency's own code (not the user's to fix): Lightning 2.6's _pytree.py
 # (torch's isinstance(..., LeafSpec)), peft's PeftModel (transformers' is_gradient_checkpointing)
-DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"`is_gradient_checkpointing` is deprecated")
+DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"`is_gradient_checkpointing` is deprecated",
+                # PEFT on GPT-2's Conv1D: it sets fan_in_fan_out itself, which is right (weights are (d_in, d_out))
+                r"fan_in_fan_out is set to False but the target module is `Conv1D`")
 
 
 class _DropChatter(logging.Filter):
@@ -46,3 +48,8 @@ def silence_third_party() -> None:
     except ImportError:  # pragma: no cover - transformers is a dependency
         return
     hf_logging.disable_progress_bar()
+    try:  # datasets' "Generating train split" bar when a text dataset is read (stats.dataset)
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return
+    datasets.disable_progress_bars()

@@ -43,6 +43,7 @@ JOB_SUBDIR = "editlab.job_subdir"
 ABSPATH = "editlab.abspath"
 TRACED_LAYER = "editlab.traced_layer"
 TAG = "editlab.tag"
+NAME_OF = "editlab.name_of"
 _MAX_NAME = 200  # a path component must stay under the file system's 255 bytes
 
 
@@ -105,6 +106,15 @@ def tag(value: object, default: object) -> str:
     return "" if str(value) == str(default) else f"-{value}"
 
 
+def name_of(path: object) -> str:
+    """A directory-name-safe name of a model location: a directory's own name, or a hub id with ``/`` as ``--``
+    (``gpt2``, ``meta-llama--Llama-3.2-1B``), so runs of two Hugging Face models never share a run directory."""
+    text = str(path).rstrip("/")
+    if os.path.isdir(os.path.expanduser(text)):
+        text = os.path.basename(os.path.abspath(os.path.expanduser(text)))
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text.replace("/", "--")) or "model"
+
+
 def abspath(path: str) -> str:
     """``path`` (``~`` expanded) made absolute from the directory the command started in: conf/paths/ makes its
     roots absolute with ``${editlab.abspath:...}``, so every location composed from them is absolute once, at
@@ -115,8 +125,9 @@ def abspath(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${editlab.job_subdir:}``, ``${editlab.abspath:<path>}``, ``${editlab.traced_layer:<result.json>}`` and
-    ``${editlab.tag:<value>,<default>}`` with OmegaConf (idempotent); call before Hydra resolves a config."""
+    """Register ``${editlab.job_subdir:}``, ``${editlab.abspath:<path>}``, ``${editlab.traced_layer:<result.json>}``,
+    ``${editlab.tag:<value>,<default>}`` and ``${editlab.name_of:<path or hub id>}`` with OmegaConf (idempotent);
+    call before Hydra resolves a config."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(ABSPATH):
@@ -127,6 +138,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(TRACED_LAYER, traced_layer)
     if not OmegaConf.has_resolver(TAG):
         OmegaConf.register_new_resolver(TAG, tag)
+    if not OmegaConf.has_resolver(NAME_OF):
+        OmegaConf.register_new_resolver(NAME_OF, name_of)
 
 
 def read_yaml(path: Path) -> dict:

@@ -107,7 +107,7 @@ class LocateEdit(EditMethod):
         """Resolve the modules, draw the prefixes, load or compute the covariances (see the module docstring)."""
         self._layers = resolve_layers(model, self.layers)
         self._names = module_names(model, [self.module], self._layers)
-        self._templates = ["", *corpus_prefixes(ctx.tokenizer, ctx.world_dir, self.prefixes)]
+        self._templates = ["", *corpus_prefixes(ctx.tokenizer, ctx.world_dir, self.prefixes, text=ctx.stats_text)]
         self._groups = template_groups([c for _, c in self.prefixes]) if self.key_average == "groups" else None
         self._cov = covariances(model, self._names, ctx, self.stats_tokens)
         for name in self._names:

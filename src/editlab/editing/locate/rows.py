@@ -48,12 +48,13 @@ class Rows:
 
 def subject_ids(tok: PreTrainedTokenizerBase, req: EditRequest, prefix: str, relation: str | None = None
                 ) -> tuple[list[int], int]:
-    """Ids of ``prefix + "s r"`` and the position of the subject's last token (EditFailed if there is none)."""
+    """Ids of ``prefix + prompt`` ("s r", or the request's own text) and the position of the subject's last token
+    (EditFailed if there is none)."""
     if not req.subject.strip():
         raise EditFailed(f"edit {req.case_id or req.prompt!r}: empty subject; the request needs a subject")
     rel = req.relation if relation is None else relation
-    try:
-        ids, (_, end) = subject_span(tok, req.subject, rel, prefix)
+    try:  # a benchmark request's own prompt text, unless an essence prompt replaces the relation
+        ids, (_, end) = subject_span(tok, req.subject, rel, prefix, req.text if relation is None else "")
     except EditlabError as exc:
         raise EditFailed(f"edit {req.case_id or req.prompt!r}: {exc}") from None
     return ids, end - 1

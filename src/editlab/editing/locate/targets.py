@@ -180,7 +180,7 @@ def optimise_targets(model: nn.Module, module: nn.Module, tok: PreTrainedTokeniz
 def _key_groups(requests: Sequence[EditRequest], fact_token: str) -> list[int]:
     """Per request, the index of the first request with the same key (subject; and relation at ``last``)."""
     first: dict[tuple, int] = {}
-    return [first.setdefault((r.subject,) if fact_token == "subject_last" else (r.subject, r.relation), i)
+    return [first.setdefault((r.subject,) if fact_token == "subject_last" else (r.subject, r.prompt), i)
             for i, r in enumerate(requests)]
 
 

@@ -1,0 +1,187 @@
+"""Editing any Hugging Face causal LM with its own tokenizer on CounterFact / zsRE / KnowEdit files (``model=hf``,
+``data=<benchmark>``): framing per tokenizer, the subject inside a benchmark prompt, the same edit as the world's
+path where the two meet, and edit.py end to end on config-built GPT-2 and Llama models (single, batch, sequential)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from editlab.benchmarks import read_benchmark
+from editlab.editing import registry
+from editlab.editing.base import EditContext, EditRequest
+from editlab.editing.locate.rows import subject_ids
+from editlab.errors import EditlabError
+from editlab.lm.checkpoint import copy_tokenizer
+from editlab.lm.hf import load_hf_for_editing
+from editlab.runs.benchmark_edit import BenchmarkData, BenchmarkRun, benchmark_run
+from editlab.runs.config import EditsConfig
+from editlab.vocab import lead_ids, prompt_ids, subject_span, use_own_framing
+from tests.benchmarks.hf_models import make_model, write_records, write_text
+from tests.benchmarks.test_formats import COUNTERFACT, KNOWEDIT, ZSRE
+from tests.editing.fixture_hparams import fixture_hparams
+
+ROOT = Path(__file__).resolve().parents[2]
+HF_METHODS = ("lora", "adalora", "ft_l", "ft_m", "rome", "memit", "alphaedit", "grace", "ice")
+LOCATE = {"stats_tokens": 500, "prefixes": [[5, 2]]}
+SMALL = {"lora": {"steps": 10}, "adalora": {"steps": 25}, "ft_l": {"steps": 5}, "ft_m": {"steps": 40},
+         "grace": {"steps": 40}, "rome": LOCATE, "memit": LOCATE, "alphaedit": LOCATE}
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    out = {kind: make_model(root / kind, kind, vocab_size=700) for kind in ("gpt2", "llama")}
+    out["text"] = write_text(root / "text.jsonl")
+    out["counterfact"] = write_records(root / "counterfact.json", COUNTERFACT, 4)
+    out["zsre"] = write_records(root / "zsre.json", ZSRE, 4)
+    out["knowedit"] = write_records(root / "knowedit.json", KNOWEDIT[:2], 2)
+    return out
+
+
+def test_prompts_are_framed_as_each_tokenizer_frames_them(hf_dirs, tiny_lm, tmp_path):
+    gpt2 = load_hf_for_editing(str(hf_dirs["gpt2"])).tokenizer
+    llama = load_hf_for_editing(str(hf_dirs["llama"])).tokenizer
+    text = "The mother tongue of Danielle Darrieux is"
+    assert lead_ids(gpt2) == [] and prompt_ids(gpt2, [text])[0] == gpt2(text)["input_ids"]  # GPT-2: no BOS of its own
+    assert gpt2.pad_token_id == gpt2.eos_token_id  # none of its own: EOS pads (always masked)
+    assert lead_ids(llama) == [llama.bos_token_id] and prompt_ids(llama, [text])[0] == llama(text)["input_ids"]
+    # the world's tokenizer adds nothing itself and editlab puts BOS first; an exported checkpoint's tokenizer,
+    # framed its own way, gives exactly the same ids
+    assert lead_ids(tiny_lm.tok) == [tiny_lm.tok.bos_token_id]
+    copy_tokenizer(tiny_lm.world.dir, tmp_path)
+    exported = use_own_framing(AutoTokenizer.from_pretrained(str(tmp_path)))
+    prompts = [f"{c['subject']} {c['relation']}" for c in tiny_lm.world.cases[:5]]
+    assert prompt_ids(exported, prompts) == prompt_ids(tiny_lm.tok, prompts)
+
+
+def test_the_subject_span_is_found_inside_a_benchmark_prompt(hf_dirs):
+    for kind in ("gpt2", "llama"):
+        tok = load_hf_for_editing(str(hf_dirs[kind])).tokenizer
+        text = "The mother tongue of Danielle Darrieux is"
+        ids, (a, b) = subject_span(tok, "Danielle Darrieux", "P103", "", text)
+        assert ids == tok(text)["input_ids"] and tok.decode(ids[a:b]).strip() == "Danielle Darrieux"
+        ids, (a, b) = subject_span(tok, "Danielle Darrieux", "P103", "Some context.", text)
+        assert tok.decode(ids[a:b]).strip() == "Danielle Darrieux"
+        with pytest.raises(EditlabError, match="does not occur in its prompt"):
+            subject_span(tok, "Leo Arons", "P103", "", text)
+
+
+@pytest.mark.parametrize("name", ["lora", "rome"])
+def test_a_world_request_written_as_benchmark_text_is_the_same_edit(tiny_lm, name):
+    """Where the two paths meet (the prompt "s r" as a benchmark's text) they make bit-identical edits; a subject
+    span read from the relation instead of the text (the broken variant) differs."""
+    case = tiny_lm.world.cases[0]
+    world = EditRequest(case["subject"], case["relation"], case["requested_object"], "c0")
+    text = EditRequest(case["subject"], "P000", case["requested_object"], "c0", text=world.prompt)
+    ctx = EditContext(tokenizer=tiny_lm.tok, world_dir=tiny_lm.world.dir, model_id="test-mistral")
+    edited = []
+    for req in (world, text):
+        method = registry.get_method(name, fixture_hparams(name))
+        method.prepare(tiny_lm.model, ctx)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            handle = method.apply(tiny_lm.model, [req], ctx)
+        edited.append({k: v.detach().clone() for k, v in handle.model.state_dict().items()})
+        handle.restore()
+    assert edited[0].keys() == edited[1].keys()
+    assert all(torch.equal(edited[0][k], edited[1][k]) for k in edited[0])
+    # broken variant: the key position taken from "subject P000" (the relation), not from the request's text
+    assert subject_ids(tiny_lm.tok, text, "")[1] == subject_ids(tiny_lm.tok, world, "")[1]
+    assert subject_span(tiny_lm.tok, text.subject, text.relation)[0] != subject_ids(tiny_lm.tok, text, "")[0]
+
+
+def _run(hf_dirs, tmp_path, kind: str, fmt: str, name: str, mode: str = "single", batch: int = 1, n: int = 2) -> dict:
+    method = registry.get_method(name, {**fixture_hparams(name), **SMALL.get(name, {})})
+    options = {"target": "alt"} if fmt == "zsre" else {}
+    return benchmark_run(BenchmarkRun(
+        data=BenchmarkData(fmt, fmt, hf_dirs[fmt], options), model_path=str(hf_dirs[kind]), dtype="float32",
+        method=method, edits=EditsConfig(n=n, mode=mode, batch_size=batch), run_dir=tmp_path / f"{kind}-{name}-{mode}",
+        seed=0, run_config={"method": name, "mode": mode}, progress=False, cache_root=tmp_path / "stats",
+        stats_dataset=hf_dirs["text"]))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", HF_METHODS)
+def test_every_method_edits_counterfact_requests_on_gpt2_and_llama(hf_dirs, tmp_path, kind, name):
+    out = _run(hf_dirs, tmp_path, kind, "counterfact", name)
+    recs = [json.loads(x) for x in Path(out["results"]).read_text().splitlines()]
+    assert [r["case_id"] for r in recs] == ["0", "1"] and out["model_id"].startswith("hf-")
+    for stage in ("pre", "post"):
+        assert {"rewrite_success", "paraphrase_success", "neighborhood_success", "edit_succ_exact"} <= set(
+            out["summary"][stage])
+    assert out["summary"]["post"]["score"] is not None and out["summary"]["post"]["score_reference_code"] is not None
+    if name in ("ft_m", "grace"):  # the methods that push the target's NLL down without a norm bound
+        assert out["summary"]["post"]["rewrite_success"] == 1.0 > out["summary"]["pre"]["rewrite_success"]
+
+
+@pytest.mark.parametrize(("kind", "fmt", "name", "mode"), [("llama", "zsre", "ft_m", "batch"),
+                                                           ("gpt2", "zsre", "memit", "sequential"),
+                                                           ("gpt2", "knowedit", "lora", "batch"),
+                                                           ("llama", "knowedit", "grace", "sequential")])
+def test_batch_and_sequential_on_zsre_and_knowedit(hf_dirs, tmp_path, kind, fmt, name, mode):
+    out = _run(hf_dirs, tmp_path, kind, fmt, name, mode=mode, batch=2, n=4)
+    recs = [json.loads(x) for x in Path(out["results"]).read_text().splitlines()]
+    assert [r["batch"] for r in recs] == [2, 2, 2, 2] and out["n"] == 4
+    stages = ("pre", "post", "final") if mode == "sequential" else ("pre", "post")
+    assert set(out["summary"]) == set(stages)
+    cases = read_benchmark(fmt, hf_dirs[fmt], **({"target": "alt"} if fmt == "zsre" else {}))
+    loc = {p.kind for c in cases for p in c.probes if p.kind.startswith("locality/")}
+    for stage in stages:
+        assert "edit_succ" in out["summary"][stage]
+        assert all(f"{k} agree" in out["summary"][stage] for k in loc)
+    assert all(out["summary"]["pre"][f"{k} agree"] == 1.0 for k in loc)  # the pre-edit model agrees with itself
+    if fmt == "knowedit":
+        assert out["summary"]["post"]["portability"] is not None
+
+
+def _cli(args: list[str], outputs: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDITLAB_OUTPUTS": str(outputs)}
+    return subprocess.run([sys.executable, "edit.py", "progress=false", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_edit_py_edits_a_hf_model_on_a_counterfact_file(hf_dirs, tmp_path):
+    args = ["model=hf", f"model.path={hf_dirs['gpt2']}", "data=counterfact", f"data.path={hf_dirs['counterfact']}",
+            "method=ft_m", "method.hparams.steps=20", "edits.n=2"]
+    res = _cli(args, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "2 ft_m edits (single) on counterfact: rewrite_success" in res.stdout
+    run = tmp_path / "edit" / "counterfact" / "hf-gpt2-s0" / "ft_m-single-n2-s0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["benchmark"] == "counterfact" and len((run / "results.jsonl").read_text().splitlines()) == 2
+    again = _cli(args, tmp_path)
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+
+
+def test_a_missing_benchmark_file_is_one_line_and_writes_nothing(hf_dirs, tmp_path):
+    res = _cli(["model=hf", f"model.path={hf_dirs['gpt2']}", "data=counterfact", "edits.n=2"], tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "data=counterfact reads a local counterfact file: add data.path=<file>" in res.stderr
+    assert not (tmp_path / "edit").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model_path": "someorg/not-cached"}, "hf download someorg/not-cached"),
+    ({"name": "mend"}, "meta-trained on a world's meta split"),
+    ({"name": "propagate"}, "reads the world"),
+    ({"target": "credence"}, "world's cases only"),
+    ({"n": 50}, "has 4 records"),
+])
+def test_bad_benchmark_input_is_refused_before_anything_is_written(hf_dirs, tmp_path, change, message):
+    name = change.get("name", "lora")
+    method = registry.get_method(name, fixture_hparams(name))
+    run = BenchmarkRun(data=BenchmarkData("counterfact", "counterfact", hf_dirs["counterfact"]),
+                       model_path=change.get("model_path", str(hf_dirs["gpt2"])), dtype="float32", method=method,
+                       edits=EditsConfig(n=change.get("n", 2), target=change.get("target", "certain")),
+                       run_dir=tmp_path / "run", seed=0, run_config={}, progress=False)
+    with pytest.raises(EditlabError, match=message):
+        benchmark_run(run)
+    assert not (tmp_path / "run").exists()
