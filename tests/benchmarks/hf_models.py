@@ -1,17 +1,13 @@
-"""Hugging Face model directories the benchmark tests make (nothing can be downloaded): a byte-level BPE tokenizer
-trained on a few sentences, saved either GPT-2 style (``<|endoftext|>`` as BOS/EOS, nothing added to a text, no
-padding token) or Llama style (``<s>`` put before every text by its post-processor), and a config-built GPT-2 or
-Llama of any size with random weights, plus a small text dataset for covariance statistics."""
+"""Hugging Face model directories the benchmark tests make (nothing can be downloaded): a config-built GPT-2 or Llama
+with random weights and a BPE of the test records in its style (:mod:`editlab.lm.random_hf`), a small text dataset
+for covariance statistics, and benchmark files of the test records."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
+from editlab.lm.random_hf import random_causal_lm
 from tests.benchmarks.test_formats import COUNTERFACT, KNOWEDIT, ZSRE
 
 SENTENCES = [
@@ -40,41 +36,9 @@ def _texts() -> list[str]:
     return out
 
 
-def make_tokenizer(out: Path, style: str, vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """A byte-level BPE saved to ``out`` the GPT-2 way (``style="gpt2"``) or the Llama way (``"llama"``)."""
-    special = ["<|endoftext|>"] if style == "gpt2" else ["<unk>", "<s>", "</s>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_texts() * 4, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    if style == "gpt2":
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    else:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                           special_tokens=[("<s>", tok.token_to_id("<s>"))])
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    out.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out))
-    return fast
-
-
 def make_model(out: Path, kind: str, vocab_size: int, width: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A config-built GPT-2 or Llama with random weights and its tokenizer in ``out`` (safetensors)."""
-    tok = make_tokenizer(out, "gpt2" if kind == "gpt2" else "llama")
-    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if kind == "gpt2":
-            model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=width, n_inner=4 * width, n_layer=layers,
-                                               n_head=max(1, width // 64), n_positions=512, **ids))
-        else:
-            model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
-                                                 num_hidden_layers=layers, num_attention_heads=max(1, width // 32),
-                                                 num_key_value_heads=max(1, width // 32),
-                                                 max_position_embeddings=512, **ids))
-    model.save_pretrained(str(out))
-    return out
+    """A config-built GPT-2 or Llama with random weights and a BPE of the test records in its style, in ``out``."""
+    return random_causal_lm(out, kind, _texts() * 4, vocab_size, width, layers, seed)
 
 
 def write_text(path: Path, n_rows: int = 40) -> Path:

@@ -98,11 +98,12 @@ def test_a_world_request_written_as_benchmark_text_is_the_same_edit(tiny_lm, nam
     assert subject_span(tiny_lm.tok, text.subject, text.relation)[0] != subject_ids(tiny_lm.tok, text, "")[0]
 
 
-def _run(hf_dirs, tmp_path, kind: str, fmt: str, name: str, mode: str = "single", batch: int = 1, n: int = 2) -> dict:
+def _run(hf_dirs, tmp_path, kind: str, fmt: str, name: str, mode: str = "single", batch: int = 1, n: int = 2,
+         dtype: str = "float32") -> dict:
     method = registry.get_method(name, {**fixture_hparams(name), **SMALL.get(name, {})})
     options = {"target": "alt"} if fmt == "zsre" else {}
     return benchmark_run(BenchmarkRun(
-        data=BenchmarkData(fmt, fmt, hf_dirs[fmt], options), model_path=str(hf_dirs[kind]), dtype="float32",
+        data=BenchmarkData(fmt, fmt, hf_dirs[fmt], options), model_path=str(hf_dirs[kind]), dtype=dtype,
         method=method, edits=EditsConfig(n=n, mode=mode, batch_size=batch), run_dir=tmp_path / f"{kind}-{name}-{mode}",
         seed=0, run_config={"method": name, "mode": mode}, progress=False, cache_root=tmp_path / "stats",
         stats_dataset=hf_dirs["text"]))
@@ -122,12 +123,13 @@ def test_every_method_edits_counterfact_requests_on_gpt2_and_llama(hf_dirs, tmp_
         assert out["summary"]["post"]["rewrite_success"] == 1.0 > out["summary"]["pre"]["rewrite_success"]
 
 
-@pytest.mark.parametrize(("kind", "fmt", "name", "mode"), [("llama", "zsre", "ft_m", "batch"),
-                                                           ("gpt2", "zsre", "memit", "sequential"),
-                                                           ("gpt2", "knowedit", "lora", "batch"),
-                                                           ("llama", "knowedit", "grace", "sequential")])
-def test_batch_and_sequential_on_zsre_and_knowedit(hf_dirs, tmp_path, kind, fmt, name, mode):
-    out = _run(hf_dirs, tmp_path, kind, fmt, name, mode=mode, batch=2, n=4)
+@pytest.mark.parametrize(("kind", "fmt", "name", "mode", "dtype"), [("llama", "zsre", "ft_m", "batch", "bfloat16"),
+                                                                    ("gpt2", "zsre", "memit", "sequential", "float32"),
+                                                                    ("gpt2", "knowedit", "lora", "batch", "float32"),
+                                                                    ("llama", "knowedit", "grace", "sequential",
+                                                                     "float32")])
+def test_batch_and_sequential_on_zsre_and_knowedit(hf_dirs, tmp_path, kind, fmt, name, mode, dtype):
+    out = _run(hf_dirs, tmp_path, kind, fmt, name, mode=mode, batch=2, n=4, dtype=dtype)
     recs = [json.loads(x) for x in Path(out["results"]).read_text().splitlines()]
     assert [r["batch"] for r in recs] == [2, 2, 2, 2] and out["n"] == 4
     stages = ("pre", "post", "final") if mode == "sequential" else ("pre", "post")
@@ -140,6 +142,9 @@ def test_batch_and_sequential_on_zsre_and_knowedit(hf_dirs, tmp_path, kind, fmt,
     assert all(out["summary"]["pre"][f"{k} agree"] == 1.0 for k in loc)  # the pre-edit model agrees with itself
     if fmt == "knowedit":
         assert out["summary"]["post"]["portability"] is not None
+    assert out["dtype"] == dtype
+    if name == "ft_m":  # edited in bfloat16 weights, the requests are reached all the same
+        assert out["summary"]["post"]["edit_succ_exact"] == 1.0
 
 
 def _cli(args: list[str], outputs: Path) -> subprocess.CompletedProcess:
