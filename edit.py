@@ -86,6 +86,7 @@ def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
     """``data=counterfact|zsre|knowedit``: the file's requests on ``model.path`` (model=hf) or, by default, on the
     editlab checkpoint (a Hugging Face model directory with its tokenizer)."""
     from editlab.runs.benchmark_edit import BenchmarkData, BenchmarkRun, benchmark_run
+    from editlab.runs.editors import benchmark_editor_dir, editor_dir_name
 
     if data.get("path") in (None, "???"):
         raise EditlabError(f"data={data['name']} reads a local {data['benchmark']} file: add data.path=<file> "
@@ -94,6 +95,10 @@ def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
         raise EditlabError("model=hf needs model.path=<a Hugging Face model directory, or a hub id in the local cache>")
     options = {"target": data["target"]} if "target" in data else {}
     model_path = cfg.model.path if cfg.model.name == "hf" else to_absolute_path(cfg.checkpoint)
+    editor = getattr(method, "base_method", method)  # where train.py task=editor data=<benchmark> writes it
+    editor_path = (Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else benchmark_editor_dir(
+        Path(cfg.paths.outputs), data["name"], OmegaConf.select(cfg, "model.run_name", default=cfg.model.name),
+        editor_dir_name(editor, str(cfg.preset.tag))))
     logger = instantiate(cfg.logger)
     record_multirun_job(Path(to_absolute_path(cfg.run_dir)))
     return benchmark_run(BenchmarkRun(
@@ -111,6 +116,7 @@ def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
         overwrite=bool(cfg.overwrite),
         cache_root=Path(cfg.paths.stats),
         stats_dataset=Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None,
+        editor_path=editor_path,
     ))
 
 

@@ -40,6 +40,11 @@ def train(cfg: DictConfig) -> dict:
     if cfg.task not in TASKS:
         raise EditlabError(f"task={cfg.task} is not available; valid tasks: {', '.join(TASKS)}")
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data.get("benchmark"):  # meta-train an editor on a benchmark file (runs/train_editor.py)
+        if cfg.task != "editor":
+            raise EditlabError(f"data={data['name']} is a benchmark file: it meta-trains editors (task=editor "
+                               "method=mend model=hf model.path=<dir> data.path=<train file>); pretraining needs a world")
+        return _train_editor(cfg, None, OmegaConf.to_container(cfg.trainer, resolve=True), data)
     world = World.from_config(data, data["cache_dir"], build=cfg.task == "pretrain")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -71,12 +76,13 @@ def train(cfg: DictConfig) -> dict:
     ))
 
 
-def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
+def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict, benchmark: dict | None = None) -> dict:
     """task=editor: meta-train ``method`` on ``editor.checkpoint`` (runs/train_editor.py); the editor goes to
     ``editor.out`` or, by default, next to the checkpoint where edit.py looks for it (default_editor_dir)."""
     from editlab.editing.registry import get_method
     from editlab.editing.trainable import EditorTraining
-    from editlab.runs.editors import default_editor_dir, editor_dir_name
+    from editlab.runs.benchmark_edit import BenchmarkData
+    from editlab.runs.editors import benchmark_editor_dir, default_editor_dir, editor_dir_name
     from editlab.runs.train_editor import EditorRun, train_editor, training_dir
     from editlab.utils.typed import from_dict
 
@@ -88,7 +94,20 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     method = get_method(method_cfg["name"], method_cfg.get("hparams"))
     # a method with nothing to train is refused by train_editor, with one line naming the trainable ones
     name = editor_dir_name(method, str(cfg.preset.tag) if cfg.get("preset") else "")  # preset=paper: <name>-paper
-    out = Path(to_absolute_path(out)) if out else default_editor_dir(checkpoint, name)
+    data = None
+    if benchmark is not None:  # the model: model.path (model=hf) or the editlab checkpoint, with its own tokenizer
+        if benchmark.get("path") in (None, "???"):
+            raise EditlabError(f"data={benchmark['name']} needs data.path=<its train file> (docs/benchmarks.md)")
+        data = BenchmarkData(benchmark["name"], benchmark["benchmark"], Path(to_absolute_path(benchmark["path"])),
+                             {"target": benchmark["target"]} if "target" in benchmark else {})
+        if cfg.model.name == "hf":
+            local = Path(cfg.model.path).expanduser().exists()
+            checkpoint = Path(to_absolute_path(cfg.model.path)) if local else Path(cfg.model.path)  # or a hub id
+        model_name = OmegaConf.select(cfg, "model.run_name", default=cfg.model.name)
+        default = benchmark_editor_dir(Path(cfg.paths.outputs), benchmark["name"], model_name, name)
+    else:
+        default = default_editor_dir(checkpoint, name)
+    out = Path(to_absolute_path(out)) if out else default
     training = from_dict(EditorTraining, ed, "editor")
     # the logs belong to the editor's training run, not to the pretraining run in run_dir
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
@@ -99,7 +118,8 @@ def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict) -> dict:
     logger = instantiate(logger_cfg) if logger_cfg else None
     return train_editor(EditorRun(world, checkpoint, method, out, int(cfg.seed), training,
                                   OmegaConf.to_container(cfg, resolve=True), trainer_kwargs, [logger] if logger else [],
-                                  progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path))
+                                  progress=bool(cfg.progress), overwrite=bool(cfg.overwrite), ckpt_path=cfg.ckpt_path,
+                                  benchmark=data, dtype=str(OmegaConf.select(cfg, "model.dtype", default="float32"))))
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -109,7 +129,7 @@ def main(cfg: DictConfig) -> float | None:
         reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""
         print(f"editor: {metrics['editor']}{reused} (base model {metrics['base_model_id']}; best validation at step "
               f"{metrics.get('best_step')}: edit success {metrics.get('val/edit_success')}, locality "
-              f"{metrics.get('val/locality')}); edit.py finds it next to its checkpoint, else pass editor_path=<it>")
+              f"{metrics.get('val/locality')}); edit.py finds it (same model and data), else pass editor_path=<it>")
         return metrics.get("val/edit_success")
     if metrics:
         reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""

@@ -59,3 +59,16 @@ def write_records(path: Path, records: list, copies: int = 1) -> Path:
             out.append(rec)
     path.write_text(json.dumps(out))
     return path
+
+
+def write_zsre_train(path: Path, n: int = 12) -> Path:
+    """A zsRE train file of ``n`` records about ``n`` distinct subjects (meta-training splits by subject)."""
+    out = []
+    for i in range(n):
+        rec = json.loads(json.dumps(ZSRE[0]))
+        name = f"Watts Humphrey{i}"
+        rec.update(subject=name, src=rec["src"].replace("Watts Humphrey", name),
+                   rephrase=rec["rephrase"].replace("Watts Humphrey", name))
+        out.append(rec)
+    path.write_text(json.dumps(out))
+    return path

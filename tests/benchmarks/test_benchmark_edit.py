@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from editlab.lm.hf import load_hf_for_editing
 from editlab.runs.benchmark_edit import BenchmarkData, BenchmarkRun, benchmark_run
 from editlab.runs.config import EditsConfig
 from editlab.vocab import lead_ids, prompt_ids, subject_span, use_own_framing
-from tests.benchmarks.hf_models import make_model, write_records, write_text
+from tests.benchmarks.hf_models import make_model, write_records, write_text, write_zsre_train
 from tests.benchmarks.test_formats import COUNTERFACT, KNOWEDIT, ZSRE
 from tests.editing.fixture_hparams import fixture_hparams
 
@@ -43,6 +44,7 @@ def hf_dirs(tmp_path_factory) -> dict[str, Path]:
     out["counterfact"] = write_records(root / "counterfact.json", COUNTERFACT, 4)
     out["zsre"] = write_records(root / "zsre.json", ZSRE, 4)
     out["knowedit"] = write_records(root / "knowedit.json", KNOWEDIT[:2], 2)
+    out["zsre_train"] = write_zsre_train(root / "zsre_train.json")
     return out
 
 
@@ -175,7 +177,7 @@ def test_a_missing_benchmark_file_is_one_line_and_writes_nothing(hf_dirs, tmp_pa
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"model_path": "someorg/not-cached"}, "hf download someorg/not-cached"),
-    ({"name": "mend"}, "meta-trained on a world's meta split"),
+    ({"name": "mend"}, "needs an editor meta-trained for this model"),
     ({"name": "propagate"}, "reads the world"),
     ({"target": "credence"}, "world's cases only"),
     ({"n": 50}, "has 4 records"),
@@ -190,3 +192,49 @@ def test_bad_benchmark_input_is_refused_before_anything_is_written(hf_dirs, tmp_
     with pytest.raises(EditlabError, match=message):
         benchmark_run(run)
     assert not (tmp_path / "run").exists()
+
+
+def test_meta_training_examples_of_a_benchmark_follow_its_fields():
+    from editlab.benchmarks import read_benchmark as read
+    from editlab.editing.meta_data import MetaDataOptions, Target, benchmark_examples
+
+    def examples(fmt, records, n_locality=1, **opts):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_records(Path(tmp) / "f.json", records)
+            return benchmark_examples(read(fmt, path, **opts), MetaDataOptions(n_locality=n_locality), seed=0)
+
+    zs = examples("zsre", ZSRE, target="alt")[0]  # MEND's zsRE: src and rephrase -> alt, loc -> loc_ans
+    assert zs.request.prompt == ZSRE[0]["src"] and zs.request.target == ZSRE[0]["alt"]
+    assert zs.equivalents == (Target(ZSRE[0]["src"], ZSRE[0]["alt"]), Target(ZSRE[0]["rephrase"], ZSRE[0]["alt"]))
+    assert zs.locality == (Target(ZSRE[0]["loc"], ZSRE[0]["loc_ans"]),)
+    cf = examples("counterfact", COUNTERFACT, n_locality=2)[0]  # neighbours keep the true target
+    true = COUNTERFACT[0]["requested_rewrite"]["target_true"]["str"]
+    assert cf.locality == tuple(Target(p, true) for p in COUNTERFACT[0]["neighborhood_prompts"])
+    assert len(cf.equivalents) == 1 + len(COUNTERFACT[0]["paraphrase_prompts"])
+    ke = examples("knowedit", KNOWEDIT[:2], n_locality=3)  # own locality first, topped up from the other subject
+    assert ke[0].locality[0] == Target("The name of the father of Leo Arons is", "Albert Arons")
+    assert len(ke[0].locality) == 3 and all("Leo Arons" not in t.prompt for t in ke[0].locality[1:])
+
+
+def test_mend_meta_trained_on_a_zsre_train_file_edits_zsre_requests(hf_dirs, tmp_path):
+    from editlab.editing.trainable import EditorTraining
+    from editlab.runs.train_editor import EditorRun, train_editor
+
+    hp = {**fixture_hparams("mend"), "layers": [-1, -2]}
+    zsre = BenchmarkData("zsre", "zsre", hf_dirs["zsre_train"], {"target": "alt"})
+    run = BenchmarkRun(data=BenchmarkData("zsre", "zsre", hf_dirs["zsre"], {"target": "alt"}),
+                       model_path=str(hf_dirs["gpt2"]), dtype="float32", method=registry.get_method("mend", hp),
+                       edits=EditsConfig(n=2), run_dir=tmp_path / "edit", seed=0, run_config={}, progress=False,
+                       editor_path=tmp_path / "editor")
+    with pytest.raises(EditlabError, match="train.py task=editor method=mend model=hf"):
+        benchmark_run(run)  # no editor yet: the command that trains it
+    out = train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("mend", hp), tmp_path / "editor", 0,
+                                 EditorTraining(max_steps=4, batch_size=4, val_every=2), {"test": 1}, progress=False,
+                                 benchmark=zsre))
+    assert out["base_model_id"] == load_hf_for_editing(str(hf_dirs["gpt2"])).model_id
+    done = benchmark_run(run)
+    assert done["n"] == 2 and "edit_succ" in done["summary"]["post"]
+    with pytest.raises(EditlabError, match="SERAC"):
+        train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("serac", fixture_hparams("serac")),
+                               tmp_path / "serac", 0, EditorTraining(max_steps=4, batch_size=4), {}, progress=False,
+                               benchmark=zsre))

@@ -36,6 +36,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from editlab.benchmarks import BenchmarkCase
 from editlab.editing.base import EditRequest
 from editlab.errors import EditlabError
 from editlab.vocab import TRUE, tf_prompt
@@ -187,4 +188,40 @@ def meta_examples(cases: Sequence[dict], options: MetaDataOptions, seed: int) ->
                                downstream(c) if options.soft_downstream else (),
                                tuple(sorted(objects[c["relation"]] - modal)), downstream_fact(c),
                                bool(c.get("downstream_changes", False))))
+    return out
+
+
+def benchmark_examples(cases: Sequence[BenchmarkCase], options: MetaDataOptions, seed: int) -> list[MetaExample]:
+    """The examples of a benchmark file's cases (one split), as MEND trains on zsRE (``zsre_mend_train.json``):
+
+    - ``request``: the case's prompt with its subject -> ``target_new``;
+    - ``equivalents``: the request and every paraphrase (CounterFact ``paraphrase_prompts``, zsRE ``rephrase``,
+      KnowEdit ``rephrase_prompt``) -> ``target_new``;
+    - ``locality``: the case's own locality questions with their first answer (zsRE's ``loc`` / ``loc_ans``,
+      KnowEdit's locality blocks) and CounterFact's neighbourhood prompts with the true target, topped up to
+      ``options.n_locality`` from other subjects' (seeded per case; MEND draws its NQ questions the same way).
+
+    No soft targets, alternatives or downstream facts: a benchmark has no agent.
+    """
+    own: list[list[Target]] = []
+    for c in cases:
+        loc = [Target(p.prompt, p.answers[0]) for p in c.probes if p.kind.startswith("locality/") and p.answers]
+        if c.target_true:
+            loc += [Target(p.prompt, c.target_true[0]) for p in c.of_kind("neighborhood")]
+        own.append(loc)
+    out = []
+    for i, c in enumerate(cases):
+        others = [t for j, ts in enumerate(own) for t in ts if cases[j].subject != c.subject]
+        rng = random.Random(f"{seed}:{c.case_id}")
+        loc = own[i][: options.n_locality]
+        if len(loc) < options.n_locality and others:
+            loc += rng.sample(others, min(options.n_locality - len(loc), len(others)))
+        if not loc:
+            raise EditlabError(f"benchmark case {c.case_id} has no locality question and no other subject has one; "
+                               "meta-training needs locality examples (zsRE's loc, KnowEdit's locality, "
+                               "CounterFact's neighborhood_prompts)")
+        request = EditRequest(c.subject, c.relation_id, c.target_new, c.case_id, text=c.prompt)
+        equivalents = (Target(c.prompt, c.target_new), *(Target(p.prompt, c.target_new)
+                                                         for p in c.of_kind("paraphrase")))
+        out.append(MetaExample(request, equivalents, tuple(loc)))
     return out

@@ -37,8 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from editlab.benchmarks import BenchmarkCase
 from editlab.editing.base import EditContext, EditMethod, method_hparams_of
-from editlab.editing.meta_data import MetaBatch, MetaDataOptions, meta_examples
+from editlab.editing.meta_data import MetaBatch, MetaDataOptions, benchmark_examples, meta_examples
 from editlab.errors import EditlabError
 from editlab.utils.atomic import atomic_directory
 
@@ -96,14 +97,19 @@ class EditorTraining:
         return MetaDataOptions(self.n_locality, self.soft_downstream)
 
 
-def split_by_subject(cases: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, val) cases: a seeded shuffle of the distinct subjects, the first ``val_fraction`` held out."""
-    subjects = sorted({c["subject"] for c in cases})
+def _subject(case: dict | BenchmarkCase) -> str:
+    return case.subject if isinstance(case, BenchmarkCase) else case["subject"]
+
+
+def split_by_subject(cases: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, val) cases (world case records or benchmark cases): a seeded shuffle of the distinct subjects, the
+    first ``val_fraction`` held out."""
+    subjects = sorted({_subject(c) for c in cases})
     if len(subjects) < 2:
         raise EditlabError("the meta split needs cases of at least 2 subjects; build a world with more meta cases")
     random.Random(seed).shuffle(subjects)
     held = set(subjects[: max(1, round(val_fraction * len(subjects)))])
-    return [c for c in cases if c["subject"] not in held], [c for c in cases if c["subject"] in held]
+    return [c for c in cases if _subject(c) not in held], [c for c in cases if _subject(c) in held]
 
 
 class Shuffled(torch.utils.data.Dataset):
@@ -143,7 +149,8 @@ class MetaDataModule(L.LightningDataModule):
         super().__init__()
         options = options or MetaDataOptions()
         train, val = split_by_subject(cases, val_fraction, seed)
-        self.train_cases, self.val_cases = meta_examples(train, options, seed), meta_examples(val, options, seed)
+        build = benchmark_examples if cases and isinstance(cases[0], BenchmarkCase) else meta_examples
+        self.train_cases, self.val_cases = build(train, options, seed), build(val, options, seed)
         self.batch_size, self.seed = batch_size, seed
 
     def _ranks(self) -> tuple[int, int]:

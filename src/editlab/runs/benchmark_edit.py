@@ -15,10 +15,10 @@ Records (``results.jsonl``): ``case_id``, ``index``, ``edited``, ``time_s``, ``p
 case's metric values per stage (``pre``, ``post``, ``final``). ``metrics.json``: the means per stage, the
 benchmark's summary scores (CounterFact's Score S), timings and the model's identity.
 
-Methods: every method that needs neither the world nor a meta-trained editor (the fine-tuners, ROME, MEMIT,
-AlphaEdit, GRACE, ICE). ROME, MEMIT and AlphaEdit need ``stats.dataset=<text>`` for their covariances and context
-prefixes; KE, MEND, MALMEN and SERAC are meta-trained on a world, and IKE, propagate and schema_propagate read it,
-so each is refused with one line.
+Methods: every method that does not read the world (the fine-tuners, ROME, MEMIT, AlphaEdit, GRACE, ICE, and KE,
+MEND and MALMEN with an editor meta-trained for the model on a benchmark's train file: ``train.py task=editor
+data=<benchmark>``). ROME, MEMIT and AlphaEdit need ``stats.dataset=<text>`` for their covariances and context
+prefixes. IKE, propagate, schema_propagate and SERAC read the world, so each is refused with one line.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from editlab.benchmarks import BenchmarkCase, read_benchmark
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
-from editlab.editing.trainable import TrainableEditor
+from editlab.editing.trainable import EDITOR_INFO, TrainableEditor, read_editor
 from editlab.errors import EditlabError
 from editlab.eval.benchmark_scores import counterfact_metrics, summarize_counterfact, token_metrics, token_scores
 from editlab.lm.hf import load_hf_for_editing
@@ -47,9 +47,9 @@ from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 
 BENCHMARKS = ("counterfact", "zsre", "knowedit")
-WORLD_METHODS = ("ike", "propagate", "schema_propagate")
+WORLD_METHODS = ("ike", "propagate", "schema_propagate", "serac")
 """Methods that read the world itself (IKE's demonstrations from its meta split, the agent's implications, the
-relation schema): refused on a benchmark file."""
+relation schema, SERAC's same-subject hard negatives of its meta-training): refused on a benchmark file."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class BenchmarkRun:
     overwrite: bool = False
     cache_root: Path | None = None
     stats_dataset: Path | None = None
+    editor_path: Path | None = None
 
 
 def request_of(case: BenchmarkCase) -> EditRequest:
@@ -94,13 +95,10 @@ def request_of(case: BenchmarkCase) -> EditRequest:
 def check_method(method: EditMethod, edits: EditsConfig) -> None:
     """Refuse, in one line each, what a benchmark run cannot do (before anything is loaded or written)."""
     name = method.name
-    if isinstance(getattr(method, "base_method", method), TrainableEditor):
-        raise EditlabError(f"method {name} edits with an editor meta-trained on a world's meta split for one model; "
-                           "a Hugging Face model on a benchmark file has none: use lora, adalora, ft_l, ft_m, rome, "
-                           "memit, alphaedit, grace or ice")
     if name in WORLD_METHODS or method.uses_implied:
-        raise EditlabError(f"method {name} reads the world (demonstrations, implications or its relation schema), "
-                           "which a benchmark file does not have: use it with data=wikidata_synth_tiny")
+        raise EditlabError(f"method {name} reads the world (demonstrations, implications, its relation schema or "
+                           "SERAC's same-subject negatives), which a benchmark file does not have: use it with "
+                           "data=wikidata_synth_tiny")
     if edits.target != "certain":
         raise EditlabError("edits.target=credence asks for the Bayesian agent's posterior, which exists for the "
                            "world's cases only: use edits.target=certain with a benchmark")
@@ -155,6 +153,7 @@ def benchmark_run(run: BenchmarkRun) -> dict:
     loaded = load_hf_for_editing(run.model_path, run.dtype)  # before touching run_dir: bad input leaves nothing
     dev = resolve_device(run.device)
     model, tok = loaded.model.to(dev), loaded.tokenizer
+    editor_path = _editor(run, loaded.model_id)
     run_dir = Path(run.run_dir)
     state = prepare(run_dir, run.run_config, ignore=NON_RESULT_KEYS, overwrite=run.overwrite,
                     done=("metrics.json", FINAL))
@@ -163,7 +162,7 @@ def benchmark_run(run: BenchmarkRun) -> dict:
     torch.manual_seed(run.seed)
     cache = Path(run.cache_root) if run.cache_root is not None else run_dir.parent / ".cache"
     ctx = EditContext(tokenizer=tok, cache_dir=cache / loaded.model_id, seed=run.seed, model_id=loaded.model_id,
-                      stats_text=run.stats_dataset)
+                      stats_text=run.stats_dataset, editor_path=editor_path)
     t0 = time.perf_counter()
     method.prepare(model, ctx)
     prepare_s = time.perf_counter() - t0
@@ -192,6 +191,22 @@ def benchmark_run(run: BenchmarkRun) -> dict:
     out = _finish(run, loaded.model_id, loaded.source, writer.records, time.perf_counter() - t1, prepare_s)
     writer.finish()  # last: results.jsonl appears only once metrics.json is written
     return out
+
+
+def _editor(run: BenchmarkRun, model_id: str) -> Path | None:
+    """A trainable editor's directory, checked whole (its method and base model), or one line with the command that
+    meta-trains it on a benchmark file; None for a method with nothing trained."""
+    editor = getattr(run.method, "base_method", run.method)
+    if not isinstance(editor, TrainableEditor):
+        return None
+    command = (f"python train.py task=editor method={editor.name} model=hf model.path={run.model_path} "
+               f"data={run.data.name} data.path=<its train file>")
+    path = run.editor_path
+    if path is None or not (Path(path) / EDITOR_INFO).is_file():
+        raise EditlabError(f"method {editor.name} needs an editor meta-trained for this model, but there is none at "
+                           f"{path}; train it on a benchmark file with: {command}")
+    read_editor(Path(path), editor.name, model_id, command)
+    return Path(path)
 
 
 def _apply(method: EditMethod, model: torch.nn.Module, chunk: Sequence[BenchmarkCase], ctx: EditContext,

@@ -29,6 +29,13 @@ def default_editor_dir(checkpoint: Path, method: str) -> Path:
     return Path(checkpoint).parent / "editors" / method
 
 
+def benchmark_editor_dir(outputs: Path, data: str, model: str, method: str) -> Path:
+    """Where ``train.py task=editor data=<benchmark>`` writes ``method``'s editor for a model (``model``: its run name,
+    ``hf-<dir name>``) and where ``edit.py data=<benchmark>`` looks: ``<outputs>/editors/<data>/<model>/<method>``
+    (outside the model's own directory, which may be a read-only Hugging Face cache)."""
+    return Path(outputs) / "editors" / data / model / method
+
+
 def train_command(method: str, checkpoint: Path, fallback: dict, overrides: Sequence[str] = ()) -> str:
     """The exact ``python train.py task=editor ...`` that trains ``method``'s editor for ``checkpoint``.
 

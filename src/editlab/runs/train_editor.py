@@ -50,6 +50,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from editlab.benchmarks import read_benchmark
 from editlab.editing.base import EditMethod
 from editlab.editing.trainable import (
     LOGGED,
@@ -62,7 +63,9 @@ from editlab.editing.trainable import (
 )
 from editlab.errors import EditlabError
 from editlab.lm.checkpoint import load_checkpoint, model_id
+from editlab.lm.hf import load_hf_for_editing
 from editlab.lm.precision import resolve_and_log
+from editlab.runs.benchmark_edit import BenchmarkData
 from editlab.runs.pretrain import resolve_resume
 from editlab.utils import hardware
 from editlab.utils.csvlog import keep_csv_logs_on_resume, log_files, read_csv_log
@@ -248,8 +251,9 @@ class EditorRun:
     """One editor meta-training run, built once by ``train.py task=editor`` from the composed config.
 
     Attributes:
-        world: the opened world (its ``meta`` split trains the editor).
-        checkpoint: the base model's checkpoint directory.
+        world: the opened world (its ``meta`` split trains the editor); None with ``benchmark``.
+        checkpoint: the base model's checkpoint directory (with ``benchmark``: any Hugging Face model directory, or
+            a hub id in the local cache, edited with its own tokenizer).
         method: the method whose editor is trained (a :class:`TrainableEditor`; any other is refused).
         out_dir: where the editor is written (default: next to ``checkpoint``, where edit.py looks).
         seed: seeds the split, the batches and the editor's initialisation.
@@ -260,9 +264,12 @@ class EditorRun:
         progress: show a progress bar.
         overwrite: retrain a finished editor, or one with another config, in ``out_dir``.
         ckpt_path: ``last`` (or a path) to resume the meta-training.
+        benchmark: a benchmark file whose cases train the editor instead of the world's meta split (its train
+            split: MEND's ``zsre_mend_train.json``, say), split by subject into training and validation cases.
+        dtype: the base model's weight precision with ``benchmark`` (``model.dtype``).
     """
 
-    world: World
+    world: World | None
     checkpoint: Path
     method: EditMethod
     out_dir: Path
@@ -274,6 +281,25 @@ class EditorRun:
     progress: bool = True
     overwrite: bool = False
     ckpt_path: str | None = None
+    benchmark: BenchmarkData | None = None
+    dtype: str = "float32"
+
+
+def _source(run: EditorRun) -> tuple[nn.Module, str, PreTrainedTokenizerBase, list]:
+    """(base model in eval mode, its model id, its tokenizer, the meta-training cases) of the world's checkpoint and
+    meta split, or of a Hugging Face model and a benchmark file."""
+    if run.benchmark is not None:
+        if run.method.name == "serac":
+            raise EditlabError("SERAC's classifier and counterfactual model are trained on the world's relation "
+                               "structure (same-subject hard negatives); meta-train mend, malmen or ke on a benchmark")
+        loaded = load_hf_for_editing(str(run.checkpoint), run.dtype)
+        cases = read_benchmark(run.benchmark.format, run.benchmark.path, **run.benchmark.options)
+        return loaded.model, loaded.model_id, loaded.tokenizer, cases
+    from transformers import PreTrainedTokenizerFast
+
+    world = run.world
+    tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
+    return load_checkpoint(run.checkpoint, world.hash).eval(), model_id(run.checkpoint), tok, world.cases("meta")
 
 
 def train_editor(run: EditorRun) -> dict:
@@ -284,12 +310,11 @@ def train_editor(run: EditorRun) -> dict:
     refused (utils/rundir.py's rules), unless ``overwrite``. ``ckpt_path="last"`` resumes the meta-training
     in :func:`training_dir` ``(out_dir)``; without it a stopped run starts over.
     """
-    world, method = run.world, run.method
+    method = run.method
     if not isinstance(method, TrainableEditor):
         raise EditlabError(f"method {method.name} has nothing to train; task=editor takes a trainable editor "
                            "(KE, MEND, MALMEN, SERAC)")
-    base = load_checkpoint(run.checkpoint, world.hash).eval()
-    mid = model_id(run.checkpoint)
+    base, mid, tok, cases = _source(run)
     out_dir = Path(run.out_dir)
     work = training_dir(out_dir)
     # only the first process decides and cleans: DDP's other ranks re-run this script while rank 0 trains
@@ -313,10 +338,7 @@ def train_editor(run: EditorRun) -> dict:
         loggers.append(CSVLogger(save_dir=str(work), name="csv", version=""))
     csv_dir = next(Path(lg.log_dir) for lg in loggers if isinstance(lg, CSVLogger))
     keep_csv_logs_on_resume(loggers, resume is not None)
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast.from_pretrained(str(world.dir))
-    state, metrics = fit_editor(method, base, tok, world.cases("meta"), run.training, run.seed,
+    state, metrics = fit_editor(method, base, tok, cases, run.training, run.seed,
                                 FitOptions(run.trainer_kwargs, loggers, run.progress, work, resume))
     if not state:  # a DDP rank other than 0
         return {}
