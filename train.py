@@ -43,7 +43,8 @@ def train(cfg: DictConfig) -> dict:
     if data.get("benchmark"):  # meta-train an editor on a benchmark file (runs/train_editor.py)
         if cfg.task != "editor":
             raise EditlabError(f"data={data['name']} is a benchmark file: it meta-trains editors (task=editor "
-                               "method=mend model=hf model.path=<dir> data.path=<train file>); pretraining needs a world")
+                               "method=mend model=hf model.path=<dir> data.path=<train file>); pretraining needs a "
+                               "world")
         return _train_editor(cfg, None, OmegaConf.to_container(cfg.trainer, resolve=True), data)
     world = World.from_config(data, data["cache_dir"], build=cfg.task == "pretrain")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

@@ -17,8 +17,9 @@ Then, per method, the command a user types, ``python edit.py model=hf model.path
 data.path=counterfact.json method=<m> edits.n=<n> stats.dataset=text.jsonl``, with ``--stats-tokens`` tokens of
 statistics for ROME and MEMIT (their presets' 1e6 would take most of an hour on 2 CPU cores; the JSON gives the
 statistics' rate so the full count extrapolates). Reported per method: median ms per edit, the preparation seconds
-(covariance statistics and prefixes), the command's wall seconds, peak memory (the maximum
-RSS of the edit run, :func:`editlab.utils.hardware.peak_memory_mb`) and exit status. Random weights make this a speed figure only: the edit success says nothing about a method.
+(covariance statistics and prefixes), the command's wall seconds, peak memory (the edit run's maximum RSS,
+:func:`editlab.utils.hardware.peak_memory_mb`) and exit status. Random weights make this a speed figure only: the
+edit success says nothing about a method.
 """
 
 from __future__ import annotations

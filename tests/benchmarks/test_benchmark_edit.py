@@ -226,7 +226,7 @@ def test_mend_meta_trained_on_a_zsre_train_file_edits_zsre_requests(hf_dirs, tmp
                        model_path=str(hf_dirs["gpt2"]), dtype="float32", method=registry.get_method("mend", hp),
                        edits=EditsConfig(n=2), run_dir=tmp_path / "edit", seed=0, run_config={}, progress=False,
                        editor_path=tmp_path / "editor")
-    with pytest.raises(EditlabError, match="train.py task=editor method=mend model=hf"):
+    with pytest.raises(EditlabError, match=r"train\.py task=editor method=mend model=hf"):
         benchmark_run(run)  # no editor yet: the command that trains it
     out = train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("mend", hp), tmp_path / "editor", 0,
                                  EditorTraining(max_steps=4, batch_size=4, val_every=2), {"test": 1}, progress=False,
