@@ -60,26 +60,28 @@ def edit(cfg: DictConfig) -> dict:
         offer = f"; or edit a model trained already: {' | '.join(found)}" if found else ""
         raise EditlabError(f"no checkpoint at {checkpoint}; train one with: python train.py data={data['name']} "
                            f"model={cfg.model.name}{offer} (or pass checkpoint=<dir>)")
-    logger = instantiate(cfg.logger)
-    record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
     return edit_run(EditRun(
         world=world,
         checkpoint=checkpoint,
         method=method,
         edits=edits,
         metrics=metrics,
-        run_dir=Path(to_absolute_path(cfg.run_dir)),
-        seed=int(cfg.seed),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-        loggers=[logger] if logger is not None else [],
-        device=str(cfg.device),
-        progress=bool(cfg.progress),
-        overwrite=bool(cfg.overwrite),
         editor_path=Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else None,
         trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
-        cache_root=Path(cfg.paths.stats),
-        stats_dataset=Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None,
+        **_run_settings(cfg),
     ))
+
+
+def _run_settings(cfg: DictConfig) -> dict:
+    """What every edit run takes from the run-level keys (where it writes, its seed and config, loggers, device,
+    caches), the job recorded for ``evaluate.py sweep=<sweep dir>``."""
+    logger = instantiate(cfg.logger)
+    record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
+    return {"run_dir": Path(to_absolute_path(cfg.run_dir)), "seed": int(cfg.seed),
+            "run_config": OmegaConf.to_container(cfg, resolve=True), "loggers": [logger] if logger is not None else [],
+            "device": str(cfg.device), "progress": bool(cfg.progress), "overwrite": bool(cfg.overwrite),
+            "cache_root": Path(cfg.paths.stats),
+            "stats_dataset": Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None}
 
 
 def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
@@ -99,24 +101,14 @@ def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
     editor_path = (Path(to_absolute_path(cfg.editor_path)) if cfg.editor_path else benchmark_editor_dir(
         Path(cfg.paths.outputs), data["name"], OmegaConf.select(cfg, "model.run_name", default=cfg.model.name),
         editor_dir_name(editor, str(cfg.preset.tag))))
-    logger = instantiate(cfg.logger)
-    record_multirun_job(Path(to_absolute_path(cfg.run_dir)))
     return benchmark_run(BenchmarkRun(
         data=BenchmarkData(data["name"], data["benchmark"], Path(to_absolute_path(data["path"])), options),
         model_path=str(model_path),
         dtype=str(OmegaConf.select(cfg, "model.dtype", default="float32")),
         method=method,
         edits=edits,
-        run_dir=Path(to_absolute_path(cfg.run_dir)),
-        seed=int(cfg.seed),
-        run_config=OmegaConf.to_container(cfg, resolve=True),
-        loggers=[logger] if logger is not None else [],
-        device=str(cfg.device),
-        progress=bool(cfg.progress),
-        overwrite=bool(cfg.overwrite),
-        cache_root=Path(cfg.paths.stats),
-        stats_dataset=Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None,
         editor_path=editor_path,
+        **_run_settings(cfg),
     ))
 
 
