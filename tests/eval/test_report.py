@@ -39,10 +39,10 @@ EDITING = """\
 ### Editing metrics (protocol `paper`, golds `single`)
 
 | subset | stage | edit success (exact) | token acc | portability s1r2 | portability TF | locality agree | \
-locality acc | locality KL | s2 agree | fluency | consistency |
-|---|---|---|---|---|---|---|---|---|---|---|---|
-| All requests (n=4) | pre | – | – | – | – | – | – | – | – | 5.50 | – |
-|  | post | 50.0 | – | – | – | – | – | 0.0123 | – | 5.25 | – |
+locality agree (answer) | locality acc | locality KL | s2 agree | fluency | consistency |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| All requests (n=4) | pre | – | – | – | – | – | – | – | – | – | 5.50 | – |
+|  | post | 50.0 | – | – | – | – | – | – | 0.0123 | – | 5.25 | – |
 
 KL(p_pre || p_post) of the next-token distribution in nats; fluency: ROME's n-gram entropy in bits.
 """

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from editlab.eval.locality import LocalityState
 from editlab.metrics import (
     AgentCoherence,
     Agreement,
@@ -140,9 +141,20 @@ def test_next_token_kl():
 
 def test_locality_and_agreement():
     m = Locality(stage="post")
-    m.update(torch.tensor([True, False]), torch.tensor([True, True]), torch.tensor([0.2, 0.4]))
+    m.update(torch.tensor([True, False]), torch.tensor([True, True]), torch.tensor([0.2, 0.4]),
+             torch.tensor([True, True]))
     assert values(m) == {"post/locality_agree": approx(0.5), "post/locality_acc": approx(1.0),
-                         "post/locality_kl": approx(0.3)}
+                         "post/locality_kl": approx(0.3), "post/locality_agree_answer": approx(1.0)}
+
+
+def test_locality_answer_agreement_reads_the_answer_not_the_next_sentence():
+    """A continuation that keeps its answer and starts the next sentence differently (what a context prefix does)
+    agrees on the answer, not on the whole continuation; a changed answer agrees on neither."""
+    base = LocalityState(["Paris. The", "Lyon. He", "Rome"], torch.zeros(3, 4).log_softmax(-1))
+    post = LocalityState(["Paris. A", "Nice. He", "Rome"], torch.zeros(3, 4).log_softmax(-1))
+    facts = [{"modal": "Paris"}, {"modal": "Lyon"}, {"modal": "Rome"}]
+    got = post.compare(base, facts)
+    assert got["agree"] == approx(1 / 3) and got["agree_answer"] == approx(2 / 3) and got["acc"] == approx(2 / 3)
     a = Agreement(stage="post")
     a.update(["a", "b", "c"], ["a", "x", "c"])
     assert values(a) == {"post/s2_agree": approx(2 / 3)}

@@ -49,6 +49,7 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("downstream s1r2 acc", "downstream_changes:s1r2_acc", "table4", True),
     ("downstream s1r2 coh", "downstream_changes:s1r2_prob_coh", "coherence", False),
     ("locality agree", "locality_agree", "editing", True),
+    ("locality agree (answer)", "locality_agree_answer", "editing", True),
     ("locality acc", "locality_acc", "editing", True),
     ("locality KL", "locality_kl", "editing", False),
     ("portability s1r2", "portability_s1r2", "editing", True),

@@ -2,7 +2,9 @@
 
 evaluation.md: the same ``n_locality`` (default 100) facts for every case, drawn from subjects that
 are neither the edited subject nor a probe subject of any evaluation case, so no edit is *meant* to
-change them. Per edit: agreement (greedy continuation unchanged from the pre-edit model), accuracy
+change them. Per edit: agreement (greedy continuation unchanged from the pre-edit model), answer agreement
+(the continuation's answer, :func:`~editlab.vocab.answer_text`, unchanged: a prefix that only changes how the next
+sentence starts, as an in-context editor's does, keeps it), accuracy
 against the true (modal) object, and KL(p_pre || p_post) of the next-token distribution at the last
 prompt position, averaged over the set.
 """
@@ -17,7 +19,7 @@ import torch
 
 from editlab.eval.scoring import greedy_continuations
 from editlab.metrics.locality import next_token_kl
-from editlab.vocab import PromptEncoder, fact_prompt, hit_paper
+from editlab.vocab import PromptEncoder, answer_text, fact_prompt, hit_paper
 
 
 def locality_facts(facts: Sequence[dict], cases: Sequence[dict], n: int, seed: int) -> list[dict]:
@@ -45,10 +47,11 @@ class LocalityState:
         return LocalityState(gen, logp)
 
     def compare(self, base: LocalityState, facts: Sequence[dict]) -> dict[str, float]:
-        """{"agree", "acc", "kl"} of this (post-edit) state against the pre-edit ``base`` state."""
+        """{"agree", "agree_answer", "acc", "kl"} of this (post-edit) state against the pre-edit ``base`` state."""
         agree = float(np.mean([a == b for a, b in zip(self.gen, base.gen, strict=True)]))
+        answer = float(np.mean([answer_text(a) == answer_text(b) for a, b in zip(self.gen, base.gen, strict=True)]))
         kl = next_token_kl(base.logp, self.logp).mean().item()  # KL(p_pre || p_post), nats
-        return {"agree": agree, "acc": self.accuracy(facts), "kl": kl}
+        return {"agree": agree, "agree_answer": answer, "acc": self.accuracy(facts), "kl": kl}
 
     def accuracy(self, facts: Sequence[dict]) -> float:
         """Share of continuations that produce the fact's true (modal) object (paper substring rule)."""

@@ -21,7 +21,7 @@ One JSON object per edited case::
     downstream_changes  batch and sequential: whether that agent's s1 r2 answer differs from the fitted
                   agent's (replaces the case's flag for the downstream-changes subset)
     gold_final, target_final  sequential only: the same on the final model (the agent holding every edit)
-    locality      {"agree", "acc", "kl"} on the run's fixed locality facts, after the edit
+    locality      {"agree", "agree_answer", "acc", "kl"} on the run's fixed locality facts, after the edit
     fluency       {"pre", "post", "consistency_pre", "consistency_post"} (absent if n_samples == 0)
     trace         for the first edits.trace cases: {"step": [...], "p": [[per probe p] per step],
                   "p_false": [[...] per step]}, step 0 = before the first optimizer step

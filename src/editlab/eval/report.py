@@ -38,7 +38,8 @@ TABLE4_COLUMNS: tuple[tuple[str, str, bool], ...] = (
 EDITING_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("edit_exact", "edit success (exact)", "%"), ("edit_token_acc", "token acc", "%"),
     ("portability_s1r2", "portability s1r2", "%"), ("portability_tf", "portability TF", "%"),
-    ("locality_agree", "locality agree", "%"), ("locality_acc", "locality acc", "%"),
+    ("locality_agree", "locality agree", "%"), ("locality_agree_answer", "locality agree (answer)", "%"),
+    ("locality_acc", "locality acc", "%"),
     ("locality_kl", "locality KL", "p"), ("s2_agree", "s2 agree", "%"),
     ("fluency", "fluency", "bits"), ("consistency", "consistency", "%"),
 )

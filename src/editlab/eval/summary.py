@@ -117,7 +117,7 @@ def _stage_rows(cases: list[dict], recs: list[dict], stage: str, hit: Callable[[
             s2 += [(i, rec["pre"]["gen"][k], sc["gen"][k]) for k in ("s2r1", "s2r2") if k in sc["gen"]]
         if stage == "post" and "locality" in rec:
             loc = rec["locality"]
-            local.append((i, loc["agree"], loc["acc"], loc["kl"]))
+            local.append((i, loc["agree"], loc["acc"], loc["kl"], loc.get("agree_answer", float("nan"))))
         if stage in ("pre", "post") and rec.get("fluency"):
             fl = rec["fluency"]
             flu.append((i, 0, fl[stage]))
@@ -132,7 +132,7 @@ def _stage_rows(cases: list[dict], recs: list[dict], stage: str, hit: Callable[[
         "s1r2": _Rows.build(s1r2, ("hit",), (b,)),
         "req_tf": _Rows.build(req_tf, ("p_true", "p_false"), (f64, f64)),
         "s2": _Rows.build(s2, ("before", "after"), (None, None)),
-        "locality": _Rows.build(local, ("agree", "acc", "kl"), (f64, f64, f64)),
+        "locality": _Rows.build(local, ("agree", "acc", "kl", "agree_answer"), (f64, f64, f64, f64)),
         "fluency": _Rows.build(flu, ("group", "value"), (torch.long, f64)),
     }
 
@@ -162,7 +162,8 @@ def _stage_metrics(rows: dict[str, _Rows], keep: torch.Tensor, stage: str) -> di
     if stage == "post":
         lo = rows["locality"].where(keep)
         loc = Locality(stage=stage)
-        loc.update(lo["agree"], lo["acc"], lo["kl"])
+        answer = lo["agree_answer"]
+        loc.update(lo["agree"], lo["acc"], lo["kl"], answer[answer.isfinite()])  # NaN: a record from before it
         metrics.append(loc)
     if stage in ("pre", "post"):
         fl = rows["fluency"].where(keep)

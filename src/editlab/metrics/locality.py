@@ -1,8 +1,9 @@
 """Locality: what an edit must leave alone (ROME/EasyEdit "specificity", evaluation.md).
 
-Three separately named numbers on facts the edit should not touch: agreement of the greedy
-continuation with the pre-edit model's, accuracy against the true answer, and KL(p_pre || p_post) of the
-next-token distribution at the last prompt position.
+Four separately named numbers on facts the edit should not touch: agreement of the greedy
+continuation with the pre-edit model's (the whole continuation, ``max_new_tokens`` tokens), agreement of its
+answer only (the text up to the first period or quote), accuracy against the true answer, and
+KL(p_pre || p_post) of the next-token distribution at the last prompt position.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ def next_token_kl(logp_pre: torch.Tensor, logp_post: torch.Tensor) -> torch.Tens
 
 
 class Locality(GroupedMean):
-    """``stage/locality_agree``, ``stage/locality_acc``, ``stage/locality_kl`` over locality facts."""
+    """``stage/locality_agree``, ``stage/locality_acc``, ``stage/locality_kl``, ``stage/locality_agree_answer`` over
+    locality facts."""
 
     def __init__(self, stage: str = "", **kwargs) -> None:
-        super().__init__(("locality_agree", "locality_acc", "locality_kl"), stage, **kwargs)
+        super().__init__(("locality_agree", "locality_acc", "locality_kl", "locality_agree_answer"), stage, **kwargs)
 
-    def update(self, agree: torch.Tensor, correct: torch.Tensor, kl: torch.Tensor) -> None:
-        """Add per-fact agreement (bool), accuracy (bool) and KL (e.g. from :func:`next_token_kl`).
+    def update(self, agree: torch.Tensor, correct: torch.Tensor, kl: torch.Tensor,
+               agree_answer: torch.Tensor | None = None) -> None:
+        """Add per-fact agreement (bool), accuracy (bool), KL (e.g. from :func:`next_token_kl`) and answer agreement
+        (bool; absent in records written before it existed: then nothing is added to it).
 
         Per-case averages over a fixed fact set (as in result records) may be passed instead: every
         case has the same number of facts, so their mean is the mean over all facts.
@@ -42,6 +46,8 @@ class Locality(GroupedMean):
         self._accumulate(agree, 0)
         self._accumulate(correct, 1)
         self._accumulate(kl, 2)
+        if agree_answer is not None:
+            self._accumulate(agree_answer, 3)
 
 
 class Agreement(GroupedMean):

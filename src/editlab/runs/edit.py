@@ -48,7 +48,7 @@ from editlab.world.implied import Implications
 from editlab.world.loading import World
 from editlab.world.stream import AgentStream
 
-FINAL_LOCALITY = ("locality_agree", "locality_acc", "locality_kl")
+FINAL_LOCALITY = ("locality_agree", "locality_agree_answer", "locality_acc", "locality_kl")
 """Curve values of a sequential run's final model that its summary carries as ``final/<key>`` (records score
 each edit's own probes; locality is measured on the model, once per curve point)."""
 

@@ -173,7 +173,7 @@ class SequentialProtocol(L.LightningModule):
         return {"edits": self.n_done, "retention": float(hold.mean()), "retention_by_block": blocks,
                 "weight_drift": self.weight_drift(),
                 "immediate_exact": float(np.mean(immediate)), "locality_agree": loc["agree"],
-                "locality_acc": loc["acc"], "locality_kl": loc["kl"],
+                "locality_agree_answer": loc["agree_answer"], "locality_acc": loc["acc"], "locality_kl": loc["kl"],
                 **_accuracy_now(done, now, [self.stream.targets(c) for c in done]),
                 **_coherence(done, now, [self.stream.gold(c) for c in done])}
 
