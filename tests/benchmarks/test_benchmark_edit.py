@@ -125,6 +125,20 @@ def test_every_method_edits_counterfact_requests_on_gpt2_and_llama(hf_dirs, tmp_
         assert out["summary"]["post"]["rewrite_success"] == 1.0 > out["summary"]["pre"]["rewrite_success"]
 
 
+@pytest.mark.parametrize("name", HF_METHODS)
+def test_every_method_edits_zsre_requests_sequentially(hf_dirs, tmp_path, name):
+    """zsRE requests committed one batch after another (two at once where the method takes batches), on GPT-2 and
+    Llama by turns: both stages after the edit are scored and the model keeps its committed edits between batches."""
+    kind = ("gpt2", "llama")[HF_METHODS.index(name) % 2]
+    batch = 2 if registry.method_class(name).supports_batch else 1
+    out = _run(hf_dirs, tmp_path, kind, "zsre", name, mode="sequential", batch=batch, n=2)
+    assert set(out["summary"]) == {"pre", "post", "final"} and out["n"] == 2
+    assert {"edit_succ", "edit_succ_exact", "rephrase", "locality/nq acc", "locality/nq agree"} <= set(
+        out["summary"]["final"])
+    if name in ("ft_m", "grace"):
+        assert out["summary"]["final"]["edit_succ"] > out["summary"]["pre"]["edit_succ"]
+
+
 @pytest.mark.parametrize(("kind", "fmt", "name", "mode", "dtype"), [("llama", "zsre", "ft_m", "batch", "bfloat16"),
                                                                     ("gpt2", "zsre", "memit", "sequential", "float32"),
                                                                     ("gpt2", "knowedit", "lora", "batch", "float32"),
