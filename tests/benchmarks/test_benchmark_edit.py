@@ -248,6 +248,10 @@ def test_mend_meta_trained_on_a_zsre_train_file_edits_zsre_requests(hf_dirs, tmp
     assert out["base_model_id"] == load_hf_for_editing(str(hf_dirs["gpt2"])).model_id
     done = benchmark_run(run)
     assert done["n"] == 2 and "edit_succ" in done["summary"]["post"]
+    with pytest.raises(EditlabError, match="agent's posteriors"):
+        train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("mend", hp), tmp_path / "soft", 0,
+                               EditorTraining(max_steps=4, batch_size=4, soft_downstream=True), {}, progress=False,
+                               benchmark=zsre))
     with pytest.raises(EditlabError, match="SERAC"):
         train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("serac", fixture_hparams("serac")),
                                tmp_path / "serac", 0, EditorTraining(max_steps=4, batch_size=4), {}, progress=False,

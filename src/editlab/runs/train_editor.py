@@ -292,6 +292,9 @@ def _source(run: EditorRun) -> tuple[nn.Module, str, PreTrainedTokenizerBase, li
         if run.method.name == "serac":
             raise EditlabError("SERAC's classifier and counterfactual model are trained on the world's relation "
                                "structure (same-subject hard negatives); meta-train mend, malmen or ke on a benchmark")
+        if run.training.soft_downstream:
+            raise EditlabError("editor.soft_downstream=true trains toward the Bayesian agent's posteriors, which exist "
+                               "for the world's cases only; leave it false with a benchmark file")
         loaded = load_hf_for_editing(str(run.checkpoint), run.dtype)
         cases = read_benchmark(run.benchmark.format, run.benchmark.path, **run.benchmark.options)
         return loaded.model, loaded.model_id, loaded.tokenizer, cases
