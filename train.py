@@ -134,8 +134,11 @@ def main(cfg: DictConfig) -> float | None:
         return metrics.get("val/edit_success")
     if metrics:
         reused = " (finished earlier with this config; overwrite=true retrains)" if metrics.get("reused") else ""
+        from editlab.lm.checkpoint import checkpoint_info
+
+        digest = checkpoint_info(Path(metrics["checkpoint"])).get("weights_sha256", "not recorded")
         print(f"checkpoint: {metrics['checkpoint']}{reused}\ngenerative accuracy: {metrics['gen_acc']:.3f} "
-              f"(paper protocol, {metrics['steps']} steps, {metrics['tokens'] / 1e6:.1f}M tokens)")
+              f"(paper protocol, {metrics['steps']} steps, {metrics['tokens'] / 1e6:.1f}M tokens); weights {digest}")
     return metrics.get("gen_acc")
 
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from editlab.lm.checkpoint import weights_digest
 from editlab.lm.presets import arch_from, recipe_from
 from editlab.runs.pretrain import PretrainRun, pretrain
 from editlab.world.loading import World
@@ -88,6 +89,11 @@ def test_export_loads_with_transformers_and_matches_training_weights(tiny_world,
     assert float(probe_rows[0]["probe/gen_acc"]) == m["gen_acc"]
     exported = load_file(ckpt / "model.safetensors")
     assert all(torch.equal(exported[k], v) for k, v in ref.state_dict().items() if k in exported)
+    # the weights' digest names these weights: the loaded model gives it back, one changed value does not
+    assert info["weights_sha256"] == weights_digest(model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-3
+    assert weights_digest(model) != info["weights_sha256"]
 
 
 def test_hf_model_continues_from_an_export(tiny_world, tmp_path):

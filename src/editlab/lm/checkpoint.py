@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors import SafetensorError
 from tokenizers import Tokenizer, processors
@@ -35,6 +36,20 @@ def compute_model_id(world_hash: str, model_config: dict | None, seed: int | Non
     """The identity of a trained model: 16 hex digits of SHA-256 over (world hash, model config, seed)."""
     key = json.dumps({"world_hash": world_hash, "model": model_config or {}, "seed": seed}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """16 hex digits of SHA-256 over every tensor of the state dict (name, dtype, shape, bytes, in name order).
+
+    ``model_id`` names a model by its recipe (world, config, seed); this names it by its weights, so two runs of
+    one recipe on different machines or library versions show whether they trained bit-identical models.
+    """
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def export_checkpoint(model: PreTrainedModel, world_dir: Path, out: Path, run_config: dict, world_hash: str,
@@ -61,7 +76,7 @@ def export_checkpoint(model: PreTrainedModel, world_dir: Path, out: Path, run_co
         if write_extra is not None:
             write_extra(tmp)
         info = {"world_hash": world_hash, "world_dir": str(world_dir), "metrics": metrics, "model_id": model_id,
-                "format": "editlab-checkpoint-1", **(extra_info or {})}
+                "weights_sha256": weights_digest(model), "format": "editlab-checkpoint-1", **(extra_info or {})}
         (tmp / INFO).write_text(json.dumps(info, indent=1, sort_keys=True))
     return out
 
