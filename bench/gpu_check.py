@@ -13,7 +13,9 @@ Steps, each a subprocess of the real command, its output in ``<out>/<step>.log``
    peak memory, edit success, locality agreement, wall seconds (ROME's and MEMIT's covariance statistics are built
    within the run, on the GPU);
 3. ``python train.py task=editor method=mend editor.max_steps=100`` then ``edit.py method=mend``: the same figures
-   and the meta-training time.
+   and the meta-training time;
+4. ``python bench/hf_edit.py --device cuda``: ROME, MEMIT and LoRA on a GPT-2-small-shaped Hugging Face model with its
+   own tokenizer on a CounterFact file (``model=hf data=counterfact``; ``--smoke``: a 64-wide, 2-layer one).
 
 A 300-step model is barely trained: the edit figures check that every path runs on the GPU and how fast, not how
 well the methods edit (the methods table does that). Prints one JSON object (and writes ``<out>/gpu_check.json``)
@@ -133,6 +135,11 @@ def main(argv: list[str]) -> dict:
     edit_wall = step("edit-mend", "edit.py", [*common, "method=mend", f"run_dir={run_dir}"], out)
     result["edit"]["mend"] = {**edit_figures(run_dir, edit_wall), "meta_train_steps": editor_steps,
                               "meta_train_command_wall_s": round(wall, 1)}
+    hf = out / "hf"  # a GPT-2-small-shaped Hugging Face model on a CounterFact file (bench/hf_edit.py)
+    shape = ["--width", "64", "--layers", "2", "--stats-tokens", "1000"] if smoke else []
+    wall = step("hf-edit", "bench/hf_edit.py", ["--device", device, "--edits", str(min(n_edits, 20)), "--out", str(hf),
+                                                *shape], out)
+    result["hf_edit"] = {**json.loads((hf / "hf_edit.json").read_text()), "command_wall_s": round(wall, 1)}
     write_json(out / "gpu_check.json", result)
     return result
 

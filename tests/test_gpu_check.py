@@ -26,4 +26,5 @@ def test_smoke_runs_every_step_and_writes_one_json(tmp_path):
     out = _check().main(["--smoke", "--steps", "4", "--edits", "2", "--editor-steps", "2", "--out", str(tmp_path)])
     assert out["pretrain"]["steps"] == 4 and out["pretrain"]["tokens_per_s"] > 0
     assert set(out["edit"]) == {"lora", "rome", "memit", "mend"} and all(e["n"] == 2 for e in out["edit"].values())
+    assert {m: r["exit"] for m, r in out["hf_edit"]["methods"].items()} == {"rome": 0, "memit": 0, "lora": 0}
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(out))
