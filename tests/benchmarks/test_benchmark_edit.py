@@ -230,29 +230,31 @@ def test_meta_training_examples_of_a_benchmark_follow_its_fields():
     assert len(ke[0].locality) == 3 and all("Leo Arons" not in t.prompt for t in ke[0].locality[1:])
 
 
-def test_mend_meta_trained_on_a_zsre_train_file_edits_zsre_requests(hf_dirs, tmp_path):
+@pytest.mark.parametrize("name", ["mend", "serac"])
+def test_an_editor_meta_trained_on_a_zsre_train_file_edits_zsre_requests(hf_dirs, tmp_path, name):
     from editlab.editing.trainable import EditorTraining
     from editlab.runs.train_editor import EditorRun, train_editor
 
-    hp = {**fixture_hparams("mend"), "layers": [-1, -2]}
+    hp = {**fixture_hparams(name), **({"layers": [-1, -2]} if name == "mend" else {})}
     zsre = BenchmarkData("zsre", "zsre", hf_dirs["zsre_train"], {"target": "alt"})
     run = BenchmarkRun(data=BenchmarkData("zsre", "zsre", hf_dirs["zsre"], {"target": "alt"}),
-                       model_path=str(hf_dirs["gpt2"]), dtype="float32", method=registry.get_method("mend", hp),
+                       model_path=str(hf_dirs["gpt2"]), dtype="float32", method=registry.get_method(name, hp),
                        edits=EditsConfig(n=2), run_dir=tmp_path / "edit", seed=0, run_config={}, progress=False,
                        editor_path=tmp_path / "editor")
-    with pytest.raises(EditlabError, match=r"train\.py task=editor method=mend model=hf"):
+    with pytest.raises(EditlabError, match=rf"train\.py task=editor method={name} model=hf"):
         benchmark_run(run)  # no editor yet: the command that trains it
-    out = train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("mend", hp), tmp_path / "editor", 0,
+    out = train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method(name, hp), tmp_path / "editor", 0,
                                  EditorTraining(max_steps=4, batch_size=4, val_every=2), {"test": 1}, progress=False,
                                  benchmark=zsre))
     assert out["base_model_id"] == load_hf_for_editing(str(hf_dirs["gpt2"])).model_id
     done = benchmark_run(run)
     assert done["n"] == 2 and "edit_succ" in done["summary"]["post"]
     with pytest.raises(EditlabError, match="agent's posteriors"):
-        train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("mend", hp), tmp_path / "soft", 0,
+        train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method(name, hp), tmp_path / "soft", 0,
                                EditorTraining(max_steps=4, batch_size=4, soft_downstream=True), {}, progress=False,
                                benchmark=zsre))
-    with pytest.raises(EditlabError, match="SERAC"):
-        train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method("serac", fixture_hparams("serac")),
-                               tmp_path / "serac", 0, EditorTraining(max_steps=4, batch_size=4), {}, progress=False,
-                               benchmark=zsre))
+    if name == "serac":  # the agent's scope needs the agent
+        with pytest.raises(EditlabError, match="scope=agent"):
+            train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method(name, {**hp, "scope": "agent"}),
+                                   tmp_path / "agent", 0, EditorTraining(max_steps=4, batch_size=4), {},
+                                   progress=False, benchmark=zsre))

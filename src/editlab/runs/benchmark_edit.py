@@ -16,9 +16,9 @@ case's metric values per stage (``pre``, ``post``, ``final``). ``metrics.json``:
 benchmark's summary scores (CounterFact's Score S), timings and the model's identity.
 
 Methods: every method that does not read the world (the fine-tuners, ROME, MEMIT, AlphaEdit, GRACE, ICE, and KE,
-MEND and MALMEN with an editor meta-trained for the model on a benchmark's train file: ``train.py task=editor
-data=<benchmark>``). ROME, MEMIT and AlphaEdit need ``stats.dataset=<text>`` for their covariances and context
-prefixes. IKE, propagate, schema_propagate and SERAC read the world, so each is refused with one line.
+MEND, MALMEN and SERAC with an editor meta-trained for the model on a benchmark's train file: ``train.py
+task=editor data=<benchmark>``). ROME, MEMIT and AlphaEdit need ``stats.dataset=<text>`` for their covariances and
+context prefixes. IKE, propagate and schema_propagate read the world, so each is refused with one line.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 
 BENCHMARKS = ("counterfact", "zsre", "knowedit")
-WORLD_METHODS = ("ike", "propagate", "schema_propagate", "serac")
+WORLD_METHODS = ("ike", "propagate", "schema_propagate")
 """Methods that read the world itself (IKE's demonstrations from its meta split, the agent's implications, the
-relation schema, SERAC's same-subject hard negatives of its meta-training): refused on a benchmark file."""
+relation schema): refused on a benchmark file."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,8 @@ def check_method(method: EditMethod, edits: EditsConfig) -> None:
     """Refuse, in one line each, what a benchmark run cannot do (before anything is loaded or written)."""
     name = method.name
     if name in WORLD_METHODS or method.uses_implied:
-        raise EditlabError(f"method {name} reads the world (demonstrations, implications, its relation schema or "
-                           "SERAC's same-subject negatives), which a benchmark file does not have: use it with "
-                           "data=wikidata_synth_tiny")
+        raise EditlabError(f"method {name} reads the world (demonstrations, implications or its relation schema), "
+                           "which a benchmark file does not have: use it with data=wikidata_synth_tiny")
     if edits.target != "certain":
         raise EditlabError("edits.target=credence asks for the Bayesian agent's posterior, which exists for the "
                            "world's cases only: use edits.target=certain with a benchmark")

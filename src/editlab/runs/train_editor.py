@@ -289,9 +289,9 @@ def _source(run: EditorRun) -> tuple[nn.Module, str, PreTrainedTokenizerBase, li
     """(base model in eval mode, its model id, its tokenizer, the meta-training cases) of the world's checkpoint and
     meta split, or of a Hugging Face model and a benchmark file."""
     if run.benchmark is not None:
-        if run.method.name == "serac":
-            raise EditlabError("SERAC's classifier and counterfactual model are trained on the world's relation "
-                               "structure (same-subject hard negatives); meta-train mend, malmen or ke on a benchmark")
+        if getattr(run.method, "scope", "request") != "request":
+            raise EditlabError("method.hparams.scope=agent puts the facts the Bayesian agent changes in an edit's "
+                               "scope, which exist for the world's cases only; use scope=request with a benchmark")
         if run.training.soft_downstream:
             raise EditlabError("editor.soft_downstream=true trains toward the Bayesian agent's posteriors, which exist "
                                "for the world's cases only; leave it false with a benchmark file")

@@ -10,6 +10,10 @@ Per meta-training example (editing/meta_data.py: an edit ``s r -> o*``) the quer
   subject of the batch with the same relation ``"s' r"`` (prompts without an answer);
 - every query of the batch's other examples (in-batch negatives).
 
+A benchmark's examples (``train.py task=editor data=<benchmark>``, :func:`~editlab.editing.meta_data.benchmark_examples`)
+have no relation grid: their out-of-scope queries are their locality questions and the in-batch negatives, as
+SERAC trains on zsRE (other questions and NQ questions).
+
 A query is about the fact ``"s r"`` it asks; it is in the scope of every stored edit of that fact.
 
 **Scope** (``method.hparams.scope``): the above is ``request``, the paper's SERAC. With ``agent`` the scope
@@ -122,6 +126,8 @@ def queries(examples: Sequence[MetaExample], n_hard: int = 2, scope: str = "requ
                 same_subject.insert(0, ex.downstream.prompt)
         hard = same_subject[:n_hard]
         hard += [prompt(x, r.relation) for x in subjects if x != r.subject][:n_hard]
+        if r.text:  # a benchmark's request: no relation grid to build "s r'" / "s' r" from; its locality questions
+            hard = []  # and the batch's other requests are the negatives (SERAC's zsRE training)
         out += [Query(h, "", h, i, False) for h in hard]
     return out
 
