@@ -10,9 +10,9 @@ Per meta-training example (editing/meta_data.py: an edit ``s r -> o*``) the quer
   subject of the batch with the same relation ``"s' r"`` (prompts without an answer);
 - every query of the batch's other examples (in-batch negatives).
 
-A benchmark's examples (``train.py task=editor data=<benchmark>``, :func:`~editlab.editing.meta_data.benchmark_examples`)
-have no relation grid: their out-of-scope queries are their locality questions and the in-batch negatives, as
-SERAC trains on zsRE (other questions and NQ questions).
+A benchmark's examples (``train.py task=editor data=<benchmark>``,
+:func:`~editlab.editing.meta_data.benchmark_examples`) have no relation grid: their out-of-scope queries are their
+locality questions and the in-batch negatives, as SERAC trains on zsRE (other questions and NQ questions).
 
 A query is about the fact ``"s r"`` it asks; it is in the scope of every stored edit of that fact.
 
