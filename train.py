@@ -40,15 +40,16 @@ def train(cfg: DictConfig) -> dict:
     if cfg.task not in TASKS:
         raise EditlabError(f"task={cfg.task} is not available; valid tasks: {', '.join(TASKS)}")
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_accelerator(trainer_kwargs)  # before a world is built or a finished run compared
     if data.get("benchmark"):  # meta-train an editor on a benchmark file (runs/train_editor.py)
         if cfg.task != "editor":
             raise EditlabError(f"data={data['name']} is a benchmark file: it meta-trains editors (task=editor "
                                "method=mend model=hf model.path=<dir> data.path=<train file>); pretraining needs a "
                                "world")
-        return _train_editor(cfg, None, OmegaConf.to_container(cfg.trainer, resolve=True), data)
+        return _train_editor(cfg, None, trainer_kwargs, data)
     world = World.from_config(data, data["cache_dir"], build=cfg.task == "pretrain")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in ("devices", "num_nodes"):
         if key in trainer_kwargs and isinstance(trainer_kwargs[key], int) and trainer_kwargs[key] == 0:
             raise EditlabError(f"trainer.{key}=0 makes no sense; use a positive number (or -1 for all GPUs)")
@@ -75,6 +76,17 @@ def train(cfg: DictConfig) -> dict:
         progress=bool(cfg.progress),
         overwrite=bool(cfg.overwrite),
     ))
+
+
+def check_accelerator(trainer_kwargs: dict) -> None:
+    """A GPU recipe on a machine whose torch sees no CUDA GPU is one line naming both ways on, before anything is read
+    or compared (Lightning would say "No supported gpu backend found!")."""
+    import torch
+
+    if str(trainer_kwargs.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise EditlabError(f"trainer.accelerator={trainer_kwargs['accelerator']} asks for a CUDA GPU, and torch "
+                           f"{torch.__version__} sees none here: run it on a GPU machine (with a CUDA build of "
+                           "torch), or drop trainer=gpu / trainer.accelerator=gpu to train on the CPU")
 
 
 def _train_editor(cfg: DictConfig, world, trainer_kwargs: dict, benchmark: dict | None = None) -> dict:

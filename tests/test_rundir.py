@@ -62,6 +62,22 @@ def test_train_rules_only_a_finished_export_is_compared_or_reused(tmp_path):
     assert prepare(run, other, overwrite=True, **kw) == "fresh" and (run / "metrics.json").exists()  # retrains in place
 
 
+def test_a_finished_pretraining_is_reused_whatever_the_logger_or_a_resume_asks(tmp_path):
+    """train.py's reuse rule (runs/pretrain.finished_run): the logger and ckpt_path change no weight, so a finished
+    run with another logger, or asked to resume, is the same run; a changed hyper-parameter is not."""
+    from editlab.runs.pretrain import finished_run
+
+    run = tmp_path / "run"
+    cfg = {**CFG, "logger": {"_target_": "CSVLogger"}}
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "metrics.json").write_text('{"gen_acc": 0.5, "curve": []}')
+    wandb = {**cfg, "logger": {"_target_": "wandb_logger"}, "ckpt_path": "last"}
+    assert finished_run(run, wandb, overwrite=False) == {"gen_acc": 0.5, "reused": True}
+    with pytest.raises(EditlabError, match="different config"):
+        finished_run(run, {**cfg, "seed": 1}, overwrite=False)
+
+
 def test_config_differences_lists_nested_added_and_removed_keys():
     a = {"x": {"y": 1, "z": 2}, "k": 1}
     b = {"x": {"y": 1, "w": 3}, "k": 1}

@@ -173,6 +173,8 @@ def test_mistral_83m_runs_two_steps_on_the_tiny_world(tiny_world, tmp_path):
         (["ckpt_path=last"], "no checkpoint to resume at"),
         (["trainer.devices=0"], "trainer.devices=0"),
         (["trainer.precision=17"], "bad trainer settings"),
+        pytest.param(["trainer=gpu"], "asks for a CUDA GPU", marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="the refusal is for machines without a CUDA GPU")),
         (["model.recipe.lr=-1"], "lr must be > 0"),
         (["task=dance"], "task=dance is not available"),
     ],

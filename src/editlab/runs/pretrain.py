@@ -77,7 +77,7 @@ def resolve_resume(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-IGNORED_KEYS = ("ckpt_path", "overwrite", "progress", "threads")
+IGNORED_KEYS = ("ckpt_path", "overwrite", "progress", "threads", "logger")  # resume, display, logging: same model
 
 
 def finished_run(run_dir: Path, run_config: dict, overwrite: bool) -> dict | None:
@@ -139,13 +139,14 @@ class PretrainRun:
 
 def pretrain(run: PretrainRun) -> dict:
     """Pretrain (or resume), export the final model, return final metrics. A finished run with the same
-    config is reused (see :func:`finished_run`)."""
+    config is reused (see :func:`finished_run`), with or without ``ckpt_path`` (a finished run has nothing left to
+    resume; its loggers are not replayed)."""
     world, arch, recipe, seed, trainer_kwargs, loggers = (run.world, run.arch, run.recipe, run.seed,
                                                            run.trainer_kwargs, run.loggers)
     run_config, hf_path, ckpt_path, progress, max_steps = (run.run_config, run.hf_path, run.ckpt_path, run.progress,
                                                            run.max_steps)
     run_dir = Path(run.run_dir)
-    if ckpt_path is None and (done := finished_run(run_dir, run_config, run.overwrite)) is not None:
+    if (done := finished_run(run_dir, run_config, run.overwrite)) is not None:  # also with ckpt_path: nothing to resume
         return done
     resume = resolve_resume(ckpt_path, run_dir)
     keep_csv_logs_on_resume(loggers, resume is not None)  # the loss curve before the stop stays (reports read it)
