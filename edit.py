@@ -102,7 +102,9 @@ def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
         Path(cfg.paths.outputs), data["name"], OmegaConf.select(cfg, "model.run_name", default=cfg.model.name),
         editor_dir_name(editor, str(cfg.preset.tag))))
     return benchmark_run(BenchmarkRun(
-        data=BenchmarkData(data["name"], data["benchmark"], Path(to_absolute_path(data["path"])), options),
+        data=BenchmarkData(data["name"], data["benchmark"], Path(to_absolute_path(data["path"])), options,
+                           int(data.get("generation_tokens") or 0),
+                           Path(to_absolute_path(data["references"])) if data.get("references") else None),
         model_path=str(model_path),
         dtype=str(OmegaConf.select(cfg, "model.dtype", default="float32")),
         method=method,
@@ -118,7 +120,7 @@ def print_benchmark(out: dict) -> float:
     reused = " (finished earlier with this config; overwrite=true redoes it)" if out.get("reused") else ""
     key = "rewrite_success" if out["benchmark"] == "counterfact" else "edit_succ"
     keys = (key, "paraphrase_success", "neighborhood_success", "score", "edit_succ_exact", "rephrase", "portability",
-            "locality/nq agree")
+            "locality/nq agree", "fluency", "reference_score")
     parts = [f"{k} {post[k]:.3f}" for k in keys if post.get(k) is not None]
     print(f"results: {out['results']}{reused}\n{out['n']} {out['method']} edits ({out['mode']}) on {out['benchmark']}: "
           f"{', '.join(parts)}; median {out['median_edit_s'] * 1000:.0f} ms/edit")

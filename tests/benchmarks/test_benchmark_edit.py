@@ -5,12 +5,15 @@ path where the two meet, and edit.py end to end on config-built GPT-2 and Llama 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -25,7 +28,7 @@ from editlab.lm.hf import load_hf_for_editing
 from editlab.runs.benchmark_edit import BenchmarkData, BenchmarkRun, benchmark_run
 from editlab.runs.config import EditsConfig
 from editlab.vocab import lead_ids, prompt_ids, subject_span, use_own_framing
-from tests.benchmarks.hf_models import make_model, write_records, write_text, write_zsre_train
+from tests.benchmarks.hf_models import SENTENCES, make_model, write_records, write_text, write_zsre_train
 from tests.benchmarks.test_formats import COUNTERFACT, KNOWEDIT, ZSRE
 from tests.editing.fixture_hparams import fixture_hparams
 
@@ -258,3 +261,58 @@ def test_an_editor_meta_trained_on_a_zsre_train_file_edits_zsre_requests(hf_dirs
             train_editor(EditorRun(None, hf_dirs["gpt2"], registry.get_method(name, {**hp, "scope": "agent"}),
                                    tmp_path / "agent", 0, EditorTraining(max_steps=4, batch_size=4), {},
                                    progress=False, benchmark=zsre))
+
+
+def _references(directory: Path, words: list[str] | None = None, text: str = "French French city") -> Path:
+    """ROME's three reference files, small: snippets about target Q150 (French) of relation P103; ``words``: the
+    vocabulary (idf 1 each; default four words with their own idf)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    snippets = [{"name": "Montesquieu", "relation_id": "P103", "target_id": "Q150", "samples": [{"text": text}]},
+                {"name": "Tolkien", "relation_id": "P103", "target_id": "Q1860", "samples": [{"text": "English"}]}]
+    (directory / "attribute_snippets.json").write_text(json.dumps(snippets))
+    vocab = words or ["paris", "french", "city", "english"]
+    (directory / "tfidf_vocab.json").write_text(json.dumps({w: i for i, w in enumerate(vocab)}))
+    np.save(directory / "idf.npy", np.ones(len(vocab)) if words else np.array([1.0, 2.0, 0.5, 1.5]))
+    return directory
+
+
+def test_reference_score_is_rome_s_tfidf_cosine(tmp_path):
+    from editlab.benchmarks.references import ReferenceTexts
+
+    refs = ReferenceTexts.load(_references(tmp_path))
+    a = np.array([1.0, 2.0, 0.5, 0.0])  # "Paris is a French city": counts 1, 1, 1 times idf ("is", "a" not in vocab)
+    b = np.array([0.0, 4.0, 0.5, 0.0])  # "French French city"
+    want = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert refs.consistency(["Paris is a French city"], "P103", "Q150") == pytest.approx(want, abs=1e-12)
+    assert want != pytest.approx((np.ones(3) @ np.array([0, 2, 1])) / math.sqrt(3) / math.sqrt(5))  # without idf
+    assert refs.consistency(["Paris"], "P103", "Q999") is None  # no snippets about that target
+    with pytest.raises(EditlabError, match=r"lacks idf\.npy"):
+        (tmp_path / "idf.npy").unlink()
+        ReferenceTexts.load(tmp_path)
+
+
+def test_generations_continue_each_prompt_to_rome_s_length(hf_dirs):
+    from editlab.eval.benchmark_scores import generations
+
+    loaded = load_hf_for_editing(str(hf_dirs["llama"]))
+    prompts = ["The mother tongue of Danielle Darrieux is", "Léon Blum, a native"]
+    texts = generations(loaded.model, loaded.tokenizer, prompts, max_len=12, seed=3)
+    assert all(t.startswith(p) and len(t) > len(p) for t, p in zip(texts, prompts, strict=True))
+    assert texts == generations(loaded.model, loaded.tokenizer, prompts, max_len=12, seed=3)  # seeded
+
+
+def test_counterfact_runs_report_fluency_and_the_reference_score(hf_dirs, tmp_path):
+    records = json.loads(hf_dirs["counterfact"].read_text())
+    for r in records:
+        r["requested_rewrite"]["target_new"]["id"] = "Q150"
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    words = {w for s in SENTENCES for w in re.findall(r"\w\w+", s.lower())}  # the generation prompts' words too
+    method = registry.get_method("ft_m", {**fixture_hparams("ft_m"), "steps": 5})
+    out = benchmark_run(BenchmarkRun(
+        data=BenchmarkData("counterfact", "counterfact", path, {}, generation_tokens=16,
+                           references=_references(tmp_path / "refs", sorted(words), " ".join(SENTENCES))),
+        model_path=str(hf_dirs["gpt2"]), dtype="float32", method=method, edits=EditsConfig(n=2),
+        run_dir=tmp_path / "run", seed=0, run_config={}, progress=False))
+    for stage in ("pre", "post"):
+        assert out["summary"][stage]["fluency"] > 0 and out["summary"][stage]["reference_score"] is not None

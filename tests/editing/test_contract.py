@@ -139,7 +139,11 @@ def make(name: str, sub: Subject, ctx: EditContext, tmp_root: Path) -> tuple[Edi
 
 KNOWN_MISSES = {("grace", "llama"): "GRACE's one codebook value does not reach the third request's three-token object "
                                     "on the Llama fixture (target NLL 3.1 -> 2.0 in 30 steps; 60-100 steps, lr 3, "
-                                    "layers -1 / -3, eps 0.5, warm values, replacement=all tried: none holds it)"}
+                                    "layers -1 / -3, eps 0.5, warm values, replacement=all tried: none holds it)",
+                ("ft_l", "llama"): "FT-L (clamp 0.1, 40 steps) on the Llama fixture keeps all 3 sequential edits on "
+                                   "some CPUs and loses the first on others, at the same commit and package versions "
+                                   "(the fixture's brief pretraining differs in its last bits between machines); "
+                                   "clamp 0.2, 60 steps and layers 2 or 3 were tried where it fails: none holds it"}
 """(method, model) pairs whose sequential check is known to fail on the fixture, with what was measured; recorded as
 an expected failure, never silently passed."""
 

@@ -34,7 +34,10 @@ from scipy.stats import hmean
 from transformers import PreTrainedTokenizerBase
 
 from editlab.benchmarks import BenchmarkCase
-from editlab.vocab import with_prefix
+from editlab.benchmarks.references import ReferenceTexts
+from editlab.eval.scoring import sample_continuations
+from editlab.metrics.fluency import ngram_entropy
+from editlab.vocab import prompt_ids, with_prefix
 
 
 @dataclass(frozen=True)
@@ -176,3 +179,42 @@ def summarize_tokens(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean over the cases that have each key."""
     keys = dict.fromkeys(k for r in rows for k in r)
     return {k: fmean(r[k] for r in rows if k in r) for k in keys}
+
+
+def generations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], max_len: int = 100,
+                top_k: int = 5, seed: int = 0) -> list[str]:
+    """ROME's ``generate_fast``: each prompt continued by top-``top_k`` sampling until the text is ``max_len`` tokens
+    long, prompt included; returns prompt + continuation (what ROME's ``n_gram_entropy`` and reference score read).
+    Prompts already ``max_len`` tokens long are returned as they are."""
+    ids = prompt_ids(tok, prompts)
+    out = list(prompts)
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(ids):
+        if max_len - len(p) > 0:
+            groups.setdefault(max_len - len(p), []).append(i)
+    for n_new, idx in sorted(groups.items()):
+        conts = sample_continuations(model, tok, [ids[i] for i in idx], n_new, seed=seed + n_new, top_k=top_k)
+        for i, c in zip(idx, conts, strict=True):
+            out[i] = prompts[i] + c
+    return out
+
+
+def generation_metrics(model: torch.nn.Module, tok: PreTrainedTokenizerBase, cases: Sequence[BenchmarkCase],
+                       max_len: int, prefix: str = "", references: ReferenceTexts | None = None, seed: int = 0
+                       ) -> list[dict[str, float | None]]:
+    """Per case ``fluency`` (ROME's generation entropy: the mean weighted bi/tri-gram entropy of its generations;
+    EasyEdit's and KnowEdit's "Fluency") and, for CounterFact with ``references``, ``reference_score`` (ROME's
+    TF-IDF consistency with the new target's snippets). Generated from CounterFact's ``generation_prompts``, else from
+    the request prompt (EasyEdit), behind ``prefix``."""
+    prompts = [[p.prompt for p in c.of_kind("generation")] or [c.prompt] for c in cases]
+    flat = [with_prefix(prefix, p) for ps in prompts for p in ps]
+    texts = generations(model, tok, flat, max_len, seed=seed)
+    out, k = [], 0
+    for c, ps in zip(cases, prompts, strict=True):
+        own = [t[len(prefix) + 1:] if prefix else t for t in texts[k:k + len(ps)]]  # the texts without the prefix
+        k += len(ps)
+        row: dict[str, float | None] = {"fluency": fmean(ngram_entropy(t) for t in own)}
+        if references is not None and "target_new_id" in c.extra:
+            row["reference_score"] = references.consistency(own, c.relation_id, c.extra["target_new_id"])
+        out.append(row)
+    return out

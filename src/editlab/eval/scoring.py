@@ -201,8 +201,8 @@ def _generic_greedy(model: torch.nn.Module, prompts: list[list[int]], max_new_to
 
 @torch.no_grad()
 def sample_continuations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, prompts: list[list[int]],
-                         max_new_tokens: int, seed: int, batch_size: int = 256) -> list[str]:
-    """Sampled continuations (temperature 1, no top-k/top-p), reproducible for a given ``seed``."""
+                         max_new_tokens: int, seed: int, batch_size: int = 256, top_k: int = 0) -> list[str]:
+    """Sampled continuations (temperature 1, no top-p; ``top_k`` 0: no top-k), reproducible for a given ``seed``."""
     device = next(model.parameters()).device
     out: list[str] = [""] * len(prompts)
     devices = [device] if device.type == "cuda" else []
@@ -212,7 +212,7 @@ def sample_continuations(model: torch.nn.Module, tok: PreTrainedTokenizerBase, p
             idx = list(range(a, min(a + batch_size, len(prompts))))
             ids, mask = left_padded(prompts, idx, tok.pad_token_id)
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                 temperature=1.0, top_k=top_k, top_p=1.0, max_new_tokens=max_new_tokens,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             for row, i in enumerate(idx):
                 out[i] = tok.decode(gen[row, ids.shape[1] :], skip_special_tokens=True)

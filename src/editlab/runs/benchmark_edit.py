@@ -35,10 +35,17 @@ import torch
 from tqdm.auto import tqdm
 
 from editlab.benchmarks import BenchmarkCase, read_benchmark
+from editlab.benchmarks.references import ReferenceTexts
 from editlab.editing.base import EditContext, EditHandle, EditMethod, EditRequest
 from editlab.editing.trainable import EDITOR_INFO, TrainableEditor, read_editor
 from editlab.errors import EditlabError
-from editlab.eval.benchmark_scores import counterfact_metrics, summarize_counterfact, token_metrics, token_scores
+from editlab.eval.benchmark_scores import (
+    counterfact_metrics,
+    generation_metrics,
+    summarize_counterfact,
+    token_metrics,
+    token_scores,
+)
 from editlab.lm.hf import load_hf_for_editing
 from editlab.runs.config import EditsConfig
 from editlab.runs.results import FINAL, PARTIAL, ResultsWriter
@@ -60,10 +67,17 @@ class BenchmarkData:
     format: str
     path: Path
     options: dict = field(default_factory=dict)
+    generation_tokens: int = 0
+    references: Path | None = None
 
     def __post_init__(self) -> None:
         if self.format not in BENCHMARKS:
             raise EditlabError(f"data.benchmark={self.format} must be one of {', '.join(BENCHMARKS)}")
+        if int(self.generation_tokens) < 0:
+            raise EditlabError(f"data.generation_tokens={self.generation_tokens} must be >= 0 (0: no generations)")
+        if self.references is not None and self.format != "counterfact":
+            raise EditlabError("data.references (ROME's TF-IDF files) score CounterFact generations; drop it for "
+                               f"{self.format}")
 
 
 @dataclass(frozen=True)
@@ -108,10 +122,22 @@ def check_method(method: EditMethod, edits: EditsConfig) -> None:
         raise EditlabError(f"method {name} edits one request at a time; use edits.batch_size=1")
 
 
-def case_scores(model: torch.nn.Module, tok, cases: Sequence[BenchmarkCase], fmt: str, prefix: str = "",
-                pre: Sequence | None = None) -> tuple[list[dict], list]:
+@dataclass(frozen=True)
+class Scoring:
+    """How a run scores its cases: the format, and ROME's generations (``data.generation_tokens`` long, 0: none)
+    with the reference texts of their CounterFact reference score (``data.references``)."""
+
+    format: str
+    generation_tokens: int = 0
+    references: ReferenceTexts | None = None
+    seed: int = 0
+
+
+def case_scores(model: torch.nn.Module, tok, cases: Sequence[BenchmarkCase], scoring: Scoring, prefix: str = "",
+                pre: Sequence | None = None, salt: int = 0) -> tuple[list[dict], list]:
     """Per case the benchmark's metrics (and editlab's exact ones), plus the raw token scores that a later stage's
-    locality ``agree`` compares against (``pre``)."""
+    locality ``agree`` compares against (``pre``). ``salt`` varies the generations' sampling seed per stage/edit."""
+    fmt = scoring.format
     if fmt == "counterfact":
         rows = counterfact_metrics(model, tok, cases, prefix=prefix)
         forced = token_scores(model, tok, cases, prefix=prefix, keys=("edit_succ", "rephrase"))
@@ -126,6 +152,10 @@ def case_scores(model: torch.nn.Module, tok, cases: Sequence[BenchmarkCase], fmt
             if not key.startswith("locality/"):
                 exact.setdefault(f"{key}_exact", []).append(float(f.acc() == 1.0))
         out.append({**row, **tk, **{k: fmean(v) for k, v in exact.items()}})
+    if scoring.generation_tokens:
+        gen = generation_metrics(model, tok, cases, scoring.generation_tokens, prefix, scoring.references,
+                                 seed=scoring.seed * 1_000_003 + salt)
+        out = [{**row, **g} for row, g in zip(out, gen, strict=True)]
     return out, forced
 
 
@@ -149,6 +179,7 @@ def benchmark_run(run: BenchmarkRun) -> dict:
     if edits.n > len(cases):
         raise EditlabError(f"edits.n={edits.n} but {run.data.path} has {len(cases)} records; use edits.n<={len(cases)}")
     cases = cases[: edits.n]
+    refs = ReferenceTexts.load(run.data.references) if run.data.references is not None else None
     loaded = load_hf_for_editing(run.model_path, run.dtype)  # before touching run_dir: bad input leaves nothing
     dev = resolve_device(run.device)
     model, tok = loaded.model.to(dev), loaded.tokenizer
@@ -165,7 +196,8 @@ def benchmark_run(run: BenchmarkRun) -> dict:
     t0 = time.perf_counter()
     method.prepare(model, ctx)
     prepare_s = time.perf_counter() - t0
-    pre, pre_forced = case_scores(model, tok, cases, fmt)
+    scoring = Scoring(fmt, int(run.data.generation_tokens), refs, run.seed)
+    pre, pre_forced = case_scores(model, tok, cases, scoring, salt=-1)
     sequential = edits.mode == "sequential"
     writer = ResultsWriter(run_dir, resume=state == "resume" and not sequential and (run_dir / PARTIAL).exists())
     size = edits.batch_size
@@ -176,14 +208,15 @@ def benchmark_run(run: BenchmarkRun) -> dict:
         for start in range(len(writer.records), len(cases), size):
             chunk = cases[start:start + size]
             handle, cost = _apply(method, model, chunk, ctx, run.seed * 1_000_003 + start)
-            post, _ = case_scores(handle.model, tok, chunk, fmt, handle.prefix, pre_forced[start:start + size])
+            post, _ = case_scores(handle.model, tok, chunk, scoring, handle.prefix, pre_forced[start:start + size],
+                                  salt=start)
             writer.append([{"case_id": c.case_id, "index": start + j, "mode": edits.mode, "batch": len(chunk),
                             "edited": True, **cost, "pre": pre[start + j], "post": post[j]}
                            for j, c in enumerate(chunk)])
             model = handle.commit() if sequential else handle.restore()
             progress.update(len(chunk))
     if sequential and handle is not None:
-        final, _ = case_scores(model, tok, cases, fmt, method.context_prefix(), pre_forced)
+        final, _ = case_scores(model, tok, cases, scoring, method.context_prefix(), pre_forced, salt=-2)
         for rec, sc in zip(writer.records, final, strict=True):
             rec["final"] = sc
         writer.keep(len(writer.records))
