@@ -105,7 +105,10 @@ def _toys():
         yield
 
 
-@pytest.mark.parametrize("name", toys.NAMES)
+# the memory toy's stream is slow (32 s on 2 cores); GRACE's and SERAC's memories pass the contract's state and export
+# round trips in the default suite
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "toy_memory" else n
+                                  for n in toys.NAMES])
 def test_toy_sequential_stream_stops_resumes_and_exports(name, tiny_world, ckpt, tmp_path):
     editor = _editor(tiny_world, ckpt, tmp_path / "editor") if name == "toy_learned_step" else None
     args = {"world": str(tiny_world.dir), "checkpoint": str(ckpt), "method": name, "hparams": HPARAMS[name],

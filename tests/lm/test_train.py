@@ -159,6 +159,7 @@ def test_ddp_two_cpu_processes(tiny_world, tmp_path):
     assert metrics["steps"] > 0 and metrics["rows_per_step"] % 2 == 0  # equal shards over the two ranks
 
 
+@pytest.mark.slow  # 34 s on 2 cores; make gpu-check runs the paper's model through train.py on a GPU
 def test_mistral_83m_runs_two_steps_on_the_tiny_world(tiny_world, tmp_path):
     m = _train(tiny_world, tmp_path / "big", ["model=mistral_83m", "max_steps=2", "model.recipe.seq_len=64",
                                               "model.recipe.batch_docs=2", "probe.n_facts=8"])
