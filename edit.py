@@ -20,7 +20,7 @@ import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from editlab.cli import run_cli
+from editlab.cli import check_launcher, run_cli
 from editlab.errors import EditlabError
 from editlab.utils.rundir import record_multirun_job, register_resolvers
 
@@ -75,13 +75,17 @@ def edit(cfg: DictConfig) -> dict:
 def _run_settings(cfg: DictConfig) -> dict:
     """What every edit run takes from the run-level keys (where it writes, its seed and config, loggers, device,
     caches), the job recorded for ``evaluate.py sweep=<sweep dir>``."""
+    stats = Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None
+    if stats is not None and not stats.exists():  # before the run directory is touched
+        raise EditlabError(f"no text dataset at {stats}; give stats.dataset=<a .jsonl, .json, .parquet or .arrow file "
+                           "with a 'text' column, or a datasets save_to_disk folder>")
     logger = instantiate(cfg.logger)
     record_multirun_job(Path(to_absolute_path(cfg.run_dir)))  # evaluate.py sweep=<sweep dir> finds the jobs
     return {"run_dir": Path(to_absolute_path(cfg.run_dir)), "seed": int(cfg.seed),
             "run_config": OmegaConf.to_container(cfg, resolve=True), "loggers": [logger] if logger is not None else [],
             "device": str(cfg.device), "progress": bool(cfg.progress), "overwrite": bool(cfg.overwrite),
             "cache_root": Path(cfg.paths.stats),
-            "stats_dataset": Path(to_absolute_path(cfg.stats.dataset)) if cfg.stats.dataset else None}
+            "stats_dataset": stats}
 
 
 def _benchmark(cfg: DictConfig, data: dict, method, edits) -> dict:
@@ -162,5 +166,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: check_method_args(sys.argv[1:]))
+    run_cli(lambda: (check_launcher(sys.argv[1:]), check_method_args(sys.argv[1:])))
     main()

@@ -13,13 +13,14 @@ Errors the user can fix print one line and exit with status 2.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from editlab.cli import run_cli
+from editlab.cli import check_launcher, run_cli
 from editlab.errors import EditlabError
 from editlab.utils.rundir import register_resolvers
 
@@ -155,4 +156,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    run_cli(lambda: check_launcher(sys.argv[1:]))
     main()

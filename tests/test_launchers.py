@@ -90,3 +90,27 @@ def test_local_and_joblib_launchers_compose():
     assert local["_target_"].endswith("LocalLauncher") and local["gpus_per_node"] == 0
     joblib = _launcher_cfg("joblib", ["hydra.launcher.n_jobs=4"])
     assert joblib["_target_"].endswith("JoblibLauncher") and joblib["n_jobs"] == 4
+
+
+def test_slurm_without_slurm_is_one_line_before_hydra_starts(monkeypatch):
+    """Without sbatch/srun on PATH, hydra/launcher=slurm is refused by the entry scripts' pre-check (submitit would
+    raise from inside the launcher, outside the entry point's error handling); with them it passes."""
+    import shutil
+
+    from editlab.cli import check_launcher
+    from editlab.errors import EditlabError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(EditlabError, match="not on this machine's PATH"):
+        check_launcher(["-m", "hydra/launcher=slurm", "method=lora"])
+    check_launcher(["-m", "hydra/launcher=joblib", "method=lora"])  # other launchers are not its business
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    check_launcher(["-m", "hydra/launcher=slurm", "method=lora"])
+
+
+def test_a_missing_stats_dataset_is_refused_before_any_statistic(tmp_path):
+    from editlab.editing.locate.stats import text_key
+    from editlab.errors import EditlabError
+
+    with pytest.raises(EditlabError, match="no text dataset at"):
+        text_key(tmp_path / "wiki.parquet")

@@ -95,6 +95,18 @@ def _crash(exc: BaseException) -> None:
     sys.exit(1)
 
 
+def check_launcher(argv: list[str]) -> None:
+    """``hydra/launcher=slurm`` on a machine without SLURM is one line before Hydra starts (submitit would raise
+    "Could not detect srun" from inside the launcher, outside any entry point's error handling)."""
+    import shutil
+
+    if any(a.replace(" ", "") in ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm") for a in argv) and (
+            shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise EditlabError("hydra/launcher=slurm submits jobs with SLURM's sbatch and srun, which are not on this "
+                           "machine's PATH: run the command on the cluster's login node, or use "
+                           "hydra/launcher=joblib (parallel jobs here) or hydra/launcher=local")
+
+
 def refuse_added_top_level_keys() -> None:
     """Raise for a ``+key=value`` command-line override of a new top-level key (inside a Hydra app; else nothing)."""
     from hydra.core.hydra_config import HydraConfig

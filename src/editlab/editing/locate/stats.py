@@ -60,6 +60,9 @@ def text_key(path: Path) -> str:
     """``text-<12 hex>``: the SHA-256 of a text dataset's bytes (every file of a folder, in name order). Hashed once
     per process for each (file, size, modification time), so an edited file gets a new key in the same process."""
     path = Path(path)
+    if not path.exists():
+        raise EditlabError(f"no text dataset at {path}; give stats.dataset=<a .jsonl, .json, .parquet or .arrow file "
+                           "with a 'text' column, or a datasets save_to_disk folder>")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return _digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
