@@ -101,7 +101,7 @@ def test_slurm_without_slurm_is_one_line_before_hydra_starts(monkeypatch):
     from editlab.errors import EditlabError
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(EditlabError, match="not on this machine's PATH"):
+    with pytest.raises(EditlabError, match="not on the PATH here"):
         check_launcher(["-m", "hydra/launcher=slurm", "method=lora"])
     check_launcher(["-m", "hydra/launcher=joblib", "method=lora"])  # other launchers are not its business
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")

@@ -102,8 +102,8 @@ def check_launcher(argv: list[str]) -> None:
 
     if any(a.replace(" ", "") in ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm") for a in argv) and (
             shutil.which("sbatch") is None or shutil.which("srun") is None):
-        raise EditlabError("hydra/launcher=slurm submits jobs with SLURM's sbatch and srun, which are not on this "
-                           "machine's PATH: run the command on the cluster's login node, or use "
+        raise EditlabError("hydra/launcher=slurm submits jobs with SLURM's sbatch and srun, which are not on the "
+                           "PATH here: run the command on the cluster's login node, or use "
                            "hydra/launcher=joblib (parallel jobs here) or hydra/launcher=local")
 
 
