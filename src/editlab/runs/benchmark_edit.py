@@ -49,7 +49,8 @@ from editlab.eval.benchmark_scores import (
 from editlab.lm.hf import load_hf_for_editing
 from editlab.runs.config import EditsConfig
 from editlab.runs.results import FINAL, PARTIAL, ResultsWriter
-from editlab.utils.hardware import peak_memory_mb, resolve_device
+from editlab.runs.session import timed_apply
+from editlab.utils.hardware import resolve_device
 from editlab.utils.jsonio import write_json
 from editlab.utils.rundir import NON_RESULT_KEYS, prepare
 
@@ -207,7 +208,8 @@ def benchmark_run(run: BenchmarkRun) -> dict:
               disable=not run.progress or None, initial=len(writer.records)) as progress:
         for start in range(len(writer.records), len(cases), size):
             chunk = cases[start:start + size]
-            handle, cost = _apply(method, model, chunk, ctx, run.seed * 1_000_003 + start)
+            handle, cost = timed_apply(method, model, [request_of(c) for c in chunk], ctx,
+                                       run.seed * 1_000_003 + start)
             post, _ = case_scores(handle.model, tok, chunk, scoring, handle.prefix, pre_forced[start:start + size],
                                   salt=start)
             writer.append([{"case_id": c.case_id, "index": start + j, "mode": edits.mode, "batch": len(chunk),
@@ -239,21 +241,6 @@ def _editor(run: BenchmarkRun, model_id: str) -> Path | None:
                            f"{path}; train it on a benchmark file with: {command}")
     read_editor(Path(path), editor.name, model_id, command)
     return Path(path)
-
-
-def _apply(method: EditMethod, model: torch.nn.Module, chunk: Sequence[BenchmarkCase], ctx: EditContext,
-           seed: int) -> tuple[EditHandle, dict]:
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        handle = method.apply(model, [request_of(c) for c in chunk], ctx)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - t0
-    return handle, {"time_s": wall / len(chunk), "peak_mem_mb": peak_memory_mb(device), "info": handle.info}
 
 
 def _finish(run: BenchmarkRun, model_id: str, source: str, records: list[dict], wall: float, prepare_s: float) -> dict:

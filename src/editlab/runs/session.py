@@ -43,6 +43,23 @@ def request_credence(case: dict) -> float:
     return next(float(p["p_post"]) for p in case["probes"] if p["kind"] == "s1r1" and p["target"] == "requested")
 
 
+def timed_apply(method: EditMethod, model: nn.Module, requests: Sequence[EditRequest], ctx: EditContext, seed: int,
+                on_step: Callable[[int, nn.Module], None] | None = None) -> tuple[EditHandle, dict]:
+    """``method.apply`` under its own seed (the global generator is restored afterwards), with its cost per request:
+    ``{"time_s", "peak_mem_mb", "info"}`` (GPU work synchronised before the clock stops)."""
+    device = device_of(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        handle = method.apply(model, requests, ctx, on_step=on_step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+    return handle, {"time_s": wall / len(requests), "peak_mem_mb": peak_memory_mb(device), "info": handle.info}
+
+
 def fluency_scores(texts: Sequence[str], case: dict) -> dict[str, float]:
     """ROME's fluency and consistency of one case's sampled documents (metrics/fluency.py, metrics/consistency.py)."""
     return {"fluency": case_fluency(texts), "consistency": case_consistency(texts, case_prompt(case),
@@ -75,17 +92,7 @@ class Session:
             requests = [replace(r, credence=request_credence(c)) for r, c in zip(requests, cases, strict=True)]
         if self.implications is not None:
             requests = [replace(r, implied=self.implications(c)) for r, c in zip(requests, cases, strict=True)]
-        device = device_of(model)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed * 1_000_003 + index)
-            t0 = time.perf_counter()
-            handle = self.method.apply(model, requests, self.ctx, on_step=on_step)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall = time.perf_counter() - t0
-        return handle, {"time_s": wall / len(cases), "peak_mem_mb": peak_memory_mb(device), "info": handle.info}
+        return timed_apply(self.method, model, requests, self.ctx, self.seed * 1_000_003 + index, on_step)
 
     def unchanged(self, model: nn.Module) -> EditHandle:
         """The handle of an edit that changes nothing: scores ``model`` as it is (with the prefix the method's
